@@ -1,0 +1,82 @@
+"""Training checkpoints: weights plus everything needed to rebuild, evaluate and export the model.
+
+A checkpoint is a dict saved with ``torch.save``: the model's ``arch`` (factory name, class
+count, keyword arguments), ``class_names``, the normalisation and image sizes the model was
+trained with, the ``state_dict``, and the training history. Files are written to a temporary
+name and renamed, so an interruption never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .factory import create_model
+
+FORMAT = "landmark-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, not ours, or does not fit the model."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any], **extra: Any) -> None:
+    """Save ``model``'s weights with ``metadata`` (class names, normalisation, sizes) and ``extra`` fields."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "arch": getattr(model, "arch", None), "state_dict": state, **metadata, **extra}, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for foreign or corrupt files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a training checkpoint of this project (a TorchScript export is loaded with torch.jit.load)"
+        )
+    return checkpoint
+
+
+def load_weights(model: nn.Module, checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """Load a checkpoint's weights into ``model``, explaining a class-count or architecture mismatch."""
+    expected = getattr(model, "num_classes", None)
+    found = len(checkpoint.get("class_names", [])) or None
+    if expected is not None and found is not None and expected != found:
+        raise CheckpointError(
+            f"{source}: has {found} classes but the model has {expected}; build the model with "
+            f"num_classes={found} or train a new checkpoint for this dataset"
+        )
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        arch = (checkpoint.get("arch") or {}).get("name", "unknown")
+        raise CheckpointError(f"{source}: weights do not fit this model (checkpoint architecture: {arch}): {error}") from error
+    return model
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (no pretrained download needed)."""
+    checkpoint = load_checkpoint(path)
+    arch = checkpoint.get("arch")
+    if not arch:
+        raise CheckpointError(f"{path}: does not record its architecture; load it into a model with load_weights()")
+    model = create_model(arch["name"], arch["num_classes"], pretrained=False, **arch["kwargs"])
+    return load_weights(model, checkpoint, path).eval(), checkpoint

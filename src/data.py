@@ -1,0 +1,199 @@
+"""Datasets and data loaders for any ImageFolder dataset with ``train/`` and ``test/``.
+
+``get_data_loaders`` splits ``train/`` into a seeded train/validation split (the same split
+every run), keeps ``test/`` untouched for the final measurement, and skips unreadable photos
+with a warning that names them instead of crashing inside a worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
+
+from .helpers import compute_mean_and_std, get_data_location
+from .images import ImageReadError, is_image_file, load_rgb
+from .presets import ClassificationPresetEval, ClassificationPresetTrain, default_resize_size
+
+
+def display_name(folder_name: str) -> str:
+    """``"09.St_Stephen_Cathedral_Vienna"`` -> ``"St Stephen Cathedral Vienna"``."""
+    return re.sub(r"^\d+\.", "", folder_name).replace("_", " ").strip() or folder_name
+
+
+class PhotoFolder(datasets.ImageFolder):
+    """An ImageFolder that reads photos with :func:`load_rgb` and reports the files it rejects.
+
+    Files that are not images (wrong extension or unreadable header: README.txt, .DS_Store,
+    empty files) are left out when the folder is scanned and listed in one warning.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        rejected: list[str] = []
+
+        def accept(path: str) -> bool:
+            if is_image_file(path):
+                return True
+            rejected.append(path)
+            return False
+
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: dataset split folder not found")
+        super().__init__(str(root), loader=load_rgb, is_valid_file=accept)
+        if rejected:
+            shown = ", ".join(rejected[:10]) + (f" and {len(rejected) - 10} more" if len(rejected) > 10 else "")
+            warnings.warn(f"{root}: skipped {len(rejected)} file(s) that are not readable images: {shown}", stacklevel=2)
+        self.class_names = [display_name(c) for c in self.classes]
+
+
+class LandmarkDataset(Dataset):
+    """A subset of a :class:`PhotoFolder` with its own transform (train and valid share a folder).
+
+    Items are ``(image, class_index)``, or ``None`` for a photo that fails to decode; the
+    loaders' :func:`collate_readable` drops those after a warning naming the file.
+    """
+
+    def __init__(self, folder: PhotoFolder, indices: Sequence[int], transform: Callable | None,
+                 mean: Sequence[float], std: Sequence[float], image_size: int, resize_size: int) -> None:
+        self.folder = folder
+        self.indices = list(indices)
+        self.transform = transform
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.image_size, self.resize_size = image_size, resize_size  # what evaluation uses
+
+    @property
+    def root(self) -> Path:
+        return Path(self.folder.root)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.folder.class_names
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(self.folder.samples[i][0]) for i in self.indices]
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.folder.samples[i][1] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        path, target = self.folder.samples[self.indices[index]]
+        try:
+            image = load_rgb(path)
+        except ImageReadError as error:
+            warnings.warn(f"Skipping unreadable image: {error}", stacklevel=2)
+            return None
+        return (self.transform(image) if self.transform else image), target
+
+
+def collate_readable(batch: list):
+    """Default collation without the ``None`` items of unreadable photos (may give an empty batch)."""
+    items = [item for item in batch if item is not None]
+    if not items:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.utils.data.default_collate(items)
+
+
+def _seeded_permutation(n: int, seed: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def get_data_loaders(
+    batch_size: int = 32,
+    valid_size: float = 0.2,
+    num_workers: int = -1,
+    limit: int = -1,
+    data_dir: str | Path | None = None,
+    image_size: int = 224,
+    resize_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 42,
+    train_preset: Callable | None = None,
+) -> dict[str, DataLoader]:
+    """Return ``{"train", "valid", "test"}`` loaders.
+
+    ``valid_size`` is the fraction of ``train/`` held out for validation (seeded by ``seed``);
+    ``limit`` > 0 keeps a seeded random sample of that many training photos (and a proportional
+    number of test photos), for quick runs. ``num_workers=-1`` uses every CPU core.
+    ``mean``/``std`` default to the dataset's own statistics (cached per dataset); pass
+    ImageNet's for pretrained backbones.
+    """
+    if not 0 <= valid_size < 1:
+        raise ValueError(f"valid_size must be in [0, 1), got {valid_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    root = get_data_location(data_dir)
+    if mean is None or std is None:
+        mean, std = compute_mean_and_std(root)
+    train_folder, test_folder = PhotoFolder(root / "train"), PhotoFolder(root / "test")
+    if test_folder.classes != train_folder.classes:
+        raise ValueError(f"{root}: train/ and test/ have different class folders "
+                         f"({len(train_folder.classes)} vs {len(test_folder.classes)})")
+
+    order = _seeded_permutation(len(train_folder), seed)
+    test_order = list(range(len(test_folder)))
+    if limit > 0:
+        test_order = sorted(_seeded_permutation(len(test_folder), seed)[: max(1, round(limit * len(test_folder) / len(order)))])
+        order = order[:limit]
+    n_valid = int(round(valid_size * len(order)))
+    valid_indices, train_indices = sorted(order[:n_valid]), sorted(order[n_valid:])
+
+    resize_size = resize_size or default_resize_size(image_size)
+    train_transform = train_preset or ClassificationPresetTrain(image_size, mean, std)
+    eval_transform = ClassificationPresetEval(image_size, mean, std, resize_size)
+    sizes = {"mean": mean, "std": std, "image_size": image_size, "resize_size": resize_size}
+    splits = {
+        "train": LandmarkDataset(train_folder, train_indices, train_transform, **sizes),
+        "valid": LandmarkDataset(train_folder, valid_indices, eval_transform, **sizes),
+        "test": LandmarkDataset(test_folder, test_order, eval_transform, **sizes),
+    }
+    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+    return {
+        name: DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=name == "train",
+            drop_last=name == "train" and len(dataset) > batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_readable,
+            generator=torch.Generator().manual_seed(seed) if name == "train" else None,
+        )
+        for name, dataset in splits.items()
+    }
+
+
+def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, split: str = "train"):
+    """Show ``max_n`` photos of one batch as the model sees them (augmented), titled with their class."""
+    import matplotlib.pyplot as plt
+
+    dataset: LandmarkDataset = data_loaders[split].dataset
+    images, labels = next(iter(data_loaders[split]))
+    mean = torch.tensor(dataset.mean).view(3, 1, 1)
+    std = torch.tensor(dataset.std).view(3, 1, 1)
+    n = min(max_n, len(images))
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.4), squeeze=False)
+    for ax, image, label in zip(axes[0], images[:n], labels[:n]):
+        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        ax.set_title(dataset.class_names[int(label)], fontsize=9, wrap=True)
+        ax.axis("off")
+    fig.suptitle(f"One {split} batch ({tuple(images.shape[-2:])} px, after augmentation)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,177 @@
+"""The deployable model: a TorchScript ``Predictor`` that takes raw images and returns probabilities.
+
+The exported file carries its own preprocessing (resize, centre crop, normalisation), the class
+names and the network, so the app and any other consumer need only ``torch`` and
+``torch.jit.load`` — no ``src``, no torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .checkpoint import model_from_checkpoint
+from .data import collate_readable
+from .images import ImageReadError, load_rgb
+from .presets import default_resize_size
+
+
+class Predictor(nn.Module):
+    """Raw image batch -> class probabilities, scriptable with ``torch.jit.script``.
+
+    ``forward`` takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8``
+    (0-255) or float (0-1); resizes the short side to ``resize_size`` (antialiased bilinear, as
+    in training's evaluation transform), centre-crops ``image_size``, normalises with
+    ``mean``/``std`` and returns softmax probabilities ``(B, num_classes)``.
+    """
+
+    def __init__(self, model: nn.Module, class_names: List[str], mean, std,
+                 image_size: int = 224, resize_size: int | None = None) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.class_names: List[str] = [str(c) for c in class_names]
+        self.image_size: int = int(image_size)
+        self.resize_size: int = int(resize_size or default_resize_size(image_size))
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if x.dim() == 3:
+                x = x.unsqueeze(0)
+            if x.dim() != 4 or x.shape[1] != 3:
+                raise ValueError("Predictor expects RGB images shaped (B, 3, H, W) or (3, H, W)")
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            height, width = x.shape[-2], x.shape[-1]
+            if height <= width:
+                size = [self.resize_size, int(self.resize_size * width / height)]
+            else:
+                size = [int(self.resize_size * height / width), self.resize_size]
+            if size[0] != height or size[1] != width:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            top = (size[0] - self.image_size) // 2
+            left = (size[1] - self.image_size) // 2
+            x = x[:, :, top:top + self.image_size, left:left + self.image_size]
+            x = (x - self.mean) / self.std
+            return F.softmax(self.model(x), dim=1)
+
+
+def export_predictor(predictor: Predictor, path: str | Path) -> Path:
+    """Script ``predictor`` with TorchScript and save it (atomically) to ``path``, on the CPU."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        scripted = torch.jit.script(predictor.cpu().eval())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    scripted.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def predictor_from_checkpoint(checkpoint_path: str | Path) -> Predictor:
+    """Wrap a training checkpoint's model in a :class:`Predictor` with the sizes it was trained at."""
+    model, checkpoint = model_from_checkpoint(checkpoint_path)
+    return Predictor(model, checkpoint["class_names"], checkpoint["mean"], checkpoint["std"],
+                     checkpoint.get("image_size") or 224, checkpoint.get("resize_size"))
+
+
+def load_exported(path: str | Path) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` an exported predictor on the CPU, with a clear error for other files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: exported model not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+            model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # TorchScript raises RuntimeError or ValueError for foreign files
+        raise ValueError(f"{path}: not a TorchScript export ({error}); training checkpoints go through `export` first") from error
+    if not hasattr(model, "class_names"):
+        raise ValueError(f"{path}: TorchScript file without class_names; it was not exported by this project")
+    return model.eval()
+
+
+def image_tensor(path: str | Path, short_side: int | None = None) -> torch.Tensor:
+    """Read a photo as a ``(3, H, W)`` uint8 tensor; JPEGs are draft-decoded near ``short_side``."""
+    draft = None if short_side is None else (short_side, short_side)
+    image = load_rgb(path, draft_size=draft)
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most likely landmarks for one photo as ``(name, probability)``, best first."""
+    probabilities = model(image_tensor(path, int(model.resize_size)).unsqueeze(0))[0]
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
+    return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
+class _SquareCrops(Dataset):
+    """Photos resized (short side) and centre-cropped to a square, so any sizes batch together.
+
+    The predictor then resizes nothing and crops the same centre it would crop from the
+    full photo, so batched results match one-photo-at-a-time prediction.
+    """
+
+    def __init__(self, paths: list[Path], targets: list[int], size: int) -> None:
+        self.paths, self.targets, self.size = paths, targets, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = image_tensor(self.paths[index], self.size)
+        except ImageReadError as error:
+            warnings.warn(f"Skipping unreadable image: {error}", stacklevel=2)
+            return None
+        size = self.size
+        height, width = image.shape[-2:]
+        new = [size, int(size * width / height)] if height <= width else [int(size * height / width), size]
+        image = F.interpolate(image.unsqueeze(0).float(), size=new, mode="bilinear", align_corners=False, antialias=True)[0]
+        top, left = (new[0] - size) // 2, (new[1] - size) // 2
+        crop = image[:, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
+        return crop, self.targets[index]
+
+
+def predict_photos(model_reloaded: nn.Module, paths: list[Path], targets: list[int], batch_size: int = 50,
+                   num_workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """``(truth, probabilities)`` of an exported predictor over photos on disk, in batches.
+
+    Unreadable photos are skipped with a warning and left out of both arrays.
+    """
+    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+    loader = DataLoader(_SquareCrops(paths, targets, int(model_reloaded.resize_size)),
+                        batch_size=batch_size, num_workers=workers, collate_fn=collate_readable)
+    truth, probabilities = [], []
+    for images, batch_targets in tqdm(loader, desc="Predicting", leave=False, ncols=80):
+        if batch_targets.numel() == 0:
+            continue
+        probabilities.append(model_reloaded(images))
+        truth.append(batch_targets)
+    if not truth:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(model_reloaded.class_names)), dtype=np.float32)
+    return torch.cat(truth).numpy(), torch.cat(probabilities).numpy()
+
+
+def predictor_test(test_dataloader: DataLoader, model_reloaded: nn.Module, batch_size: int = 50,
+                   num_workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Run an exported predictor over the test photos of ``test_dataloader``, in batches.
+
+    Returns ``(truth, pred)`` class-index arrays and prints the accuracy. Photos are decoded
+    from disk (the loader's own transforms are not used: the predictor brings its own).
+    """
+    dataset = test_dataloader.dataset
+    truth, probabilities = predict_photos(model_reloaded, dataset.paths, dataset.targets, batch_size, num_workers)
+    pred = probabilities.argmax(1)
+    print(f"Accuracy: {(truth == pred).mean() if len(truth) else 0.0:.2%} ({len(truth)} photos)")
+    return truth, pred

@@ -1,0 +1,246 @@
+"""The training loop: one epoch of training, validation and test, and ``optimize`` around them.
+
+``optimize`` steps:
+1. move the model to the device (CUDA when available) and build the learning-rate schedule
+   (linear warm-up then cosine decay per step, or reduce-on-plateau per epoch);
+2. optionally resume model, optimizer, schedule and history from ``<save_path>.last.pt``;
+3. each epoch: train, validate, save the weights to ``save_path`` when the validation loss
+   improves, save the full state to ``<save_path>.last.pt`` (so an interruption loses at most
+   the epoch in progress), and update the live plot when ``interactive_tracking``;
+4. return the history (one dict per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .helpers import get_device
+
+
+class EpochMetrics(NamedTuple):
+    """Mean loss and top-1 accuracy of one pass over a loader."""
+
+    loss: float
+    accuracy: float
+
+
+def _autocast(device: torch.device):
+    """bfloat16 mixed precision on CUDA (faster, no loss scaling needed); plain float32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    device = get_device()
+    model.to(device)
+    return device
+
+
+def train_one_epoch(
+    train_dataloader: DataLoader,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: nn.Module,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> EpochMetrics:
+    """One pass of training over ``train_dataloader``; ``scheduler`` (if given) steps every batch."""
+    device = _device_of(model)
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for data, target in tqdm(train_dataloader, desc="Training", leave=False, ncols=80):
+        if target.numel() == 0:
+            continue
+        data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device):
+            output = model(data)
+            loss_value = loss(output.float(), target)
+        if not torch.isfinite(loss_value):
+            raise FloatingPointError(f"Training loss became {loss_value.item()}; lower the learning rate")
+        loss_value.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss_value.item() * len(target)
+        correct += (output.argmax(1) == target).sum().item()
+        seen += len(target)
+    if seen == 0:
+        raise ValueError("The training loader gave no readable photos")
+    return EpochMetrics(total_loss / seen, correct / seen)
+
+
+@torch.no_grad()
+def _evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: str) -> EpochMetrics:
+    device = _device_of(model)
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for data, target in tqdm(dataloader, desc=desc, leave=False, ncols=80):
+        if target.numel() == 0:
+            continue
+        data, target = data.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with _autocast(device):
+            output = model(data).float()
+        total_loss += loss(output, target).item() * len(target)
+        correct += (output.argmax(1) == target).sum().item()
+        seen += len(target)
+    if seen == 0:
+        raise ValueError(f"{desc}: the loader gave no readable photos")
+    return EpochMetrics(total_loss / seen, correct / seen)
+
+
+def valid_one_epoch(valid_dataloader: DataLoader, model: nn.Module, loss: nn.Module) -> EpochMetrics:
+    """Loss and accuracy on the validation split, without gradients or augmentation."""
+    return _evaluate(valid_dataloader, model, loss, "Validating")
+
+
+def one_epoch_test(test_dataloader: DataLoader, model: nn.Module, loss: nn.Module) -> EpochMetrics:
+    """Loss and accuracy on the test split; prints both."""
+    metrics = _evaluate(test_dataloader, model, loss, "Testing")
+    print(f"Test loss: {metrics.loss:.4f}   Test accuracy: {metrics.accuracy:.2%}")
+    return metrics
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the optimizer's learning rate, then cosine decay to zero, stepped per batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def last_state_path(save_path: str | Path) -> Path:
+    """Where ``optimize`` keeps the resumable state of the latest epoch, beside ``save_path``."""
+    save_path = Path(save_path)
+    return save_path.with_name(f"{save_path.stem}.last{save_path.suffix or '.pt'}")
+
+
+def checkpoint_metadata(data_loaders: dict[str, DataLoader]) -> dict[str, Any]:
+    """What a checkpoint must know about the data: class names, normalisation and eval image sizes."""
+    dataset = data_loaders["valid"].dataset
+    return {
+        "class_names": list(dataset.class_names),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "image_size": getattr(dataset, "image_size", None),
+        "resize_size": getattr(dataset, "resize_size", None),
+    }
+
+
+class LivePlot:
+    """Loss and accuracy curves redrawn in the notebook after every epoch."""
+
+    def __init__(self) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import DisplayHandle
+
+        self.fig, self.axes = plt.subplots(1, 2, figsize=(11, 4))
+        plt.close(self.fig)  # shown through the display handle only, not again at the end of the cell
+        self.handle = DisplayHandle()
+        self.handle.display(self.fig)
+
+    def update(self, history: list[dict[str, float]]) -> None:
+        epochs = [h["epoch"] for h in history]
+        for ax, key, label in ((self.axes[0], "loss", "Loss"), (self.axes[1], "accuracy", "Accuracy")):
+            ax.clear()
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+            ax.plot(epochs, [h[f"valid_{key}"] for h in history], "o-", label="validation")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label} per epoch")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        self.fig.tight_layout()
+        self.handle.update(self.fig)
+
+
+def optimize(
+    data_loaders: dict[str, DataLoader],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: nn.Module,
+    n_epochs: int,
+    save_path: str | Path,
+    interactive_tracking: bool = False,
+    scheduler: str = "cosine",
+    warmup_epochs: float = 1.0,
+    resume: bool = False,
+) -> list[dict[str, float]]:
+    """Train for ``n_epochs``, keep the best-validation weights in ``save_path``, return the history.
+
+    ``scheduler``: ``"cosine"`` (per-step warm-up + cosine) or ``"plateau"`` (divide the
+    learning rate by 10 when the validation loss stalls). ``resume=True`` continues from
+    ``<save_path>.last.pt`` when it exists.
+    """
+    if n_epochs < 1:
+        raise ValueError(f"n_epochs must be at least 1, got {n_epochs}")
+    if len(data_loaders["valid"].dataset) == 0:
+        raise ValueError("The validation split is empty: use valid_size > 0 (it selects the best weights)")
+    _device_of(model)
+    steps_per_epoch = len(data_loaders["train"])
+    if scheduler == "cosine":
+        lr_scheduler: Any = warmup_cosine(optimizer, n_epochs * steps_per_epoch, max(1, int(warmup_epochs * steps_per_epoch)))
+    elif scheduler == "plateau":
+        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=2)
+    else:
+        raise ValueError(f"scheduler must be 'cosine' or 'plateau', got {scheduler!r}")
+
+    metadata = checkpoint_metadata(data_loaders)
+    history: list[dict[str, float]] = []
+    best_loss = math.inf
+    last_path = last_state_path(save_path)
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        load_weights(model, state, last_path)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["scheduler"])
+        history, best_loss = state["history"], state["best_valid_loss"]
+        print(f"Resumed from {last_path} after epoch {len(history)}")
+
+    plot = LivePlot() if interactive_tracking else None
+    try:
+        for epoch in range(len(history) + 1, n_epochs + 1):
+            start = time.perf_counter()
+            train = train_one_epoch(data_loaders["train"], model, optimizer, loss, lr_scheduler if scheduler == "cosine" else None)
+            valid = valid_one_epoch(data_loaders["valid"], model, loss)
+            if scheduler == "plateau":
+                lr_scheduler.step(valid.loss)
+            history.append({
+                "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
+                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
+                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
+            })
+            improved = valid.loss < best_loss
+            if improved:
+                best_loss = valid.loss
+                save_checkpoint(save_path, model, metadata, epoch=epoch, valid_loss=valid.loss, valid_accuracy=valid.accuracy, history=history)
+            save_checkpoint(last_path, model, metadata, optimizer=optimizer.state_dict(), scheduler=lr_scheduler.state_dict(),
+                            history=history, best_valid_loss=best_loss)
+            print(f"Epoch {epoch}/{n_epochs}: train loss {train.loss:.4f} acc {train.accuracy:.1%} | "
+                  f"valid loss {valid.loss:.4f} acc {valid.accuracy:.1%} | {history[-1]['seconds']:.0f}s"
+                  + ("  (saved best)" if improved else ""))
+            if plot is not None:
+                plot.update(history)
+    except KeyboardInterrupt:
+        print(f"Interrupted after {len(history)} finished epoch(s): best weights are in {save_path}; "
+              f"call optimize(..., resume=True) to continue from {last_path}")
+        raise
+    return history
+
+
+def load_best(model: nn.Module, save_path: str | Path) -> nn.Module:
+    """Load the best-validation weights that ``optimize`` saved into ``model``."""
+    return load_weights(model, load_checkpoint(save_path), save_path)
+

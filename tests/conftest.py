@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny generated dataset, the real photos in ../shared/data, isolated caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LANDMARKS10 = SHARED_DATA / "landmarks10"
+CANONICAL_SAMPLE = SHARED_DATA / "landmark_images_sample"
+
+# Three classes whose photos differ by colour and stripe direction, so a tiny model can learn them.
+TINY_CLASSES = ("00.Red_Fort", "01.Green_Gate", "02.Blue_Tower")
+COLOURS = ((200, 40, 40), (40, 180, 60), (40, 70, 210))
+
+
+def make_photo(class_index: int, rng: np.random.Generator, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    width, height = size
+    base = np.array(COLOURS[class_index], dtype=np.float64)
+    noise = rng.normal(0, 25, (height, width, 3))
+    stripes = np.zeros((height, width, 1))
+    if class_index == 0:
+        stripes[::6] = 60
+    elif class_index == 1:
+        stripes[:, ::6] = 60
+    return Image.fromarray(np.clip(base + noise + stripes, 0, 255).astype(np.uint8))
+
+
+def write_dataset(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("test", n_test)):
+        for index, name in enumerate(TINY_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                size = (48 + 8 * (i % 3), 40 + 4 * (i % 2))  # photos of several sizes
+                suffix = ".png" if i % 4 == 3 else ".jpg"
+                make_photo(index, rng, size).save(folder / f"{i:03d}{suffix}", quality=95)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's caches, data variable or torch hub folder."""
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home"))
+    monkeypatch.delenv("LANDMARK_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention tiny dataset (3 classes, 12 train + 4 test photos each)."""
+    return write_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny_data_copy(tmp_path: Path) -> Path:
+    """A fresh tiny dataset a test may damage."""
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def landmarks10() -> Path:
+    if not (LANDMARKS10 / "train").is_dir():
+        pytest.skip(f"real photos not available: {LANDMARKS10} is absent (see ../shared/data/README.md)")
+    return LANDMARKS10
+
+
+@pytest.fixture(scope="session")
+def canonical_sample() -> Path:
+    if not (CANONICAL_SAMPLE / "train").is_dir():
+        pytest.skip(f"real photos not available: {CANONICAL_SAMPLE} is absent (see ../shared/data/README.md)")
+    return CANONICAL_SAMPLE

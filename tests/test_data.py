@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from src.data import display_name, get_data_loaders, visualize_one_batch
+
+FAST = {"batch_size": 8, "num_workers": 0, "image_size": 32}
+
+
+def test_display_name() -> None:
+    assert display_name("09.St_Stephen_Cathedral_Vienna") == "St Stephen Cathedral Vienna"
+    assert display_name("00.Haleakala_National_Park") == "Haleakala National Park"
+    assert display_name("plain_folder") == "plain folder"
+
+
+def test_loaders_split_train_into_train_and_valid(tiny_data: Path) -> None:
+    loaders = get_data_loaders(data_dir=tiny_data, valid_size=0.25, **FAST)
+    assert set(loaders) == {"train", "valid", "test"}
+    train, valid, test = (loaders[k].dataset for k in ("train", "valid", "test"))
+    assert (len(train), len(valid), len(test)) == (27, 9, 12)
+    assert not set(train.paths) & set(valid.paths)
+    assert train.class_names == ["Red Fort", "Green Gate", "Blue Tower"]
+    images, labels = next(iter(loaders["train"]))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.long and labels.max() < 3
+    images, _ = next(iter(loaders["test"]))
+    assert images.shape[-2:] == (32, 32)
+
+
+def test_split_is_seeded_and_reproducible(tiny_data: Path) -> None:
+    first = get_data_loaders(data_dir=tiny_data, **FAST)["valid"].dataset.paths
+    again = get_data_loaders(data_dir=tiny_data, **FAST)["valid"].dataset.paths
+    other = get_data_loaders(data_dir=tiny_data, seed=7, **FAST)["valid"].dataset.paths
+    assert first == again and first != other
+
+
+def test_limit_keeps_a_random_sample_of_every_split(tiny_data: Path) -> None:
+    loaders = get_data_loaders(data_dir=tiny_data, limit=10, **FAST)
+    assert len(loaders["train"].dataset) + len(loaders["valid"].dataset) == 10
+    test_targets = loaders["test"].dataset.targets
+    assert 0 < len(test_targets) < 12 and len(set(test_targets)) > 1  # not just the first class
+
+
+def test_bad_arguments_are_rejected(tiny_data: Path) -> None:
+    with pytest.raises(ValueError, match="valid_size"):
+        get_data_loaders(data_dir=tiny_data, valid_size=1.5, **FAST)
+
+
+def test_unreadable_photos_are_named_and_skipped(tiny_data_copy: Path) -> None:
+    folder = tiny_data_copy / "train" / "00.Red_Fort"
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / "empty.jpg").write_bytes(b"")
+    truncated = folder / "truncated.jpg"
+    data = (folder / "000.jpg").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="empty.jpg"):
+        loaders = get_data_loaders(data_dir=tiny_data_copy, valid_size=0.0, **FAST)
+    dataset = loaders["train"].dataset
+    assert truncated in dataset.paths and (folder / "empty.jpg") not in dataset.paths
+    seen = 0
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        for _, labels in loaders["train"]:
+            seen += len(labels)
+    assert seen <= len(dataset) - 1  # the truncated photo never reaches the model
+
+
+def test_train_and_test_must_have_the_same_classes(tiny_data_copy: Path) -> None:
+    shutil.rmtree(tiny_data_copy / "test" / "02.Blue_Tower")
+    with pytest.raises(ValueError, match="different class folders"):
+        get_data_loaders(data_dir=tiny_data_copy, **FAST)
+
+
+def test_empty_class_folder_is_reported(tiny_data_copy: Path) -> None:
+    (tiny_data_copy / "train" / "03.Empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="03.Empty"):
+        get_data_loaders(data_dir=tiny_data_copy, **FAST)
+
+
+def test_any_number_of_classes(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for c in range(7):
+            folder = tmp_path / split / f"{c:02d}.Class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 30), (c * 30, i * 50, 100)).save(folder / f"{i}.jpg")
+    loaders = get_data_loaders(data_dir=tmp_path, **FAST)
+    assert len(loaders["train"].dataset.class_names) == 7
+
+
+def test_workers_deliver_the_same_batches(tiny_data: Path) -> None:
+    kwargs = dict(FAST, data_dir=tiny_data)
+    kwargs.pop("num_workers")
+    serial = next(iter(get_data_loaders(num_workers=0, **kwargs)["test"]))[0]
+    parallel = next(iter(get_data_loaders(num_workers=2, **kwargs)["test"]))[0]
+    assert torch.equal(serial, parallel)
+
+
+def test_visualize_one_batch(tiny_data: Path) -> None:
+    fig = visualize_one_batch(get_data_loaders(data_dir=tiny_data, **FAST), max_n=4)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 4 and set(titles) <= {"Red Fort", "Green Gate", "Blue Tower"}

@@ -1,0 +1,70 @@
+"""Tests on the real photos in ../shared/data (skipped, with the reason, where that folder is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.data import get_data_loaders
+from src.factory import create_model
+from src.helpers import compute_mean_and_std
+from src.images import load_rgb
+from src.optimization import get_loss, get_optimizer
+from src.predictor import Predictor, export_predictor, load_exported, predictor_test, top_k
+from src.train import optimize
+
+LANDMARKS10_CLASSES = [
+    "Berlin Cathedral", "Colosseum", "Gaudi Casa Batllo Barcelona", "Hagia Sophia", "Hofburg Imperial Palace",
+    "Museu Nacional Dart De Catalunya", "Pantheon", "Petronas Towers", "Rialto Bridge", "St Stephen Cathedral Vienna",
+]
+
+
+def test_landmarks10_loaders(landmarks10: Path) -> None:
+    loaders = get_data_loaders(data_dir=landmarks10, batch_size=16, num_workers=0, image_size=64)
+    train, valid, test = (loaders[k].dataset for k in ("train", "valid", "test"))
+    assert train.class_names == LANDMARKS10_CLASSES
+    assert (len(train), len(valid), len(test)) == (6000, 1500, 2000)
+    mean, std = compute_mean_and_std(landmarks10)
+    assert torch.all((mean > 0.3) & (mean < 0.7)) and torch.all((std > 0.15) & (std < 0.4))
+    images, labels = next(iter(loaders["train"]))
+    assert images.shape == (16, 3, 64, 64) and labels.max() < 10
+
+
+def test_short_scratch_training_on_real_photos_lowers_the_loss(landmarks10: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    loaders = get_data_loaders(data_dir=landmarks10, batch_size=32, num_workers=2, image_size=64, limit=640)
+    model = create_model("scratch", 10, widths=(16, 32, 64, 128), dropout=0.2)
+    history = optimize(loaders, model, get_optimizer(model, "AdamW", learning_rate=3e-3), get_loss(),
+                       n_epochs=4, save_path=tmp_path / "scratch.pt")
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.05
+
+
+def test_frozen_mobilenet_v2_learns_real_landmarks(landmarks10: Path, tmp_path: Path) -> None:
+    """ImageNet features must make 10 landmarks separable after a few hundred photos (chance: 10%)."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", 10)
+    loaders = get_data_loaders(data_dir=landmarks10, batch_size=32, num_workers=2, image_size=96, limit=600,
+                               mean=model.mean, std=model.std)
+    history = optimize(loaders, model, get_optimizer(model, "AdamW", learning_rate=3e-3), get_loss(),
+                       n_epochs=3, save_path=tmp_path / "mnv2.pt", warmup_epochs=0.3)
+    assert max(h["valid_accuracy"] for h in history) > 0.5
+    dataset = loaders["test"].dataset
+    exported = load_exported(export_predictor(
+        Predictor(model.cpu(), dataset.class_names, dataset.mean, dataset.std, dataset.image_size), tmp_path / "e.pt"))
+    truth, pred = predictor_test(loaders["test"], exported, num_workers=2)
+    assert len(truth) == len(dataset) and (truth == pred).mean() > 0.5
+
+
+def test_canonical_layout_with_full_size_photos(canonical_sample: Path, tmp_path: Path) -> None:
+    loaders = get_data_loaders(data_dir=canonical_sample, batch_size=8, num_workers=0, image_size=224)
+    assert loaders["train"].dataset.class_names == ["Haleakala National Park"]
+    assert len(loaders["train"].dataset) + len(loaders["valid"].dataset) == 100 and len(loaders["test"].dataset) == 25
+    images, labels = next(iter(loaders["valid"]))
+    assert images.shape == (8, 3, 224, 224) and set(labels.tolist()) == {0}
+    photo = loaders["test"].dataset.paths[0]
+    assert min(load_rgb(photo).size) > 300  # really full size
+    model = create_model("scratch", 1, widths=(8, 16))
+    exported = load_exported(export_predictor(Predictor(model, ["Haleakala National Park"], [0.5] * 3, [0.25] * 3), tmp_path / "p.pt"))
+    assert top_k(exported, photo) == [("Haleakala National Park", pytest.approx(1.0))]

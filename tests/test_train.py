@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src import train as train_module
+from src.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from src.data import get_data_loaders
+from src.factory import create_model
+from src.optimization import get_loss, get_optimizer
+from src.train import EpochMetrics, last_state_path, load_best, one_epoch_test, optimize, train_one_epoch, valid_one_epoch
+
+SMALL = {"widths": (8, 16, 32), "dropout": 0.1}
+
+
+@pytest.fixture
+def loaders(tiny_data: Path):
+    torch.manual_seed(0)
+    return get_data_loaders(data_dir=tiny_data, batch_size=8, num_workers=0, image_size=32)
+
+
+def _setup(lr: float = 3e-3):
+    torch.manual_seed(0)
+    model = create_model("scratch", 3, **SMALL)
+    return model, get_optimizer(model, "AdamW", learning_rate=lr), get_loss()
+
+
+def test_one_epoch_functions_return_loss_and_accuracy(loaders) -> None:
+    model, optimizer, loss = _setup()
+    for metrics in (
+        train_one_epoch(loaders["train"], model, optimizer, loss),
+        valid_one_epoch(loaders["valid"], model, loss),
+        one_epoch_test(loaders["test"], model, loss),
+    ):
+        assert isinstance(metrics, EpochMetrics)
+        assert metrics.loss > 0 and 0 <= metrics.accuracy <= 1
+
+
+def test_optimize_learns_saves_the_best_weights_and_can_resume(loaders, tmp_path: Path) -> None:
+    model, optimizer, loss = _setup()
+    save_path = tmp_path / "best.pt"
+    history = optimize(loaders, model, optimizer, loss, n_epochs=6, save_path=save_path)
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert max(h["valid_accuracy"] for h in history) > 0.6  # three colour-coded classes
+    best = load_checkpoint(save_path)
+    assert best["valid_loss"] == min(h["valid_loss"] for h in history)
+    assert best["class_names"] == ["Red Fort", "Green Gate", "Blue Tower"] and best["image_size"] == 32
+    assert last_state_path(save_path).is_file()
+
+    # continuing to 8 epochs runs only the two missing ones
+    model2, optimizer2, loss2 = _setup()
+    resumed = optimize(loaders, model2, optimizer2, loss2, n_epochs=8, save_path=save_path, resume=True)
+    assert [h["epoch"] for h in resumed] == list(range(1, 9)) and resumed[:6] == history
+    rebuilt, _ = model_from_checkpoint(save_path)
+    assert isinstance(rebuilt, type(model))
+
+
+def test_interrupted_training_keeps_finished_epochs(loaders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_train = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted_on_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted_on_second_epoch)
+    model, optimizer, loss = _setup()
+    with pytest.raises(KeyboardInterrupt):
+        optimize(loaders, model, optimizer, loss, n_epochs=3, save_path=tmp_path / "m.pt")
+    assert len(load_checkpoint(last_state_path(tmp_path / "m.pt"))["history"]) == 1
+    assert (tmp_path / "m.pt").is_file()
+    model, optimizer, loss = _setup()
+    history = optimize(loaders, model, optimizer, loss, n_epochs=3, save_path=tmp_path / "m.pt", resume=True)
+    assert len(history) == 3 and calls["n"] == 4
+
+
+def test_plateau_scheduler_and_live_plot(loaders, tmp_path: Path) -> None:
+    model, optimizer, loss = _setup()
+    history = optimize(loaders, model, optimizer, loss, n_epochs=2, save_path=tmp_path / "p.pt",
+                       scheduler="plateau", interactive_tracking=True)
+    assert len(history) == 2
+    with pytest.raises(ValueError, match="scheduler"):
+        optimize(loaders, model, optimizer, loss, n_epochs=1, save_path=tmp_path / "p.pt", scheduler="step")
+
+
+def test_checkpoint_with_the_wrong_class_count_is_refused(loaders, tmp_path: Path) -> None:
+    model, optimizer, loss = _setup()
+    optimize(loaders, model, optimizer, loss, n_epochs=1, save_path=tmp_path / "three.pt")
+    other = create_model("scratch", 50, **SMALL)
+    with pytest.raises(CheckpointError, match="has 3 classes but the model has 50"):
+        load_best(other, tmp_path / "three.pt")
+
+
+def test_other_architecture_is_refused(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "c.pt", create_model("scratch", 3, **SMALL), {"class_names": ["a", "b", "c"]})
+    with pytest.raises(CheckpointError, match="weights do not fit this model"):
+        load_weights(create_model("scratch", 3), load_checkpoint(tmp_path / "c.pt"), "c.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes", None])
+def test_foreign_files_are_not_checkpoints(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "x.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)  # a PyTorch file, but not ours
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
