@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
+        hint = " (finished epochs are saved: rerun the same command with --resume)" if args.command == "train" else ""
+        print(f"Interrupted{hint}.", file=sys.stderr)
         return 130
     return 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 from tqdm.auto import tqdm
 
@@ -153,10 +154,14 @@ def dataset_fingerprint(folder: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    """Where per-dataset caches live: ``$LANDMARK_CACHE`` or ``~/.cache/landmark-classifier``."""
+def cache_dir() -> Path | None:
+    """Where per-dataset caches live: ``$LANDMARK_CACHE`` or ``~/.cache/landmark-classifier``; None if unwritable."""
     path = Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "landmark-classifier")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        warnings.warn(f"{path}: cannot create the cache folder ({error}); set {CACHE_ENV_VAR} to a writable one", stacklevel=2)
+        return None
     return path
 
 
@@ -178,6 +183,13 @@ class _StatsImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(image, dtype=np.float64) / 255.0).reshape(-1, 3)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _drop_unreadable(batch: list[torch.Tensor | None]) -> list[torch.Tensor]:
     return [item for item in batch if item is not None]
 
@@ -192,10 +204,14 @@ def compute_mean_and_std(
     Photos are reduced to ``size``x``size`` first: channel statistics barely depend on scale.
     """
     train_dir = get_data_location(data_dir) / "train"
-    cache_file = cache_dir() / f"mean_std-{dataset_fingerprint(train_dir)}.json"
-    if cache_file.is_file():
-        cached = json.loads(cache_file.read_text())
-        return torch.tensor(cached["mean"]), torch.tensor(cached["std"])
+    folder = cache_dir()
+    cache_file = folder / f"mean_std-{dataset_fingerprint(train_dir)}.json" if folder else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached = json.loads(cache_file.read_text())
+            return torch.tensor(cached["mean"]), torch.tensor(cached["std"])
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{cache_file}: damaged cache file, recomputing", stacklevel=2)
     paths = list_images(train_dir)
     if not paths:
         raise DataNotFoundError(f"{train_dir} holds no photos to compute statistics from.")
@@ -215,11 +231,12 @@ def compute_mean_and_std(
         raise DataNotFoundError(f"None of the photos in {train_dir} could be read.")
     mean = total / count
     std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
-    cache_file.write_text(json.dumps({"dataset": str(train_dir), "mean": mean.tolist(), "std": std.tolist(), "images": len(paths)}))
+    if cache_file is not None:
+        atomic_write_text(cache_file, json.dumps({"dataset": str(train_dir), "mean": mean.tolist(), "std": std.tolist(), "images": len(paths)}))
     return mean.float(), std.float()
 
 
-def plot_confusion_matrix(pred, truth, class_names: list[str] | None = None, normalize: bool = True):
+def plot_confusion_matrix(pred: ArrayLike, truth: ArrayLike, class_names: list[str] | None = None, normalize: bool = True):
     """Plot the confusion matrix of predicted vs true class indices; returns the matplotlib figure.
 
     Rows are true classes. With ``normalize`` each row shows the fraction of that class's photos,

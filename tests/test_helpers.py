@@ -118,6 +118,22 @@ def test_mean_and_std_are_exact_and_cached_per_dataset(tmp_path: Path, monkeypat
     assert torch.allclose(mean3, torch.ones(3), atol=1e-4)
 
 
+def test_statistics_survive_an_unwritable_or_damaged_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _solid_dataset(tmp_path / "a", [(0, 0, 0), (255, 255, 255)])
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.warns(UserWarning, match="cannot create the cache folder"):
+        mean, _ = compute_mean_and_std(data, num_workers=0)
+    assert torch.allclose(mean, torch.full((3,), 0.5), atol=1e-4)
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path / "cache"))
+    compute_mean_and_std(data, num_workers=0)
+    (cache_file,) = (tmp_path / "cache").glob("mean_std-*.json")
+    cache_file.write_text("{truncated")
+    with pytest.warns(UserWarning, match="damaged cache file"):
+        mean, _ = compute_mean_and_std(data, num_workers=0)
+    assert torch.allclose(mean, torch.full((3,), 0.5), atol=1e-4)
+
+
 def test_setup_env_prepares_device_data_and_checkpoints(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     env = setup_env(tiny_data)
