@@ -8,7 +8,6 @@ name and renamed, so an interruption never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from .factory import create_model
+from .helpers import atomic_write
 
 FORMAT = "landmark-checkpoint/1"
 
@@ -24,19 +24,11 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, not ours, or does not fit the model."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any], **extra: Any) -> None:
     """Save ``model``'s weights with ``metadata`` (class names, normalisation, sizes) and ``extra`` fields."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "arch": getattr(model, "arch", None), "state_dict": state, **metadata, **extra}, path)
+    checkpoint = {"format": FORMAT, "arch": getattr(model, "arch", None), "state_dict": state, **metadata, **extra}
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

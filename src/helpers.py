@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,16 +140,33 @@ def download_and_extract(url: str = DATASET_URL, destination: str | Path = DEFAU
     return destination
 
 
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)`` then rename it to ``path``: readers never see half a file,
+    and an interruption leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """All files with a photo extension below ``folder``, sorted for reproducibility."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def dataset_fingerprint(folder: str | Path) -> str:
-    """A hash of the folder's path and every photo's name, size and mtime: changes when any file does."""
+def dataset_fingerprint(folder: str | Path, paths: list[Path] | None = None) -> str:
+    """A hash of the folder's path and every photo's name, size and mtime: changes when any file does.
+
+    ``paths`` is the folder's :func:`list_images`, when the caller already has it.
+    """
     folder = Path(folder).resolve()
     digest = hashlib.sha256(str(folder).encode())
-    for path in list_images(folder):
+    for path in list_images(folder) if paths is None else paths:
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
@@ -183,13 +201,6 @@ class _StatsImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(image, dtype=np.float64) / 255.0).reshape(-1, 3)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _drop_unreadable(batch: list[torch.Tensor | None]) -> list[torch.Tensor]:
     return [item for item in batch if item is not None]
 
@@ -204,15 +215,15 @@ def compute_mean_and_std(
     Photos are reduced to ``size``x``size`` first: channel statistics barely depend on scale.
     """
     train_dir = get_data_location(data_dir) / "train"
+    paths = list_images(train_dir)
     folder = cache_dir()
-    cache_file = folder / f"mean_std-{dataset_fingerprint(train_dir)}.json" if folder else None
+    cache_file = folder / f"mean_std-{dataset_fingerprint(train_dir, paths)}.json" if folder else None
     if cache_file is not None and cache_file.is_file():
         try:
             cached = json.loads(cache_file.read_text())
             return torch.tensor(cached["mean"]), torch.tensor(cached["std"])
         except (ValueError, KeyError, TypeError):
             warnings.warn(f"{cache_file}: damaged cache file, recomputing", stacklevel=2)
-    paths = list_images(train_dir)
     if not paths:
         raise DataNotFoundError(f"{train_dir} holds no photos to compute statistics from.")
     workers = min(os.cpu_count() or 1, 4) if num_workers is None else num_workers
@@ -232,7 +243,8 @@ def compute_mean_and_std(
     mean = total / count
     std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
     if cache_file is not None:
-        atomic_write_text(cache_file, json.dumps({"dataset": str(train_dir), "mean": mean.tolist(), "std": std.tolist(), "images": len(paths)}))
+        record = {"dataset": str(train_dir), "mean": mean.tolist(), "std": std.tolist(), "images": len(paths)}
+        atomic_write(cache_file, lambda tmp: tmp.write_text(json.dumps(record)))
     return mean.float(), std.float()
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import model_from_checkpoint
 from .data import collate_readable
+from .helpers import atomic_write
 from .images import ImageReadError, load_rgb
 from .presets import default_resize_size
 
@@ -70,12 +71,7 @@ def export_predictor(predictor: Predictor, path: str | Path) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
         scripted = torch.jit.script(predictor.cpu().eval())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    scripted.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: scripted.save(str(tmp)))
 
 
 def predictor_from_checkpoint(checkpoint_path: str | Path) -> Predictor:

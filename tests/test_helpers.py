@@ -155,3 +155,16 @@ def test_plot_confusion_matrix() -> None:
     matrix = ax.images[0].get_array()
     assert np.allclose(matrix.sum(axis=1), 1.0) and matrix[0, 1] == pytest.approx(0.5)
     assert plot_confusion_matrix(pred, truth).axes[0].images[0].get_array().shape == (3, 3)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "model.pt"
+    helpers.atomic_write(target, lambda tmp: tmp.write_text("old"))
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        helpers.atomic_write(target, broken)
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["model.pt"]
