@@ -18,8 +18,10 @@ import torch
 
 from . import __version__
 from .checkpoint import CheckpointError
-from .data import get_data_loaders
+from .data import PhotoFolder, get_data_loaders
 from .evaluation import classification_report
+from .finetune import FineTuneRecipe, fine_tune
+from .distributed import init_from_env, is_main_process, rank, shutdown, world_size
 from .factory import SCRATCH, create_model, list_models
 from .helpers import DataNotFoundError, get_device, seed_everything, setup_env
 from .images import ImageReadError
@@ -35,16 +37,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder with train/ and test/ (default: $LANDMARK_DATA, ./landmark_images, download)")
     p.add_argument("--model", default="mobilenet_v2", help=f"'{SCRATCH}' or a backbone: {', '.join(list_models()[1:])} "
                    "(or any torchvision classification model, downloaded)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="epochs on augmented photos (transfer: stage 2; 0 stops after stage 1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-3 scratch, 1e-3 transfer)")
-    p.add_argument("--optimizer", default="AdamW", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", default="AdamW", choices=OPTIMIZERS, help="scratch only (transfer: AdamW with per-stage rates)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=None, help="(default: 5e-2 scratch, 1e-4 transfer)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=None, help="(default: 0.3 scratch, 0.2 transfer)")
-    p.add_argument("--fine-tune", action="store_true", help="train the pretrained backbone too (default: frozen)")
-    p.add_argument("--image-size", type=int, default=224, help="training crop size in pixels")
+    p.add_argument("--head-epochs", type=int, default=30, help="transfer stage 1: head epochs on cached backbone features")
+    p.add_argument("--feature-views", type=int, default=1, help="transfer stage 1: augmented views per photo (plus the centre)")
+    p.add_argument("--unfreeze", type=int, default=12, help="transfer stage 2: backbone stages trained (0 frozen, -1 all)")
+    p.add_argument("--backbone-lr", type=float, default=5e-4, help="transfer stage 2: learning rate of the unfrozen stages")
+    p.add_argument("--image-size", type=int, default=224, help="evaluation (and prediction) crop size in pixels")
+    p.add_argument("--resize-size", type=int, default=None, help="short side photos are resized to before the crop "
+                   "(default: image size x 256/224)")
+    p.add_argument("--train-size", type=int, default=None, help="training crop size (default: image size)")
     p.add_argument("--valid-size", type=float, default=0.2, help="fraction of train/ held out for validation")
     p.add_argument("--limit", type=int, default=-1, help="use only this many training photos (quick runs)")
     p.add_argument("--scheduler", default="cosine", choices=("cosine", "plateau"))
@@ -98,16 +106,29 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         spec = get_backbone_spec(args.model)
         norm = {"mean": spec.mean, "std": spec.std}
     loaders = get_data_loaders(batch_size=args.batch_size, valid_size=args.valid_size, num_workers=args.workers,
-                               limit=args.limit, data_dir=env.data_dir, image_size=args.image_size, seed=args.seed, **norm)
-    model_kwargs: dict[str, Any] = {"dropout": dropout} if scratch else {"dropout": dropout, "freeze": not args.fine_tune}
+                               limit=args.limit, data_dir=env.data_dir, image_size=args.image_size,
+                               resize_size=args.resize_size, train_size=args.train_size, seed=args.seed, **norm)
+    model_kwargs: dict[str, Any] = {"dropout": dropout}
     model = create_model(args.model, len(loaders["train"].dataset.class_names), **model_kwargs)
     print(f"Model {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
           f"{len(loaders['train'].dataset)} train / {len(loaders['valid'].dataset)} valid / {len(loaders['test'].dataset)} test photos")
-    loss = get_loss(label_smoothing=args.label_smoothing)
-    optimizer = get_optimizer(model, args.optimizer, learning_rate=lr, momentum=args.momentum, weight_decay=weight_decay)
     start = time.perf_counter()
-    history = optimize(loaders, model, optimizer, loss, args.epochs, checkpoint, scheduler=args.scheduler, resume=args.resume)
+    if scratch:
+        loss = get_loss(label_smoothing=args.label_smoothing)
+        optimizer = get_optimizer(model, args.optimizer, learning_rate=lr, momentum=args.momentum, weight_decay=weight_decay)
+        history = optimize(loaders, model, optimizer, loss, args.epochs, checkpoint, scheduler=args.scheduler, resume=args.resume)
+        head_history: list[dict[str, float]] = []
+        head_seconds = 0.0
+    else:
+        recipe = FineTuneRecipe(head_epochs=args.head_epochs, feature_views=args.feature_views, unfreeze=args.unfreeze,
+                                epochs=args.epochs, head_lr=lr, backbone_lr=args.backbone_lr, weight_decay=weight_decay,
+                                label_smoothing=args.label_smoothing)
+        stages = fine_tune(loaders, model, checkpoint, recipe, resume=args.resume, seed=args.seed)
+        history, head_history = list(stages["fine_tune"]) or list(stages["head"]), list(stages["head"])
+        head_seconds = stages["head_seconds"]
     train_seconds = time.perf_counter() - start
+    if not is_main_process():  # rank 0 tests and exports
+        return {}
 
     load_best(model, checkpoint)
     model.cpu()
@@ -123,12 +144,12 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "data": str(env.data_dir), "device": str(env.device),
         "epochs": len(history), "train_seconds": round(train_seconds, 1),
         "best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"],
-        "test": report, "checkpoint": str(checkpoint), "export": str(export),
+        "test": report, "stage1_seconds": round(head_seconds, 1), "stage1_head_history": head_history, "checkpoint": str(checkpoint), "export": str(export),
         "export_megabytes": round(export.stat().st_size / 1e6, 2), "history": history,
     }
     export.with_suffix(".json").write_text(json.dumps(metrics, indent=2))
     print("\nSummary")
-    print(f"  model            {args.model} ({'fine-tuned' if args.fine_tune else 'frozen backbone' if not scratch else 'from scratch'})")
+    print(f"  model            {args.model} ({'from scratch' if scratch else f'last {model.trainable_stages} backbone stages fine-tuned'})")
     print(f"  training         {len(history)} epochs in {train_seconds / 60:.1f} min on {env.device}")
     print(f"  validation       best accuracy {best['valid_accuracy']:.2%} (epoch {best['epoch']})")
     print(f"  test             top-1 {report['top1']:.2%}, top-5 {report.get('top5', report['top1']):.2%} on {report['photos']} photos")
@@ -140,14 +161,13 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model = _load_any(args.model)
     env = setup_env(args.data)
-    norm = {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
-    loaders = get_data_loaders(batch_size=args.batch_size, num_workers=0, data_dir=env.data_dir, **norm)
-    dataset = loaders["test"].dataset
-    if list(model.class_names) != dataset.class_names:
+    test = PhotoFolder(env.data_dir / "test")
+    if list(model.class_names) != test.class_names:
         raise CheckpointError(f"{args.model}: its {len(model.class_names)} classes do not match the "
-                              f"{len(dataset.class_names)} classes of {env.data_dir}/test")
-    truth, probabilities = predict_photos(model, dataset.paths, dataset.targets, args.batch_size, args.workers)
-    report = classification_report(truth, probabilities, dataset.class_names)
+                              f"{len(test.class_names)} classes of {env.data_dir}/test")
+    paths, targets = [Path(p) for p, _ in test.samples], [t for _, t in test.samples]
+    truth, probabilities = predict_photos(model, paths, targets, args.batch_size, args.workers)
+    report = classification_report(truth, probabilities, test.class_names)
     print(f"{args.model} on {env.data_dir}/test: top-1 {report['top1']:.2%}, top-5 {report.get('top5', report['top1']):.2%} "
           f"({report['photos']} photos)")
     for name, accuracy in sorted(report["per_class_top1"].items(), key=lambda item: item[1]):
@@ -193,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             seed_everything(args.seed)
+            if init_from_env():
+                print(f"Distributed training: rank {rank()} of {world_size()}")
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)
@@ -210,4 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (finished epochs are saved: rerun the same command with --resume)" if args.command == "train" else ""
         print(f"Interrupted{hint}.", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
     return 0

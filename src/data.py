@@ -2,7 +2,8 @@
 
 ``get_data_loaders`` splits ``train/`` into a seeded train/validation split (the same split
 every run), keeps ``test/`` untouched for the final measurement, and skips unreadable photos
-with a warning that names them instead of crashing inside a worker process.
+with a warning that names them. Photos are decoded once per dataset and size (``src.cache``);
+augmentation runs on uint8 tensors.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 
 from .helpers import compute_mean_and_std, get_data_location
-from .images import ImageReadError, is_image_file, load_rgb
+from .cache import decoded_images
+from .distributed import is_distributed
+from .images import is_image_file, load_rgb
 from .presets import ClassificationPresetEval, ClassificationPresetTrain, default_resize_size
 
 
@@ -56,14 +59,22 @@ class PhotoFolder(datasets.ImageFolder):
 class LandmarkDataset(Dataset):
     """A subset of a :class:`PhotoFolder` with its own transform (train and valid share a folder).
 
-    Items are ``(image, class_index)``, or ``None`` for a photo that fails to decode; the
-    loaders' :func:`collate_readable` drops those after a warning naming the file.
+    The photos are decoded once into a uint8 tensor by :func:`~src.cache.decoded_images`
+    (``resize_size`` squares, cached on disk), so each item only costs its transform; photos
+    that cannot be decoded are left out with a warning naming them. Items are
+    ``(image, class_index)``.
     """
 
     def __init__(self, folder: PhotoFolder, indices: Sequence[int], transform: Callable | None,
-                 mean: Sequence[float], std: Sequence[float], image_size: int, resize_size: int) -> None:
+                 mean: Sequence[float], std: Sequence[float], image_size: int, resize_size: int,
+                 num_workers: int = -1) -> None:
         self.folder = folder
-        self.indices = list(indices)
+        candidates = list(indices)
+        images, readable = decoded_images([Path(folder.samples[i][0]) for i in candidates], folder.root,
+                                          resize_size, num_workers)
+        keep = readable.nonzero().flatten()
+        self.indices = [candidates[i] for i in keep.tolist()]
+        self.images = images if len(keep) == len(candidates) else images[keep]
         self.transform = transform
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.image_size, self.resize_size = image_size, resize_size  # what evaluation uses
@@ -91,26 +102,29 @@ class LandmarkDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int):
-        path, target = self.folder.samples[self.indices[index]]
-        try:
-            image = load_rgb(path)
-        except ImageReadError as error:
-            warnings.warn(f"Skipping unreadable image: {error}", stacklevel=2)
-            return None
-        return (self.transform(image) if self.transform else image), target
-
-
-def collate_readable(batch: list):
-    """Default collation without the ``None`` items of unreadable photos (may give an empty batch)."""
-    items = [item for item in batch if item is not None]
-    if not items:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.utils.data.default_collate(items)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.folder.samples[self.indices[index]][1]
 
 
 def _seeded_permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def split_indices(n_train: int, n_test: int, valid_size: float = 0.2, seed: int = 42, limit: int = -1
+                  ) -> tuple[list[int], list[int], list[int]]:
+    """``(train, valid, test)`` photo indices: a seeded split of ``train/`` (the same every run).
+
+    ``limit`` > 0 keeps a seeded sample of that many training photos and a proportional
+    number of test photos.
+    """
+    order = _seeded_permutation(n_train, seed)
+    test_order = list(range(n_test))
+    if limit > 0:
+        test_order = sorted(_seeded_permutation(n_test, seed)[: max(1, round(limit * n_test / len(order)))])
+        order = order[:limit]
+    n_valid = int(round(valid_size * len(order)))
+    return sorted(order[n_valid:]), sorted(order[:n_valid]), test_order
 
 
 def get_data_loaders(
@@ -121,6 +135,7 @@ def get_data_loaders(
     data_dir: str | Path | None = None,
     image_size: int = 224,
     resize_size: int | None = None,
+    train_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     seed: int = 42,
@@ -132,7 +147,9 @@ def get_data_loaders(
     ``limit`` > 0 keeps a seeded random sample of that many training photos (and a proportional
     number of test photos), for quick runs. ``num_workers=-1`` uses every CPU core.
     ``mean``/``std`` default to the dataset's own statistics (cached per dataset); pass
-    ImageNet's for pretrained backbones.
+    ImageNet's for pretrained backbones. Photos are decoded once into ``resize_size`` squares
+    (cached); evaluation centre-crops ``image_size``, training takes random crops of
+    ``train_size`` (default ``image_size``; smaller trains faster, see ``presets``).
     """
     if not 0 <= valid_size < 1:
         raise ValueError(f"valid_size must be in [0, 1), got {valid_size}")
@@ -146,35 +163,31 @@ def get_data_loaders(
         raise ValueError(f"{root}: train/ and test/ have different class folders "
                          f"({len(train_folder.classes)} vs {len(test_folder.classes)})")
 
-    order = _seeded_permutation(len(train_folder), seed)
-    test_order = list(range(len(test_folder)))
-    if limit > 0:
-        test_order = sorted(_seeded_permutation(len(test_folder), seed)[: max(1, round(limit * len(test_folder) / len(order)))])
-        order = order[:limit]
-    n_valid = int(round(valid_size * len(order)))
-    valid_indices, train_indices = sorted(order[:n_valid]), sorted(order[n_valid:])
+    train_indices, valid_indices, test_order = split_indices(len(train_folder), len(test_folder), valid_size, seed, limit)
 
     resize_size = resize_size or default_resize_size(image_size)
-    train_transform = train_preset or ClassificationPresetTrain(image_size, mean, std)
+    train_transform = train_preset or ClassificationPresetTrain(train_size or image_size, mean, std)
     eval_transform = ClassificationPresetEval(image_size, mean, std, resize_size)
-    sizes = {"mean": mean, "std": std, "image_size": image_size, "resize_size": resize_size}
+    sizes = {"mean": mean, "std": std, "image_size": image_size, "resize_size": resize_size, "num_workers": num_workers}
     splits = {
         "train": LandmarkDataset(train_folder, train_indices, train_transform, **sizes),
         "valid": LandmarkDataset(train_folder, valid_indices, eval_transform, **sizes),
         "test": LandmarkDataset(test_folder, test_order, eval_transform, **sizes),
     }
     workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+    # Under torchrun each process trains on its own shard of the training split.
+    train_sampler = DistributedSampler(splits["train"], shuffle=True, seed=seed, drop_last=True) if is_distributed() else None
     return {
         name: DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=name == "train",
+            shuffle=name == "train" and train_sampler is None,
+            sampler=train_sampler if name == "train" else None,
             drop_last=name == "train" and len(dataset) > batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=collate_readable,
-            generator=torch.Generator().manual_seed(seed) if name == "train" else None,
+            generator=torch.Generator().manual_seed(seed) if name == "train" and train_sampler is None else None,
         )
         for name, dataset in splits.items()
     }

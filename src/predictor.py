@@ -16,13 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .cache import SquarePhotos, read_image
 from .checkpoint import model_from_checkpoint
-from .data import collate_readable
 from .helpers import atomic_write
-from .images import ImageReadError, load_rgb
 from .presets import default_resize_size
 
 
@@ -66,11 +65,18 @@ class Predictor(nn.Module):
             return F.softmax(self.model(x), dim=1)
 
 
+EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std"]
+
+
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
-    """Script ``predictor`` with TorchScript and save it (atomically) to ``path``, on the CPU."""
+    """Script ``predictor`` with TorchScript, freeze it and save it (atomically) to ``path``, on the CPU.
+
+    Freezing folds batch norm into the convolutions (about 10 % faster on a CPU) and keeps
+    the attributes consumers read (:data:`EXPORTED_ATTRIBUTES`).
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
-        scripted = torch.jit.script(predictor.cpu().eval())
+        scripted = torch.jit.freeze(torch.jit.script(predictor.cpu().eval()), preserved_attrs=EXPORTED_ATTRIBUTES)
     return atomic_write(path, lambda tmp: scripted.save(str(tmp)))
 
 
@@ -97,66 +103,41 @@ def load_exported(path: str | Path) -> torch.jit.ScriptModule:
     return model.eval()
 
 
-def image_tensor(path: str | Path, short_side: int | None = None) -> torch.Tensor:
-    """Read a photo as a ``(3, H, W)`` uint8 tensor; JPEGs are draft-decoded near ``short_side``."""
-    draft = None if short_side is None else (short_side, short_side)
-    image = load_rgb(path, draft_size=draft)
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
 def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
-    """The ``k`` most likely landmarks for one photo as ``(name, probability)``, best first."""
-    probabilities = model(image_tensor(path, int(model.resize_size)).unsqueeze(0))[0]
+    """The ``k`` most likely landmarks for one photo as ``(name, probability)``, best first.
+
+    Large JPEGs are draft-decoded near the predictor's resize size (several times faster).
+    """
+    probabilities = model(read_image(path, int(model.resize_size)).unsqueeze(0))[0]
     values, indices = probabilities.topk(min(k, probabilities.numel()))
     return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
-
-
-class _SquareCrops(Dataset):
-    """Photos resized (short side) and centre-cropped to a square, so any sizes batch together.
-
-    The predictor then resizes nothing and crops the same centre it would crop from the
-    full photo, so batched results match one-photo-at-a-time prediction.
-    """
-
-    def __init__(self, paths: list[Path], targets: list[int], size: int) -> None:
-        self.paths, self.targets, self.size = paths, targets, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            image = image_tensor(self.paths[index], self.size)
-        except ImageReadError as error:
-            warnings.warn(f"Skipping unreadable image: {error}", stacklevel=2)
-            return None
-        size = self.size
-        height, width = image.shape[-2:]
-        new = [size, int(size * width / height)] if height <= width else [int(size * height / width), size]
-        image = F.interpolate(image.unsqueeze(0).float(), size=new, mode="bilinear", align_corners=False, antialias=True)[0]
-        top, left = (new[0] - size) // 2, (new[1] - size) // 2
-        crop = image[:, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
-        return crop, self.targets[index]
 
 
 def predict_photos(model_reloaded: nn.Module, paths: list[Path], targets: list[int], batch_size: int = 50,
                    num_workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """``(truth, probabilities)`` of an exported predictor over photos on disk, in batches.
 
-    Unreadable photos are skipped with a warning and left out of both arrays.
+    Photos are cut to the predictor's resize size as squares (:class:`~src.cache.SquarePhotos`):
+    the predictor then crops the same centre it would crop from the full photo, so batched
+    results match one-photo-at-a-time prediction. Unreadable photos are skipped with a warning
+    and left out of both arrays.
     """
     workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-    loader = DataLoader(_SquareCrops(paths, targets, int(model_reloaded.resize_size)),
-                        batch_size=batch_size, num_workers=workers, collate_fn=collate_readable)
-    truth, probabilities = [], []
-    for images, batch_targets in tqdm(loader, desc="Predicting", leave=False, ncols=80):
-        if batch_targets.numel() == 0:
-            continue
-        probabilities.append(model_reloaded(images))
-        truth.append(batch_targets)
+    loader = DataLoader(SquarePhotos(paths, int(model_reloaded.resize_size)), batch_size=batch_size,
+                        num_workers=workers, collate_fn=list)
+    truth: list[int] = []
+    probabilities: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="Predicting", leave=False, ncols=80):
+            readable = [(index, item) for index, item in batch if not isinstance(item, str)]
+            for _, message in (entry for entry in batch if isinstance(entry[1], str)):
+                warnings.warn(f"Skipping unreadable image: {message}", stacklevel=2)
+            if readable:
+                probabilities.append(model_reloaded(torch.stack([image for _, image in readable])))
+                truth += [targets[index] for index, _ in readable]
     if not truth:
         return np.zeros(0, dtype=np.int64), np.zeros((0, len(model_reloaded.class_names)), dtype=np.float32)
-    return torch.cat(truth).numpy(), torch.cat(probabilities).numpy()
+    return np.asarray(truth, dtype=np.int64), torch.cat(probabilities).numpy()
 
 
 def predictor_test(test_dataloader: DataLoader, model_reloaded: nn.Module, batch_size: int = 50,

@@ -1,7 +1,7 @@
 """Train and evaluation transforms, as small classes in the style of torchvision's references.
 
-Both take a PIL image and return a normalised float tensor. Augmentation runs on uint8
-tensors (torchvision transforms v2), which is faster than on PIL images.
+Both take a uint8 image tensor (as :mod:`src.cache` stores them) or a PIL image and return a
+normalised float tensor. Augmentation runs on uint8 tensors (torchvision transforms v2).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ClassificationPresetTrain:
         random_erase_prob: float = 0.0,
     ) -> None:
         steps: list[torch.nn.Module] = [
-            v2.PILToTensor(),
+            v2.ToImage(),
             v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
         ]
         if hflip_prob > 0:
@@ -56,7 +56,7 @@ class ClassificationPresetEval:
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize_size: int | None = None) -> None:
         self.transforms = v2.Compose(
             [
-                v2.PILToTensor(),
+                v2.ToImage(),
                 v2.Resize(resize_size or default_resize_size(image_size), antialias=True),
                 v2.CenterCrop(image_size),
                 v2.ToDtype(torch.float32, scale=True),

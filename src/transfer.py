@@ -131,11 +131,27 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")
 
 
+def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks from input to output, the units of staged unfreezing.
+
+    MobileNetV2 and most torchvision models: the items of ``features``; timm EfficientNets:
+    the stem, each block stage, and the final 1x1 convolution; anything else: its children.
+    """
+    if hasattr(backbone, "blocks") and hasattr(backbone, "conv_stem"):  # timm EfficientNet family
+        return [nn.ModuleList([backbone.conv_stem, backbone.bn1]), *backbone.blocks,
+                nn.ModuleList([backbone.conv_head, backbone.bn2])]
+    features = getattr(backbone, "features", None)
+    if isinstance(features, nn.Sequential):
+        return list(features)
+    return [child for child in backbone.children() if any(True for _ in child.parameters())]
+
+
 class TransferModel(nn.Module):
     """``backbone`` (pretrained feature extractor) -> ``head`` (dropout + linear).
 
-    While the backbone is frozen it also stays in eval mode during training, so its batch-norm
-    statistics keep their ImageNet values.
+    The backbone can be frozen entirely or up to its last ``n`` stages (:meth:`unfreeze_last`).
+    Frozen stages stay in eval mode during training, so their batch-norm statistics keep
+    their ImageNet values.
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, dropout: float,
@@ -146,18 +162,35 @@ class TransferModel(nn.Module):
         self.num_features = num_features
         self.num_classes = n_classes
         self.mean, self.std = mean, std
-        self.backbone_frozen = False
+        self.trainable_stages = len(backbone_stages(backbone))
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.trainable_stages == 0
+
+    def unfreeze_last(self, n: int) -> None:
+        """Train only the last ``n`` backbone stages (0: frozen backbone; -1 or more than it has: all)."""
+        stages = backbone_stages(self.backbone)
+        n = len(stages) if n < 0 else min(n, len(stages))
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad = n == len(stages)
+        for stage in stages[len(stages) - n:]:
+            for parameter in stage.parameters():
+                parameter.requires_grad = True
+        self.trainable_stages = n
+        self.train(self.training)
 
     def freeze_backbone(self, frozen: bool = True) -> None:
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad = not frozen
-        self.backbone_frozen = frozen
-        self.train(self.training)
+        self.unfreeze_last(0 if frozen else -1)
 
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
-        if self.backbone_frozen:
+        if mode and self.backbone_frozen:
             self.backbone.eval()
+        elif mode:
+            stages = backbone_stages(self.backbone)
+            for stage in stages[: len(stages) - self.trainable_stages]:
+                stage.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

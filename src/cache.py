@@ -1,0 +1,115 @@
+"""Decode-once image cache: the photos of a split as one uint8 tensor ``(N, 3, S, S)``.
+
+Decoding JPEGs costs more CPU than a small CNN's training step, so it is done once per dataset
+and size rather than once per epoch: every photo is decoded, its short side resized to ``S``
+and its centre cropped to ``S``x``S`` (exactly what evaluation does anyway), and the result is
+saved under :func:`~src.helpers.cache_dir`. The file is named by the photos' fingerprint (names,
+sizes, modification times) and ``S``, so adding, removing or editing a photo makes a new cache
+instead of silently reusing a stale one. Augmentation then runs on these tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .helpers import atomic_write, cache_dir, dataset_fingerprint
+from .images import ImageReadError, load_rgb
+
+CACHE_FORMAT = "decoded-images/1"
+
+
+def center_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a ``(3, H, W)`` uint8 image so its short side is ``size`` (antialiased), then crop the centre square."""
+    height, width = image.shape[-2:]
+    new = [size, max(size, round(size * width / height))] if height <= width else [max(size, round(size * height / width)), size]
+    if new != [height, width]:
+        image = F.interpolate(image.unsqueeze(0).float(), size=new, mode="bilinear", align_corners=False,
+                              antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    return image[:, top:top + size, left:left + size].contiguous()
+
+
+def read_image(path: str | Path, draft: int | None = None) -> torch.Tensor:
+    """An upright RGB photo as a ``(3, H, W)`` uint8 tensor; JPEGs are draft-decoded near ``draft`` px."""
+    import numpy as np
+
+    image = load_rgb(path, draft_size=None if draft is None else (draft, draft))
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+class SquarePhotos(Dataset):
+    """Photos decoded and cut to ``size`` x ``size`` by :func:`center_square`, so any sizes batch together.
+
+    Items are ``(index, uint8 image)``, or ``(index, error message)`` for an unreadable photo,
+    so a bad file is reported by name instead of stopping a worker process.
+    """
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return index, center_square(read_image(self.paths[index], self.size), self.size)
+        except ImageReadError as error:
+            return index, str(error)
+
+
+def _decode_all(paths: list[Path], size: int, num_workers: int) -> tuple[torch.Tensor, dict[int, str]]:
+    images = torch.zeros(len(paths), 3, size, size, dtype=torch.uint8)
+    errors: dict[int, str] = {}
+    loader = DataLoader(SquarePhotos(paths, size), batch_size=64, num_workers=num_workers, collate_fn=list)
+    with tqdm(total=len(paths), desc=f"Decoding photos once ({size} px)", leave=False) as progress:
+        for batch in loader:
+            for index, item in batch:
+                if isinstance(item, str):
+                    errors[index] = item
+                else:
+                    images[index] = item
+            progress.update(len(batch))
+    return images, errors
+
+
+def decoded_images(paths: list[Path], root: str | Path, size: int, num_workers: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, readable)`` for ``paths`` (all below ``root``): a ``(N, 3, size, size)`` uint8 tensor
+    and a boolean mask of the photos that could be decoded (the others are black and warned about).
+
+    Loaded from the cache when the same photos were decoded at the same size before.
+    """
+    if size < 1:
+        raise ValueError(f"cache image size must be positive, got {size}")
+    folder = cache_dir()
+    key = dataset_fingerprint(root, paths)
+    cache_file = folder / f"decoded-{key}-{size}px-{len(paths)}.pt" if folder else None
+    record = None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            record = torch.load(cache_file, mmap=True, weights_only=True)
+            if record.get("format") != CACHE_FORMAT or tuple(record["images"].shape) != (len(paths), 3, size, size):
+                raise ValueError("unexpected content")
+        except Exception as error:  # noqa: BLE001 - any damage means: decode again
+            warnings.warn(f"{cache_file}: damaged image cache ({error}); decoding again", stacklevel=2)
+            record = None
+    if record is None:
+        workers = min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers
+        images, errors = _decode_all(paths, size, workers)
+        record = {"format": CACHE_FORMAT, "root": str(root), "images": images, "errors": errors}
+        if cache_file is not None:
+            atomic_write(cache_file, lambda tmp: torch.save(record, tmp))
+    errors: dict[int, str] = record["errors"]
+    readable = torch.ones(len(paths), dtype=torch.bool)
+    if errors:
+        messages = list(errors.values())
+        shown = "; ".join(messages[:5]) + (f"; and {len(messages) - 5} more" if len(messages) > 5 else "")
+        warnings.warn(f"Skipping {len(errors)} unreadable photo(s): {shown}", stacklevel=2)
+        readable[list(errors)] = False
+    return record["images"], readable

@@ -1,0 +1,151 @@
+"""Transfer-learning recipe: a pretrained backbone adapted in two stages.
+
+1. **Head on cached features.** The frozen backbone encodes every training photo once per view
+   (the centre view plus ``feature_views`` augmented ones) and every validation photo once; the
+   new head then trains on these vectors. Many passes over the features cost seconds, where
+   one pass through the backbone costs minutes on a CPU.
+2. **Staged unfreezing.** The last ``unfreeze`` backbone stages train together with the head on
+   freshly augmented photos, the backbone with its own, lower learning rate
+   (``backbone_lr``) so the pretrained filters move less than the new head. ``unfreeze=0``
+   keeps training only the head, on augmented photos.
+3. **Selection.** The epoch with the best validation loss is kept (``optimize``).
+
+Stage 1 gives stage 2 a good head to start from, so the pretrained features are not wrecked
+by the large gradients of a random head.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .helpers import get_device
+from .optimization import get_loss
+from .presets import ClassificationPresetEval
+from .checkpoint import save_checkpoint
+from .train import checkpoint_metadata, last_state_path, optimize
+from .transfer import TransferModel
+
+
+@dataclass
+class FineTuneRecipe:
+    """Hyper-parameters of :func:`fine_tune`; the defaults are the shipped MobileNetV2 recipe (README "Results")."""
+
+    head_epochs: int = 30
+    feature_views: int = 1
+    unfreeze: int = 12
+    epochs: int = 12
+    head_lr: float = 1e-3
+    backbone_lr: float = 5e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 0.3  # stage 2 starts from a trained head: a short warm-up is enough
+    batch_size: int = 256
+
+
+def extract_features(backbone: nn.Module, loader: DataLoader, desc: str = "Features") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, targets)`` of every photo the loader yields, through the backbone in eval mode."""
+    device = get_device()
+    backbone.eval().to(device, memory_format=torch.channels_last)  # outside inference mode: weights stay trainable
+    features, targets = [], []
+    with torch.inference_mode():
+        for images, labels in tqdm(loader, desc=desc, leave=False, ncols=80):
+            features.append(backbone(images.to(device, memory_format=torch.channels_last)).float().cpu())
+            targets.append(labels)
+    return torch.cat(features), torch.cat(targets)
+
+
+def cached_view_features(model: TransferModel, data_loaders: dict[str, DataLoader], views: int
+                         ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Training features for the centre view plus ``views`` augmented views, and validation features."""
+    train_set = data_loaders["train"].dataset
+    # every photo once per view, in order (the training loader shuffles and drops a last partial batch)
+    in_order = DataLoader(train_set, batch_size=data_loaders["train"].batch_size, num_workers=data_loaders["train"].num_workers)
+    augmented = train_set.transform
+    train_set.transform = ClassificationPresetEval(train_set.image_size, train_set.mean, train_set.std, train_set.resize_size)
+    try:
+        parts = [extract_features(model.backbone, in_order, "Features (centre view)")]
+    finally:
+        train_set.transform = augmented
+    parts += [extract_features(model.backbone, in_order, f"Features (view {v + 1}/{views})") for v in range(views)]
+    train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return train, extract_features(model.backbone, data_loaders["valid"], "Features (validation)")
+
+
+def train_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
+               recipe: FineTuneRecipe, seed: int = 42) -> list[dict[str, float]]:
+    """Stage 1: AdamW + one-cycle on cached features; keeps the head of the best validation loss."""
+    features, targets = train
+    generator = torch.Generator().manual_seed(seed)
+    loss = get_loss(recipe.label_smoothing)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay)
+    steps = max(1, len(features) // recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.head_lr, total_steps=recipe.head_epochs * steps)
+    head.cpu()
+    history: list[dict[str, float]] = []
+    best_loss, best_state = float("inf"), None
+    for epoch in range(1, recipe.head_epochs + 1):
+        head.train()
+        order = torch.randperm(len(features), generator=generator)
+        for step in range(steps):
+            batch = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss(head(features[batch]), targets[batch]).backward()
+            optimizer.step()
+            schedule.step()
+        head.eval()
+        with torch.no_grad():
+            logits = head(valid[0])
+            valid_loss = loss(logits, valid[1]).item()
+            valid_accuracy = (logits.argmax(1) == valid[1]).float().mean().item()
+        history.append({"epoch": epoch, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy})
+        if valid_loss < best_loss:
+            best_loss, best_state = valid_loss, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    return history
+
+
+def parameter_groups(model: TransferModel, head_lr: float, backbone_lr: float) -> list[dict]:
+    """Optimizer groups: the head at ``head_lr``, the unfrozen backbone stages at ``backbone_lr``."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": list(model.head.parameters()), "lr": head_lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": backbone_lr})
+    return groups
+
+
+def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_path: str | Path,
+              recipe: FineTuneRecipe | None = None, interactive_tracking: bool = False,
+              resume: bool = False, seed: int = 42) -> dict[str, Any]:
+    """Run the recipe of this module's docstring; returns the history of both stages and stage 1's seconds.
+
+    The best weights (by validation loss in stage 2) end up in ``save_path``, as with
+    :func:`~src.train.optimize`. With ``resume`` and a stage-2 state beside ``save_path``,
+    stage 1 is skipped (its result is in that state). ``recipe.epochs=0`` stops after stage 1.
+    """
+    recipe = recipe or FineTuneRecipe()
+    head_history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    if recipe.head_epochs > 0 and not (resume and last_state_path(save_path).is_file()):
+        model.unfreeze_last(0)
+        train, valid = cached_view_features(model, data_loaders, recipe.feature_views)
+        head_history = train_head(model.head, train, valid, recipe, seed)
+        best = min(head_history, key=lambda h: h["valid_loss"])
+        print(f"Stage 1 (head on cached features, {len(train[0])} vectors): "
+              f"valid accuracy {best['valid_accuracy']:.2%} at epoch {best['epoch']}")
+    head_seconds = time.perf_counter() - start
+    if recipe.epochs == 0:  # frozen backbone, head from stage 1 only
+        save_checkpoint(save_path, model, checkpoint_metadata(data_loaders), history=head_history)
+        return {"head": head_history, "head_seconds": head_seconds, "fine_tune": []}
+    model.unfreeze_last(recipe.unfreeze)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.head_lr, recipe.backbone_lr), weight_decay=recipe.weight_decay)
+    history = optimize(data_loaders, model, optimizer, get_loss(recipe.label_smoothing), recipe.epochs, save_path,
+                       interactive_tracking=interactive_tracking, warmup_epochs=recipe.warmup_epochs, resume=resume)
+    return {"head": head_history, "head_seconds": head_seconds, "fine_tune": history}

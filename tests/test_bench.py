@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end on tiny data and write their JSON (figures not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "1", "--image-size", "32",
+                 "--batch-size", "8", "--workers", "0", "--checkpoint", str(out / "s.pt"), "--export", str(out / "s_exported.pt")]) == 0
+    return out / "s_exported.pt"
+
+
+def test_predict_benchmark_writes_its_figures(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/predict.py", str(tiny_export), "--data", str(tiny_data),
+                             "--photos", str(tiny_data / "test"), "--repeats", "1", "--results", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "predict_s_exported.json").read_text())
+    assert figures["test_photos"] == 12 and figures["latency_photos"] == 12
+    assert figures["predictor_test_seconds"] > 0 and figures["single_photo_top5_median_ms"] > 0
+    assert "predictor_test_seconds" in result.stdout
