@@ -149,7 +149,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     }
     export.with_suffix(".json").write_text(json.dumps(metrics, indent=2))
     print("\nSummary")
-    print(f"  model            {args.model} ({'from scratch' if scratch else f'last {model.trainable_stages} backbone stages fine-tuned'})")
+    print(f"  model            {args.model} ({'from scratch' if scratch else 'frozen backbone' if model.backbone_frozen else f'last {model.trainable_stages} backbone stages fine-tuned'})")
     print(f"  training         {len(history)} epochs in {train_seconds / 60:.1f} min on {env.device}")
     print(f"  validation       best accuracy {best['valid_accuracy']:.2%} (epoch {best['epoch']})")
     print(f"  test             top-1 {report['top1']:.2%}, top-5 {report.get('top5', report['top1']):.2%} on {report['photos']} photos")
