@@ -27,6 +27,7 @@ from .helpers import DataNotFoundError, get_device, seed_everything, setup_env
 from .images import ImageReadError
 from .optimization import OPTIMIZERS, get_loss, get_optimizer
 from .predictor import Predictor, export_predictor, load_exported, predict_photos, predictor_from_checkpoint, top_k
+from .tagging import tag_photos
 from .train import load_best, optimize
 from .transfer import WeightsUnavailableError, get_backbone_spec
 
@@ -80,11 +81,21 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
     p.add_argument("--topk", type=int, default=5)
 
+    p = sub.add_parser("tag", help="tag every photo of a folder into a CSV or JSON-lines file (resumable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("photos_dir", type=Path)
+    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
+    p.add_argument("--out", type=Path, required=True, help="tags.csv or tags.jsonl; an existing file is resumed")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=0.5, help="below this top-1 probability the landmark is 'unknown'")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (-1: one per CPU core)")
+
     sub.add_parser("models", help="list the model names `train --model` accepts offline")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark classification: train, evaluate, export, predict.")
+    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark classification: train, evaluate, export, predict, tag.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -206,6 +217,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _tag(args: argparse.Namespace) -> None:
+    summary = tag_photos(load_exported(args.model), args.photos_dir, args.out, args.topk, args.threshold,
+                         args.batch_size, args.workers)
+    for message in summary.unreadable:
+        print(f"skipped unreadable photo: {message}", file=sys.stderr)
+    print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown below {args.threshold:.0%}), "
+          f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
+          f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s) -> {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -222,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "tag":
+            _tag(args)
         elif args.command == "models":
             print("\n".join(list_models()))
             print(f"(device: {get_device()})")
@@ -229,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " (finished epochs are saved: rerun the same command with --resume)" if args.command == "train" else ""
+        hint = {"train": " (finished epochs are saved: rerun the same command with --resume)",
+                "tag": " (tags so far are saved: rerun the same command to continue)"}.get(args.command, "")
         print(f"Interrupted{hint}.", file=sys.stderr)
         return 130
     finally:
