@@ -32,7 +32,7 @@ SAMPLE = REPO.parent / "shared" / "data" / "landmark_images_sample"
 
 def measure(model: torch.jit.ScriptModule, test: PhotoFolder, photos: list[Path], repeats: int = 3) -> dict:
     """``predictor_test`` time and accuracy over ``test``, and one-photo top-5 latency over ``photos``."""
-    paths, targets = [Path(p) for p, _ in test.samples], [t for _, t in test.samples]
+    paths, targets = test.paths, test.targets
     predict_photos(model, paths[:50], targets[:50])  # warm-up: TorchScript optimises on the first calls
     start = time.perf_counter()
     truth, probabilities = predict_photos(model, paths, targets, batch_size=50)

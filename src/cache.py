@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -64,18 +65,30 @@ class SquarePhotos(Dataset):
             return index, str(error)
 
 
+def square_batches(paths: list[Path], size: int, batch_size: int = 64, num_workers: int = -1
+                   ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
+    """Decode ``paths`` as :class:`SquarePhotos` in parallel worker processes, in order.
+
+    Yields per batch the indices (into ``paths``) of the readable photos, their squares stacked
+    as ``(B, 3, size, size)`` uint8 (None when none was readable), and ``{index: error}`` for the others.
+    """
+    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+    for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list):
+        readable = [(index, item) for index, item in batch if not isinstance(item, str)]
+        errors = {index: item for index, item in batch if isinstance(item, str)}
+        images = torch.stack([image for _, image in readable]) if readable else None
+        yield [index for index, _ in readable], images, errors
+
+
 def _decode_all(paths: list[Path], size: int, num_workers: int) -> tuple[torch.Tensor, dict[int, str]]:
     images = torch.zeros(len(paths), 3, size, size, dtype=torch.uint8)
     errors: dict[int, str] = {}
-    loader = DataLoader(SquarePhotos(paths, size), batch_size=64, num_workers=num_workers, collate_fn=list)
     with tqdm(total=len(paths), desc=f"Decoding photos once ({size} px)", leave=False) as progress:
-        for batch in loader:
-            for index, item in batch:
-                if isinstance(item, str):
-                    errors[index] = item
-                else:
-                    images[index] = item
-            progress.update(len(batch))
+        for indices, squares, batch_errors in square_batches(paths, size, num_workers=num_workers):
+            if squares is not None:
+                images[indices] = squares
+            errors.update(batch_errors)
+            progress.update(len(indices) + len(batch_errors))
     return images, errors
 
 
@@ -100,8 +113,7 @@ def decoded_images(paths: list[Path], root: str | Path, size: int, num_workers: 
             warnings.warn(f"{cache_file}: damaged image cache ({error}); decoding again", stacklevel=2)
             record = None
     if record is None:
-        workers = min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers
-        images, errors = _decode_all(paths, size, workers)
+        images, errors = _decode_all(paths, size, min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers)
         record = {"format": CACHE_FORMAT, "root": str(root), "images": images, "errors": errors}
         if cache_file is not None:
             atomic_write(cache_file, lambda tmp: torch.save(record, tmp))

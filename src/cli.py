@@ -19,10 +19,10 @@ import torch
 from . import __version__
 from .checkpoint import CheckpointError
 from .data import PhotoFolder, get_data_loaders
-from .evaluation import classification_report
-from .finetune import FineTuneRecipe, fine_tune
 from .distributed import init_from_env, is_main_process, rank, shutdown, world_size
+from .evaluation import classification_report
 from .factory import SCRATCH, create_model, list_models
+from .finetune import FineTuneRecipe, fine_tune
 from .helpers import DataNotFoundError, get_device, seed_everything, setup_env
 from .images import ImageReadError
 from .optimization import OPTIMIZERS, get_loss, get_optimizer
@@ -128,15 +128,14 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         loss = get_loss(label_smoothing=args.label_smoothing)
         optimizer = get_optimizer(model, args.optimizer, learning_rate=lr, momentum=args.momentum, weight_decay=weight_decay)
         history = optimize(loaders, model, optimizer, loss, args.epochs, checkpoint, scheduler=args.scheduler, resume=args.resume)
-        head_history: list[dict[str, float]] = []
-        head_seconds = 0.0
+        head_history, head_seconds = [], 0.0
     else:
         recipe = FineTuneRecipe(head_epochs=args.head_epochs, feature_views=args.feature_views, unfreeze=args.unfreeze,
                                 epochs=args.epochs, head_lr=lr, backbone_lr=args.backbone_lr, weight_decay=weight_decay,
                                 label_smoothing=args.label_smoothing)
         stages = fine_tune(loaders, model, checkpoint, recipe, resume=args.resume, seed=args.seed)
-        history, head_history = list(stages["fine_tune"]) or list(stages["head"]), list(stages["head"])
-        head_seconds = stages["head_seconds"]
+        head_history, head_seconds = stages["head"], stages["head_seconds"]
+        history = stages["fine_tune"] or head_history  # a frozen backbone (--epochs 0) has stage 1 only
     train_seconds = time.perf_counter() - start
     if not is_main_process():  # rank 0 tests and exports
         return {}
@@ -176,8 +175,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if list(model.class_names) != test.class_names:
         raise CheckpointError(f"{args.model}: its {len(model.class_names)} classes do not match the "
                               f"{len(test.class_names)} classes of {env.data_dir}/test")
-    paths, targets = [Path(p) for p, _ in test.samples], [t for _, t in test.samples]
-    truth, probabilities = predict_photos(model, paths, targets, args.batch_size, args.workers)
+    truth, probabilities = predict_photos(model, test.paths, test.targets, args.batch_size, args.workers)
     report = classification_report(truth, probabilities, test.class_names)
     print(f"{args.model} on {env.data_dir}/test: top-1 {report['top1']:.2%}, top-5 {report.get('top5', report['top1']):.2%} "
           f"({report['photos']} photos)")

@@ -55,6 +55,11 @@ class PhotoFolder(datasets.ImageFolder):
             warnings.warn(f"{root}: skipped {len(rejected)} file(s) that are not readable images: {shown}", stacklevel=2)
         self.class_names = [display_name(c) for c in self.classes]
 
+    @property
+    def paths(self) -> list[Path]:
+        """Every photo's path, in the order of ``samples`` and ``targets``."""
+        return [Path(path) for path, _ in self.samples]
+
 
 class LandmarkDataset(Dataset):
     """A subset of a :class:`PhotoFolder` with its own transform (train and valid share a folder).

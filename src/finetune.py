@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .checkpoint import save_checkpoint
 from .helpers import get_device
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
-from .checkpoint import save_checkpoint
 from .train import checkpoint_metadata, last_state_path, optimize
 from .transfer import TransferModel
 

@@ -7,7 +7,7 @@ names and the network, so the app and any other consumer need only ``torch`` and
 
 from __future__ import annotations
 
-import os
+import math
 import warnings
 from pathlib import Path
 from typing import List
@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .cache import SquarePhotos, read_image
+from .cache import read_image, square_batches
 from .checkpoint import model_from_checkpoint
 from .helpers import atomic_write
 from .presets import default_resize_size
@@ -122,19 +122,17 @@ def predict_photos(model_reloaded: nn.Module, paths: list[Path], targets: list[i
     results match one-photo-at-a-time prediction. Unreadable photos are skipped with a warning
     and left out of both arrays.
     """
-    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-    loader = DataLoader(SquarePhotos(paths, int(model_reloaded.resize_size)), batch_size=batch_size,
-                        num_workers=workers, collate_fn=list)
     truth: list[int] = []
     probabilities: list[torch.Tensor] = []
+    batches = square_batches(paths, int(model_reloaded.resize_size), batch_size, num_workers)
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="Predicting", leave=False, ncols=80):
-            readable = [(index, item) for index, item in batch if not isinstance(item, str)]
-            for _, message in (entry for entry in batch if isinstance(entry[1], str)):
+        for indices, images, errors in tqdm(batches, desc="Predicting", total=math.ceil(len(paths) / batch_size),
+                                            leave=False, ncols=80):
+            for message in errors.values():
                 warnings.warn(f"Skipping unreadable image: {message}", stacklevel=2)
-            if readable:
-                probabilities.append(model_reloaded(torch.stack([image for _, image in readable])))
-                truth += [targets[index] for index, _ in readable]
+            if images is not None:
+                probabilities.append(model_reloaded(images))
+                truth += [targets[index] for index in indices]
     if not truth:
         return np.zeros(0, dtype=np.int64), np.zeros((0, len(model_reloaded.class_names)), dtype=np.float32)
     return np.asarray(truth, dtype=np.int64), torch.cat(probabilities).numpy()

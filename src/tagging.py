@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .cache import SquarePhotos
+from .cache import square_batches
 from .helpers import list_images
 
 UNKNOWN = "unknown"
@@ -104,35 +103,29 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
         raise FileNotFoundError(f"{photos_dir}: photo folder not found")
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    paths = list_images(photos_dir)
     done = done_paths(out)
-    todo = [i for i, path in enumerate(paths) if str(path.resolve()) not in done]
-    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-    loader = DataLoader(Subset(SquarePhotos(paths, int(model.resize_size)), todo), batch_size=batch_size,
-                        num_workers=workers, collate_fn=list)
+    photos = list_images(photos_dir)
+    todo = [path for path in photos if str(path.resolve()) not in done]
     names = list(model.class_names)
-    summary = TagSummary(0, 0, [], len(paths) - len(todo), 0.0)
+    summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
     writer = _Writer(out)
     start = time.perf_counter()
     try:
         with torch.inference_mode(), tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
-            for batch in loader:
-                readable = [(i, image) for i, image in batch if not isinstance(image, str)]
-                records = [{"path": str(paths[i]), "landmark": None, "probability": None, "top_k": [], "error": message}
-                           for i, message in batch if isinstance(message, str)]
-                summary.unreadable += [r["error"] for r in records]
-                if readable:
-                    probabilities = model(torch.stack([image for _, image in readable]))
-                    values, indices = probabilities.topk(min(k, len(names)), dim=1)
-                    for (i, _), top_values, top_indices in zip(readable, values.tolist(), indices.tolist()):
-                        best = top_values[0]
-                        landmark = names[top_indices[0]] if best >= threshold else UNKNOWN
+            for indices, images, errors in square_batches(todo, int(model.resize_size), batch_size, num_workers):
+                records = [{"path": str(todo[i]), "landmark": None, "probability": None, "top_k": [], "error": message}
+                           for i, message in errors.items()]
+                summary.unreadable += list(errors.values())
+                if images is not None:
+                    values, classes = model(images).topk(min(k, len(names)), dim=1)
+                    for i, top_values, top_classes in zip(indices, values.tolist(), classes.tolist()):
+                        landmark = names[top_classes[0]] if top_values[0] >= threshold else UNKNOWN
                         summary.unknown += landmark == UNKNOWN
-                        records.append({"path": str(paths[i]), "landmark": landmark, "probability": best,
-                                        "top_k": [[names[c], p] for c, p in zip(top_indices, top_values)], "error": None})
-                    summary.tagged += len(readable)
+                        records.append({"path": str(todo[i]), "landmark": landmark, "probability": top_values[0],
+                                        "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "error": None})
+                    summary.tagged += len(indices)
                 writer.write(records)
-                progress.update(len(batch))
+                progress.update(len(indices) + len(errors))
     finally:
         writer.close()
         summary.seconds = time.perf_counter() - start

@@ -65,8 +65,6 @@ def train_one_epoch(
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for data, target in tqdm(train_dataloader, desc="Training", leave=False, ncols=80):
-        if target.numel() == 0:
-            continue
         data = data.to(device, non_blocking=True, memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -83,7 +81,7 @@ def train_one_epoch(
         correct += (output.argmax(1) == target).sum().item()
         seen += len(target)
     if seen == 0:
-        raise ValueError("The training loader gave no readable photos")
+        raise ValueError("The training loader gave no photos")
     return EpochMetrics(total_loss / seen, correct / seen)
 
 
@@ -93,8 +91,6 @@ def _evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: s
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for data, target in tqdm(dataloader, desc=desc, leave=False, ncols=80):
-        if target.numel() == 0:
-            continue
         data = data.to(device, non_blocking=True, memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
         with _autocast(device):
@@ -103,7 +99,7 @@ def _evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: s
         correct += (output.argmax(1) == target).sum().item()
         seen += len(target)
     if seen == 0:
-        raise ValueError(f"{desc}: the loader gave no readable photos")
+        raise ValueError(f"{desc}: the loader gave no photos")
     return EpochMetrics(total_loss / seen, correct / seen)
 
 
