@@ -20,7 +20,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .data import PhotoFolder, get_data_loaders
 from .distributed import init_from_env, is_main_process, rank, shutdown, world_size
-from .evaluation import classification_report
+from .evaluation import classification_report, training_metrics, write_metrics
 from .factory import SCRATCH, create_model, list_models
 from .finetune import FineTuneRecipe, fine_tune
 from .helpers import DataNotFoundError, get_device, seed_everything, setup_env
@@ -148,20 +148,14 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     exported = load_exported(export)
     truth, probabilities = predict_photos(exported, dataset.paths, dataset.targets, num_workers=args.workers)
     report = classification_report(truth, probabilities, exported.class_names)
-    best = min(history, key=lambda h: h["valid_loss"])
-    metrics = {
-        "command": "python -m src " + shlex.join(args.argv),
-        "model": args.model, "data": str(env.data_dir), "device": str(env.device),
-        "epochs": len(history), "train_seconds": round(train_seconds, 1),
-        "best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"],
-        "test": report, "stage1_seconds": round(head_seconds, 1), "stage1_head_history": head_history, "checkpoint": str(checkpoint), "export": str(export),
-        "export_megabytes": round(export.stat().st_size / 1e6, 2), "history": history,
-    }
-    export.with_suffix(".json").write_text(json.dumps(metrics, indent=2))
+    metrics = training_metrics("python -m src " + shlex.join(args.argv), args.model, env.data_dir, env.device, history,
+                               train_seconds, report, export, stage1_seconds=round(head_seconds, 1),
+                               stage1_head_history=head_history, checkpoint=str(checkpoint))
+    write_metrics(export, metrics)
     print("\nSummary")
     print(f"  model            {args.model} ({'from scratch' if scratch else 'frozen backbone' if model.backbone_frozen else f'last {model.trainable_stages} backbone stages fine-tuned'})")
     print(f"  training         {len(history)} epochs in {train_seconds / 60:.1f} min on {env.device}")
-    print(f"  validation       best accuracy {best['valid_accuracy']:.2%} (epoch {best['epoch']})")
+    print(f"  validation       best accuracy {metrics['valid_accuracy']:.2%} (epoch {metrics['best_epoch']})")
     print(f"  test             top-1 {report['top1']:.2%}, top-5 {report.get('top5', report['top1']):.2%} on {report['photos']} photos")
     print(f"  checkpoint       {checkpoint}")
     print(f"  exported model   {export} ({metrics['export_megabytes']} MB), metrics in {export.with_suffix('.json')}")

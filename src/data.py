@@ -203,7 +203,9 @@ def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, spl
     import matplotlib.pyplot as plt
 
     dataset: LandmarkDataset = data_loaders[split].dataset
-    images, labels = next(iter(data_loaders[split]))
+    # A loader of its own: no worker processes left running, and the split's loader order is untouched.
+    sample = DataLoader(dataset, batch_size=max_n, shuffle=True, generator=torch.Generator().manual_seed(0))
+    images, labels = next(iter(sample))
     mean = torch.tensor(dataset.mean).view(3, 1, 1)
     std = torch.tensor(dataset.std).view(3, 1, 1)
     n = min(max_n, len(images))
@@ -212,6 +214,6 @@ def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, spl
         ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
         ax.set_title(dataset.class_names[int(label)], fontsize=9, wrap=True)
         ax.axis("off")
-    fig.suptitle(f"One {split} batch ({tuple(images.shape[-2:])} px, after augmentation)")
+    fig.suptitle(f"One {split} batch ({images.shape[-1]}×{images.shape[-2]} px, after augmentation)")
     fig.tight_layout()
     return fig

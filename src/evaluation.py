@@ -1,10 +1,14 @@
-"""Accuracy figures from predicted probabilities: top-1, top-k and per class."""
+"""Accuracy figures from predicted probabilities (top-1, top-k, per class) and a run's metrics file."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .helpers import atomic_write
 
 
 def classification_report(truth: np.ndarray, probabilities: np.ndarray, class_names: list[str], k: int = 5) -> dict[str, Any]:
@@ -24,3 +28,20 @@ def classification_report(truth: np.ndarray, probabilities: np.ndarray, class_na
         f"top{k}": float((ranked[:, :k] == truth[:, None]).any(axis=1).mean()),
         "per_class_top1": per_class,
     }
+
+
+def training_metrics(command: str, model_name: str, data_dir: str | Path, device: Any, history: list[dict[str, float]],
+                     train_seconds: float, report: dict[str, Any], export: str | Path, **extra: Any) -> dict[str, Any]:
+    """What a training run measured, with the command that reproduces it (the CLI and notebooks write the same)."""
+    best = min(history, key=lambda h: h["valid_loss"])
+    return {
+        "command": command, "model": model_name, "data": str(data_dir), "device": str(device),
+        "epochs": len(history), "train_seconds": round(train_seconds, 1),
+        "best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"], "test": report, **extra,
+        "export": str(export), "export_megabytes": round(Path(export).stat().st_size / 1e6, 2), "history": history,
+    }
+
+
+def write_metrics(export: str | Path, metrics: dict[str, Any]) -> Path:
+    """Save ``metrics`` as JSON beside the exported model (``x_exported.pt`` -> ``x_exported.json``)."""
+    return atomic_write(Path(export).with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))

@@ -263,7 +263,7 @@ def plot_confusion_matrix(pred: ArrayLike, truth: ArrayLike, class_names: list[s
     if normalize:
         matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     names = class_names or [str(i) for i in range(n)]
-    side = max(6.0, 0.28 * n + 3)
+    side = max(7.5, 0.28 * n + 3)
     fig, ax = plt.subplots(figsize=(side, side))
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "photos")

@@ -31,3 +31,11 @@ def test_predict_benchmark_writes_its_figures(tiny_data: Path, tiny_export: Path
     assert figures["test_photos"] == 12 and figures["latency_photos"] == 12
     assert figures["predictor_test_seconds"] > 0 and figures["single_photo_top5_median_ms"] > 0
     assert "predictor_test_seconds" in result.stdout
+
+
+def test_app_benchmark_times_the_notebook_code(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/app.py", "--model", str(tiny_export), "--photos", str(tiny_data / "test"),
+                             "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "app.json").read_text())
+    assert figures["photos"] == 12 and figures["upload_to_top5"]["median_ms"] > 0 and figures["why_map"]["median_ms"] > 0

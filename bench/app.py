@@ -1,0 +1,85 @@
+"""How long the photo app makes a person wait: one upload -> top-5, and the "why" map.
+
+    python bench/app.py [--model checkpoints/transfer_exported.pt]
+
+Runs the code cells of ``app.ipynb`` in this process (what the Voilà kernel runs), then times,
+per photo of the canonical sample (800x600 JPEGs, ``landmark_images_sample``) and for one
+12-megapixel JPEG made from the first of them: reading the upload (decode, EXIF, RGB), the
+top-5, and the occlusion map. Median and 90th percentile over every photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from pathlib import Path
+
+import nbformat
+from PIL import Image
+
+from predict import SAMPLE
+from utils import REPO, RESULTS, write_result
+from src.helpers import list_images
+
+
+def app_namespace(models_dir: Path) -> dict:
+    """The app notebook's functions and objects, its parameters cell first."""
+    namespace: dict = {}
+    for cell in nbformat.read(REPO / "app.ipynb", as_version=4).cells:
+        if cell.cell_type == "code":
+            exec(cell.source.replace("display(app.widget())", ""), namespace)
+            namespace["MODELS_DIR"] = str(models_dir)
+    return namespace
+
+
+def timed(function, *args) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = function(*args)
+    return result, (time.perf_counter() - start) * 1000
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(values), 1),
+            "p90_ms": round(statistics.quantiles(values, n=10)[-1], 1) if len(values) > 10 else round(max(values), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
+    parser.add_argument("--photos", type=Path, default=SAMPLE, help="folder of photos to time")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON figures")
+    args = parser.parse_args()
+    app = app_namespace(args.model.parent)
+    model = app["load_model"](args.model)
+    photos = [(p.name, p.read_bytes()) for p in list_images(args.photos)]
+    first = Image.open(io.BytesIO(photos[0][1]))
+    buffer = io.BytesIO()
+    first.resize((4000, 3000)).save(buffer, format="JPEG", quality=90)
+    big = ("12mp.jpg", buffer.getvalue())
+
+    def one(name: str, data: bytes) -> tuple[float, float, float]:
+        image, read_ms = timed(app["read_photo"], name, data)
+        ranking, top5_ms = timed(app["top5"], model, image)
+        view = app["model_view"](model, image)
+        _, why_ms = timed(app["occlusion_map"], model, view, list(model.class_names).index(ranking[0][0]))
+        return read_ms, top5_ms, why_ms
+
+    one(*photos[0])  # warm-up: TorchScript optimises on the first calls
+    times = [one(*photo) for photo in photos]
+    big_times = [one(*big) for _ in range(3)]
+    write_result("app", {
+        "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
+        "photos": len(photos),
+        "read_upload": summary([t[0] for t in times]),
+        "top5": summary([t[1] for t in times]),
+        "upload_to_top5": summary([t[0] + t[1] for t in times]),
+        "why_map": summary([t[2] for t in times]),
+        "photo_12mp_upload_to_top5_ms": round(statistics.median(t[0] + t[1] for t in big_times), 1),
+        "photo_12mp_why_map_ms": round(statistics.median(t[2] for t in big_times), 1),
+    }, args.results)
+
+
+if __name__ == "__main__":
+    main()

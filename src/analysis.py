@@ -1,0 +1,189 @@
+"""Figures the notebooks show: what the data looks like, and where a trained model goes wrong.
+
+Every function returns its matplotlib figure (the notebook displays it; tests only check it is
+drawn), so a notebook cell is one call and no plotting code is copied into the notebooks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data import LandmarkDataset, PhotoFolder
+from .images import ImageReadError, load_rgb
+
+
+def class_counts(folder: PhotoFolder) -> dict[str, int]:
+    """Photos per class, in class order (classes without photos count 0)."""
+    counts = Counter(folder.targets)
+    return {name: counts.get(index, 0) for index, name in enumerate(folder.class_names)}
+
+
+def plot_class_counts(train: PhotoFolder, test: PhotoFolder):
+    """Horizontal bars of photos per class in train/ and test/: is the dataset balanced?"""
+    import matplotlib.pyplot as plt
+
+    names = train.class_names
+    train_counts, test_counts = class_counts(train), class_counts(test)
+    rows = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.32 * len(names) + 1.2)))
+    ax.barh(rows - 0.2, [train_counts[n] for n in names], height=0.4, label=f"train/ ({len(train)} photos)")
+    ax.barh(rows + 0.2, [test_counts.get(n, 0) for n in names], height=0.4, label=f"test/ ({len(test)} photos)")
+    ax.set_yticks(rows, names, fontsize=8 if len(names) > 20 else 10)
+    ax.invert_yaxis()
+    ax.set_xlabel("photos")
+    ax.set_title(f"Photos per landmark ({len(names)} classes)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def photo_sizes(paths: Sequence[str | Path]) -> np.ndarray:
+    """``(N, 2)`` width and height of each photo, read from the file headers (no decoding).
+
+    EXIF rotation is not applied: this is the stored size. Unreadable files are left out.
+    """
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, UnidentifiedImageError):
+            continue
+    return np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+
+
+def plot_photo_sizes(sizes: np.ndarray, model_size: int | None = None):
+    """Scatter of width vs height (with the short-side histogram): how much do photos get resized?"""
+    import matplotlib.pyplot as plt
+
+    fig, (scatter, histogram) = plt.subplots(1, 2, figsize=(11, 4))
+    scatter.scatter(sizes[:, 0], sizes[:, 1], s=6, alpha=0.3)
+    scatter.set_xlabel("width (px)")
+    scatter.set_ylabel("height (px)")
+    scatter.set_title(f"Stored size of {len(sizes)} photos")
+    short = sizes.min(axis=1) if len(sizes) else np.zeros(0)
+    histogram.hist(short, bins=30)
+    histogram.set_xlabel("short side (px)")
+    histogram.set_ylabel("photos")
+    histogram.set_title("Short side")
+    if model_size:
+        histogram.axvline(model_size, color="red", linestyle="--", label=f"resized to {model_size} px")
+        histogram.legend()
+    for ax in (scatter, histogram):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _show(ax: Any, image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Undo the normalisation of a ``(3, H, W)`` float tensor and draw it."""
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    ax.imshow((image * s + m).clamp(0, 1).permute(1, 2, 0).numpy())
+    ax.axis("off")
+
+
+def plot_augmentations(dataset: LandmarkDataset, index: int = 0, n: int = 7):
+    """One photo as decoded, then ``n`` draws of the training transform: what augmentation does."""
+    import matplotlib.pyplot as plt
+
+    stored = dataset.images[index]
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.2 * (n + 1), 2.6))
+    axes[0].imshow(stored.permute(1, 2, 0).numpy())
+    axes[0].set_title(f"decoded {tuple(stored.shape[-2:])}", fontsize=9)
+    axes[0].axis("off")
+    for i, ax in enumerate(axes[1:], 1):
+        image, _ = dataset[index]
+        _show(ax, image, dataset.mean, dataset.std)
+        ax.set_title(f"draw {i} {tuple(image.shape[-2:])}", fontsize=9)
+    fig.suptitle(f"{dataset.class_names[dataset.targets[index]]}: the training transform applied {n} times")
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_accuracy(per_class: dict[str, float], title: str = "Test accuracy per landmark"):
+    """Horizontal bars, worst class on top, with the value printed on each bar."""
+    import matplotlib.pyplot as plt
+
+    ranked = sorted(per_class.items(), key=lambda item: item[1])
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.32 * len(ranked) + 1.2)))
+    bars = ax.barh(range(len(ranked)), [v for _, v in ranked], color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.1%}" for _, v in ranked], padding=3, fontsize=8)
+    ax.set_yticks(range(len(ranked)), [name for name, _ in ranked], fontsize=8 if len(ranked) > 20 else 10)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("top-1 accuracy")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def worst_mistakes(truth: np.ndarray, probabilities: np.ndarray, n: int = 8) -> np.ndarray:
+    """Indices of the ``n`` wrong predictions made with the highest confidence, most confident first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != truth)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:n]
+
+
+def plot_worst_mistakes(paths: Sequence[str | Path], truth: np.ndarray, probabilities: np.ndarray,
+                        class_names: Sequence[str], n: int = 8, columns: int = 4):
+    """A gallery of the most confident mistakes: each photo with its true and predicted landmark."""
+    import matplotlib.pyplot as plt
+
+    chosen = worst_mistakes(truth, probabilities, n)
+    rows = max(1, -(-len(chosen) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.7 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, chosen):
+        predicted = int(probabilities[index].argmax())
+        try:
+            ax.imshow(load_rgb(paths[index]))
+        except ImageReadError:
+            pass
+        ax.set_title(f"true: {class_names[truth[index]]}\npredicted: {class_names[predicted]} "
+                     f"({probabilities[index, predicted]:.0%})", fontsize=8)
+    wrong = int((probabilities.argmax(axis=1) != truth).sum())
+    fig.suptitle(f"The {len(chosen)} most confident of {wrong} mistakes on {len(truth)} photos")
+    return fig
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """The backbone comparison (``bench/compare_backbones.py`` rows) as a Markdown table."""
+    lines = ["| backbone | frozen validation | minutes | fine-tuned validation | minutes | predictor_test s | one photo ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['backbone']} | {r['frozen_valid_accuracy']:.1%} | {r['frozen_minutes']} | "
+                     f"{r['fine_tuned_valid_accuracy']:.1%} | {r['fine_tuned_minutes']} | "
+                     f"{r['predictor_test_seconds']} | {r['single_photo_top5_median_ms']} |")
+    return "\n".join(lines)
+
+
+def plot_backbone_comparison(rows: list[dict[str, Any]], chosen: str | None = None):
+    """Validation accuracy against training time for each backbone, frozen and fine-tuned."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        xs = [r["frozen_minutes"], r["fine_tuned_minutes"]]
+        ys = [r["frozen_valid_accuracy"], r["fine_tuned_valid_accuracy"]]
+        line, = ax.plot(xs, ys, "o-", label=r["backbone"] + (" (chosen)" if r["backbone"] == chosen else ""),
+                        linewidth=3 if r["backbone"] == chosen else 1.5)
+        ax.annotate("frozen", (xs[0], ys[0]), textcoords="offset points", xytext=(5, 5), fontsize=8, color=line.get_color())
+        ax.annotate("fine-tuned", (xs[1], ys[1]), textcoords="offset points", xytext=(5, -12), fontsize=8,
+                    color=line.get_color())
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Backbones: validation accuracy vs training time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

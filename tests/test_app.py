@@ -1,0 +1,150 @@
+"""app.ipynb without a browser: its code runs in a Jupyter kernel, away from the repository, on
+every kind of upload a person may try (test_app_browser.py drives the real page)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from nbclient import NotebookClient
+from PIL import Image
+
+from conftest import LANDMARKS10, REPO
+
+PHOTO = next(iter(sorted(LANDMARKS10.glob("test/07.*/*.jpg"))), None)  # Petronas Towers
+
+
+def run_app(workdir: Path, models_dir: Path, code: str) -> dict:
+    """Execute app.ipynb in a fresh kernel in ``workdir`` (no ``src`` there), then ``code``; return what it prints as JSON."""
+    notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
+    parameters = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
+    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(f"MODELS_DIR = {str(models_dir)!r}"))
+    notebook.cells.append(nbformat.v4.new_code_cell("import json, datetime\n" + code))
+    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    printed = "".join(output.get("text", "") for output in notebook.cells[-1].outputs if output.output_type == "stream")
+    return json.loads(printed.strip().splitlines()[-1])
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def uploads(tmp_path: Path) -> dict[str, bytes]:
+    """Every awkward upload: odd modes, a sideways phone photo, damaged files and bombs."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8))
+    sideways = Image.new("RGB", (200, 100), (30, 90, 200))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # stored landscape, shown portrait (rotate 90° clockwise)
+    real = PHOTO.read_bytes() if PHOTO else encoded(rgb, "JPEG")
+    return {
+        "photo.jpg": real,
+        "gray.jpg": encoded(rgb.convert("L"), "JPEG"),
+        "cmyk.jpg": encoded(rgb.convert("CMYK"), "JPEG"),
+        "rgba.png": encoded(rgb.convert("RGBA"), "PNG"),
+        "palette.png": encoded(rgb.convert("P"), "PNG", transparency=0),
+        "deep16.png": encoded(Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)), "PNG"),
+        "phone.jpg": encoded(sideways, "JPEG", exif=exif.tobytes()),
+        "truncated.jpg": real[: len(real) // 2],
+        "notes.jpg": b"not a photo at all",
+        "empty.png": b"",
+        "bomb.png": encoded(Image.new("1", (11_000, 11_000)), "PNG"),  # 121 MP: over the 100 MP limit
+        "huge_bomb.png": encoded(Image.new("1", (15_000, 15_000)), "PNG"),  # 225 MP: PIL refuses outright
+    }
+
+
+@pytest.fixture(scope="module")
+def app_answers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = tmp_path_factory.mktemp("app")
+    files = uploads(workdir)
+    for name, data in files.items():
+        (workdir / name).write_bytes(data)
+    code = f"""
+names = {list(files)!r}
+now = datetime.datetime.now(datetime.timezone.utc)
+app.upload.value = [{{"name": n, "type": "", "size": 0, "content": memoryview(open(n, "rb").read()), "last_modified": now}}
+                    for n in names]
+answers = {{}}
+for name, child in zip(names, app.results.children):
+    if "landmark-error" in child._dom_classes:
+        answers[name] = {{"error": child.value}}
+    else:
+        image = read_photo(name, open(name, "rb").read())
+        answers[name] = {{"size": image.size, "mode": image.mode, "mean": float(np.asarray(image).mean()),
+                         "top5": top5(app.model, image), "images": len(child.children[0:1]) + len(child.children[2:])}}
+answers["status"] = app.status.value
+answers["models"] = list(app.picker.options)
+print(json.dumps(answers))
+"""
+    return run_app(workdir, REPO / "checkpoints", code)
+
+
+def test_a_real_photo_gets_its_landmark_first(app_answers: dict) -> None:
+    answer = app_answers["photo.jpg"]
+    ranking = answer["top5"]
+    assert len(ranking) == 5 and [p for _, p in ranking] == sorted((p for _, p in ranking), reverse=True)
+    if PHOTO:
+        assert ranking[0][0] == "Petronas Towers"
+    assert answer["images"] == 2  # the photo and its "why" map
+
+
+@pytest.mark.parametrize("name", ["gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png"])
+def test_every_image_mode_is_classified_as_rgb(app_answers: dict, name: str) -> None:
+    answer = app_answers[name]
+    assert "error" not in answer, answer
+    assert answer["mode"] == "RGB" and len(answer["top5"]) == 5
+
+
+def test_16_bit_photos_are_scaled_not_clipped_to_white(app_answers: dict) -> None:
+    assert app_answers["deep16.png"]["mean"] == pytest.approx(30000 / 65535 * 255, abs=1)
+
+
+def test_a_sideways_phone_photo_is_turned_upright(app_answers: dict) -> None:
+    assert app_answers["phone.jpg"]["size"] == [100, 200]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("truncated.jpg", "damaged or truncated"),
+    ("notes.jpg", "not an image"),
+    ("empty.png", "not an image"),
+    ("bomb.png", "too large"),
+    ("huge_bomb.png", "too large"),
+])
+def test_bad_uploads_get_a_message_naming_the_file(app_answers: dict, name: str, message: str) -> None:
+    error = app_answers[name]["error"]
+    assert name in error and message in error
+
+
+def test_the_app_keeps_working_after_bad_uploads(app_answers: dict) -> None:
+    assert "7 photo(s) classified" in app_answers["status"] and "5 could not be read" in app_answers["status"]
+
+
+def test_the_model_picker_lists_exported_models_only(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO / "checkpoints" / "original_exported.pt", models / "mine_exported.pt")
+    torch.save({"state_dict": {}}, models / "training_checkpoint.pt")
+    (models / "broken.pt").write_bytes(b"junk")
+    answer = run_app(tmp_path, models, 'print(json.dumps({"models": list(app.picker.options), "status": app.status.value}))')
+    assert answer["models"] == ["mine_exported.pt"]
+    assert "10 landmarks" in answer["status"]
+
+
+def test_without_any_model_the_app_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    answer = run_app(tmp_path, tmp_path / "empty", 'print(json.dumps({"status": app.status.value}))')
+    assert "No exported model" in answer["status"]
+
+
+def test_the_app_needs_nothing_from_src() -> None:
+    notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "src" not in {line.split()[1].split(".")[0] for line in code.splitlines() if line.startswith(("import ", "from "))}

@@ -1,0 +1,60 @@
+"""The two training notebooks, top to bottom, on a small subset of the real photos (papermill parameters)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from conftest import LANDMARKS10, REPO
+
+pytestmark = pytest.mark.skipif(not (LANDMARKS10 / "train").is_dir(), reason=f"real photos not found in {LANDMARKS10}")
+
+QUICK = {
+    "cnn_from_scratch.ipynb": {"LIMIT": 300, "EPOCHS": 2},
+    "transfer_learning.ipynb": {"LIMIT": 200, "HEAD_EPOCHS": 2, "EPOCHS": 1, "UNFREEZE": 2,
+                                "COMPARISON_BACKBONES": "mobilenet_v2",
+                                "COMPARISON_ARGS": "--limit 200 --epochs 1 --head-epochs 2"},
+}
+
+
+def figures(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path) -> None:
+    export = tmp_path / "model_exported.pt"
+    parameters = {**QUICK[name], "DATA_DIR": str(LANDMARKS10), "CHECKPOINT": str(tmp_path / "model.pt"),
+                  "EXPORT": str(export)}
+    if name == "transfer_learning.ipynb":
+        parameters["COMPARISON_RESULTS"] = str(tmp_path / "comparison")
+    out = tmp_path / name
+    papermill.execute_notebook(REPO / name, out, parameters=parameters, cwd=REPO, kernel_name="python3",
+                               progress_bar=False)  # raises, with the failing cell, on any error
+    executed = nbformat.read(out, as_version=4)
+    assert figures(executed) >= 8  # counts, sizes, batch, ..., confusion matrix, per class, mistakes
+    metrics = json.loads(export.with_suffix(".json").read_text())
+    assert metrics["test"]["photos"] > 0 and len(metrics["history"]) == QUICK[name]["EPOCHS"]
+    assert metrics["command"].startswith(name)
+    if name == "transfer_learning.ipynb":
+        comparison = json.loads((tmp_path / "comparison" / "compare_backbones.json").read_text())
+        assert [row["backbone"] for row in comparison["rows"]] == ["mobilenet_v2"]
+
+
+@pytest.mark.parametrize("name", list(QUICK) + ["app.ipynb"])
+def test_notebook_has_a_parameters_cell_and_a_kernelspec(name: str) -> None:
+    notebook = nbformat.read(REPO / name, as_version=4)
+    assert notebook.metadata.kernelspec.name == "python3"  # Voilà and papermill need it
+    assert any("parameters" in cell.metadata.get("tags", []) for cell in notebook.cells)
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_committed_notebook_was_executed_without_errors(name: str) -> None:
+    notebook = nbformat.read(REPO / name, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code), "commit the notebook executed top to bottom"
+    assert not [output for cell in code for output in cell.outputs if output.output_type == "error"]
