@@ -36,7 +36,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The committed notebooks: both trained on the whole dataset, outputs saved in place (about 80 min on 2 CPU cores).
+# The committed notebooks: both trained on the whole dataset, outputs saved in place (about 70 min on 2 CPU cores).
 notebooks: setup
 	$(PY) bench/run_notebooks.py
 

@@ -8,6 +8,7 @@ augmentation runs on uint8 tensors.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import warnings
@@ -112,6 +113,15 @@ class LandmarkDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.folder.samples[self.indices[index]][1]
 
 
+def keep_parent_objects(worker_id: int) -> None:
+    """``worker_init_fn``: the forked worker's garbage collector leaves what it inherited alone.
+
+    Otherwise a worker may collect a copy of another loader's live iterator and run its clean-up,
+    which only the parent may do ("AssertionError: can only test a child process" on stderr).
+    """
+    gc.freeze()
+
+
 def _seeded_permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -191,6 +201,7 @@ def get_data_loaders(
             drop_last=name == "train" and len(dataset) > batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            worker_init_fn=keep_parent_objects,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(seed) if name == "train" and train_sampler is None else None,
         )

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
+from .data import keep_parent_objects
 from .helpers import get_device
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
@@ -67,7 +68,8 @@ def cached_view_features(model: TransferModel, data_loaders: dict[str, DataLoade
     """Training features for the centre view plus ``views`` augmented views, and validation features."""
     train_set = data_loaders["train"].dataset
     # every photo once per view, in order (the training loader shuffles and drops a last partial batch)
-    in_order = DataLoader(train_set, batch_size=data_loaders["train"].batch_size, num_workers=data_loaders["train"].num_workers)
+    in_order = DataLoader(train_set, batch_size=data_loaders["train"].batch_size, num_workers=data_loaders["train"].num_workers,
+                          worker_init_fn=keep_parent_objects)
     augmented = train_set.transform
     train_set.transform = ClassificationPresetEval(train_set.image_size, train_set.mean, train_set.std, train_set.resize_size)
     try:
