@@ -39,3 +39,22 @@ def test_app_benchmark_times_the_notebook_code(tiny_data: Path, tiny_export: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "app.json").read_text())
     assert figures["photos"] == 12 and figures["upload_to_top5"]["median_ms"] > 0 and figures["why_map"]["median_ms"] > 0
+
+
+def test_run_notebooks_drops_progress_widgets_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from run_notebooks import WIDGET_VIEW, drop_progress_widgets
+
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "1"}, "text/plain": "HBox()"}),
+                    nbformat.v4.new_output("stream", name="stdout", text="Epoch 1/1\n"),
+                    nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"})]
+    notebook = nbformat.v4.new_notebook(cells=[cell], metadata={"widgets": {"state": {}}})
+    path = tmp_path / "n.ipynb"
+    nbformat.write(notebook, path)
+    drop_progress_widgets(path)
+    saved = nbformat.read(path, as_version=4)
+    assert [o.output_type for o in saved.cells[0].outputs] == ["stream", "display_data"]
+    assert "widgets" not in saved.metadata
