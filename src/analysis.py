@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import LandmarkDataset, PhotoFolder
+from .data import LandmarkDataset, PhotoFolder, show_normalized
 from .images import ImageReadError, load_rgb
 
 
@@ -82,13 +81,6 @@ def plot_photo_sizes(sizes: np.ndarray, model_size: int | None = None):
     return fig
 
 
-def _show(ax: Any, image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
-    """Undo the normalisation of a ``(3, H, W)`` float tensor and draw it."""
-    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    ax.imshow((image * s + m).clamp(0, 1).permute(1, 2, 0).numpy())
-    ax.axis("off")
-
-
 def plot_augmentations(dataset: LandmarkDataset, index: int = 0, n: int = 7):
     """One photo as decoded, then ``n`` draws of the training transform: what augmentation does."""
     import matplotlib.pyplot as plt
@@ -100,7 +92,7 @@ def plot_augmentations(dataset: LandmarkDataset, index: int = 0, n: int = 7):
     axes[0].axis("off")
     for i, ax in enumerate(axes[1:], 1):
         image, _ = dataset[index]
-        _show(ax, image, dataset.mean, dataset.std)
+        show_normalized(ax, image, dataset.mean, dataset.std)
         ax.set_title(f"draw {i} {tuple(image.shape[-2:])}", fontsize=9)
     fig.suptitle(f"{dataset.class_names[dataset.targets[index]]}: the training transform applied {n} times")
     fig.tight_layout()

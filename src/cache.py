@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .helpers import atomic_write, cache_dir, dataset_fingerprint
+from .helpers import atomic_write, cache_dir, dataset_fingerprint, keep_parent_objects
 from .images import ImageReadError, load_rgb
 
 CACHE_FORMAT = "decoded-images/1"
@@ -73,7 +73,8 @@ def square_batches(paths: list[Path], size: int, batch_size: int = 64, num_worke
     as ``(B, 3, size, size)`` uint8 (None when none was readable), and ``{index: error}`` for the others.
     """
     workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-    for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list):
+    for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
+                                 worker_init_fn=keep_parent_objects):
         readable = [(index, item) for index, item in batch if not isinstance(item, str)]
         errors = {index: item for index, item in batch if isinstance(item, str)}
         images = torch.stack([image for _, image in readable]) if readable else None

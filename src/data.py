@@ -8,7 +8,6 @@ augmentation runs on uint8 tensors.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import warnings
@@ -19,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 
-from .helpers import compute_mean_and_std, get_data_location
+from .helpers import compute_mean_and_std, get_data_location, keep_parent_objects
 from .cache import decoded_images
 from .distributed import is_distributed
 from .images import is_image_file, load_rgb
@@ -113,15 +112,6 @@ class LandmarkDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.folder.samples[self.indices[index]][1]
 
 
-def keep_parent_objects(worker_id: int) -> None:
-    """``worker_init_fn``: the forked worker's garbage collector leaves what it inherited alone.
-
-    Otherwise a worker may collect a copy of another loader's live iterator and run its clean-up,
-    which only the parent may do ("AssertionError: can only test a child process" on stderr).
-    """
-    gc.freeze()
-
-
 def _seeded_permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -209,6 +199,13 @@ def get_data_loaders(
     }
 
 
+def show_normalized(ax, image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Draw a normalised ``(3, H, W)`` float tensor as the photo it came from (normalisation undone)."""
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    ax.imshow((image * s + m).clamp(0, 1).permute(1, 2, 0).numpy())
+    ax.axis("off")
+
+
 def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, split: str = "train"):
     """Show ``max_n`` photos of one batch as the model sees them (augmented), titled with their class."""
     import matplotlib.pyplot as plt
@@ -217,14 +214,11 @@ def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, spl
     # A loader of its own: no worker processes left running, and the split's loader order is untouched.
     sample = DataLoader(dataset, batch_size=max_n, shuffle=True, generator=torch.Generator().manual_seed(0))
     images, labels = next(iter(sample))
-    mean = torch.tensor(dataset.mean).view(3, 1, 1)
-    std = torch.tensor(dataset.std).view(3, 1, 1)
     n = min(max_n, len(images))
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.4), squeeze=False)
     for ax, image, label in zip(axes[0], images[:n], labels[:n]):
-        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        show_normalized(ax, image, dataset.mean, dataset.std)
         ax.set_title(dataset.class_names[int(label)], fontsize=9, wrap=True)
-        ax.axis("off")
     fig.suptitle(f"One {split} batch ({images.shape[-1]}×{images.shape[-2]} px, after augmentation)")
     fig.tight_layout()
     return fig

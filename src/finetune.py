@@ -27,8 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .data import keep_parent_objects
-from .helpers import get_device
+from .helpers import get_device, keep_parent_objects
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
 from .train import checkpoint_metadata, last_state_path, optimize

@@ -6,6 +6,7 @@ project's names and call shapes; everything else is keyword arguments with safe 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -44,6 +45,15 @@ class Environment:
     device: torch.device
     data_dir: Path
     checkpoints_dir: Path
+
+
+def keep_parent_objects(worker_id: int) -> None:
+    """``worker_init_fn``: the forked worker's garbage collector leaves what it inherited alone.
+
+    Otherwise a worker may collect a copy of another loader's live iterator and run its clean-up,
+    which only the parent may do ("AssertionError: can only test a child process" on stderr).
+    """
+    gc.freeze()
 
 
 def get_device() -> torch.device:
@@ -228,7 +238,8 @@ def compute_mean_and_std(
         raise DataNotFoundError(f"{train_dir} holds no photos to compute statistics from.")
     workers = min(os.cpu_count() or 1, 4) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
-        _StatsImages(paths, size), batch_size=64, num_workers=workers, collate_fn=_drop_unreadable
+        _StatsImages(paths, size), batch_size=64, num_workers=workers, collate_fn=_drop_unreadable,
+        worker_init_fn=keep_parent_objects,
     )
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
