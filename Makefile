@@ -27,7 +27,7 @@ app: setup
 # The main job, short: a frozen MobileNetV2 head on 3,000 photos -> test -> export, then the
 # shipped transfer model's top-5 for one test photo.
 demo: setup
-	$(PY) -m src train --model mobilenet_v2 --epochs 0 --limit 3000 --image-size 128 --resize-size 128 \
+	$(PY) -m src train --model mobilenet_v2 --epochs 0 --limit 3000 \
 		--checkpoint checkpoints/demo.pt --export checkpoints/demo_exported.pt
 	$(PY) -m src evaluate checkpoints/demo_exported.pt
 	$(PY) -m src predict "$$(find "$${LANDMARK_DATA:-landmark_images}/test" -type f -name '*.jpg' | sort | head -n 1)" \

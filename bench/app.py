@@ -21,7 +21,7 @@ from PIL import Image
 
 from predict import SAMPLE
 from utils import REPO, RESULTS, write_result
-from src.helpers import list_images
+from src.location import list_images
 
 
 def app_namespace(models_dir: Path) -> dict:

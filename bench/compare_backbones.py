@@ -24,7 +24,7 @@ from predict import SAMPLE, measure
 from train import RECIPES
 from utils import REPO, RESULTS, write_result
 from src.data import PhotoFolder
-from src.helpers import get_data_location, list_images
+from src.location import get_data_location, list_images
 from src.predictor import load_exported
 from src.transfer import OFFLINE_BACKBONES
 

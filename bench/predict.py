@@ -24,7 +24,7 @@ from PIL import Image
 from utils import RESULTS, REPO, peak_memory_mb, write_result
 from src.data import PhotoFolder
 from src.evaluation import classification_report
-from src.helpers import get_data_location, list_images
+from src.location import get_data_location, list_images
 from src.predictor import load_exported, predict_photos, top_k
 
 SAMPLE = REPO.parent / "shared" / "data" / "landmark_images_sample"

@@ -25,10 +25,15 @@ from predict import SAMPLE, measure
 from utils import RESULTS, peak_memory_mb, write_result
 from src.data import PhotoFolder, split_indices
 from src.finetune import extract_features
-from src.helpers import get_data_location, list_images
+from src.location import get_data_location, list_images
 from src.predictor import Predictor, export_predictor, load_exported
-from src.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval
+from src.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from src.presets import ClassificationPresetEval
 from src.transfer import get_model_transfer_learning
+
+
+# The reference recipe's fixed preprocessing: resize 256, crop 224, ImageNet statistics.
+REFERENCE_CONFIG = PreprocessConfig(eval_crop=224, resize=256, train_crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 class _DecodedEveryTime(torch.utils.data.Dataset):
@@ -36,7 +41,7 @@ class _DecodedEveryTime(torch.utils.data.Dataset):
 
     def __init__(self, folder: PhotoFolder, indices: list[int]) -> None:
         self.folder, self.indices = folder, indices
-        self.transform = ClassificationPresetEval(224, IMAGENET_MEAN, IMAGENET_STD, 256)
+        self.transform = ClassificationPresetEval(REFERENCE_CONFIG)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,7 +71,7 @@ def train_reference(data_dir: Path, workers: int) -> tuple[Predictor, dict]:
             loss(head(features[batch]), targets[batch]).backward()
             optimizer.step()
     head_seconds = time.perf_counter() - start
-    predictor = Predictor(model, train_folder.class_names, IMAGENET_MEAN, IMAGENET_STD, 224, 256)
+    predictor = Predictor(model, train_folder.class_names, REFERENCE_CONFIG)
     return predictor, {
         "feature_pass_photos_per_second": round(len(features) / feature_seconds, 1),
         "train_minutes": round((feature_seconds + head_seconds) / 60, 2),

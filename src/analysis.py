@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from numpy.typing import ArrayLike
 
 from .data import LandmarkDataset, PhotoFolder, show_normalized
-from .images import ImageReadError, load_rgb
+from .images import ImageReadError, load_rgb, photo_sizes
 
 
 def class_counts(folder: PhotoFolder) -> dict[str, int]:
@@ -41,21 +41,6 @@ def plot_class_counts(train: PhotoFolder, test: PhotoFolder):
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def photo_sizes(paths: Sequence[str | Path]) -> np.ndarray:
-    """``(N, 2)`` width and height of each photo, read from the file headers (no decoding).
-
-    EXIF rotation is not applied: this is the stored size. Unreadable files are left out.
-    """
-    sizes = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-        except (OSError, UnidentifiedImageError):
-            continue
-    return np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
 
 
 def plot_photo_sizes(sizes: np.ndarray, model_size: int | None = None):
@@ -92,7 +77,7 @@ def plot_augmentations(dataset: LandmarkDataset, index: int = 0, n: int = 7):
     axes[0].axis("off")
     for i, ax in enumerate(axes[1:], 1):
         image, _ = dataset[index]
-        show_normalized(ax, image, dataset.mean, dataset.std)
+        show_normalized(ax, image, dataset.config.mean, dataset.config.std)
         ax.set_title(f"draw {i} {tuple(image.shape[-2:])}", fontsize=9)
     fig.suptitle(f"{dataset.class_names[dataset.targets[index]]}: the training transform applied {n} times")
     fig.tight_layout()
@@ -177,5 +162,40 @@ def plot_backbone_comparison(rows: list[dict[str, Any]], chosen: str | None = No
     ax.set_title("Backbones: validation accuracy vs training time")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(pred: ArrayLike, truth: ArrayLike, class_names: list[str] | None = None, normalize: bool = True):
+    """Plot the confusion matrix of predicted vs true class indices; returns the matplotlib figure.
+
+    Rows are true classes. With ``normalize`` each row shows the fraction of that class's photos,
+    so classes of different sizes compare fairly; cell values are printed for up to 20 classes.
+    """
+    import matplotlib.pyplot as plt
+
+    pred, truth = np.asarray(pred, dtype=int), np.asarray(truth, dtype=int)
+    n = int(max(pred.max(initial=0), truth.max(initial=0)) + 1) if class_names is None else len(class_names)
+    matrix = np.zeros((n, n), dtype=np.float64)
+    np.add.at(matrix, (truth, pred), 1)
+    if normalize:
+        matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    names = class_names or [str(i) for i in range(n)]
+    side = max(7.5, 0.28 * n + 3)
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "photos")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=8 if n > 20 else 10)
+    ax.set_yticks(range(n), names, fontsize=8 if n > 20 else 10)
+    ax.set_xlabel("Predicted landmark")
+    ax.set_ylabel("True landmark")
+    accuracy = float((pred == truth).mean()) if len(pred) else 0.0
+    ax.set_title(f"Confusion matrix ({len(pred)} photos, accuracy {accuracy:.1%})")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j] > 0:
+                    ax.text(j, i, f"{matrix[i, j]:.2f}" if normalize else f"{int(matrix[i, j])}", ha="center", va="center",
+                            fontsize=7, color="white" if matrix[i, j] > 0.5 * matrix.max() else "black")
     fig.tight_layout()
     return fig

@@ -2,8 +2,8 @@
 
 Decoding JPEGs costs more CPU than a small CNN's training step, so it is done once per dataset
 and size rather than once per epoch: every photo is decoded, its short side resized to ``S``
-and its centre cropped to ``S``x``S`` (exactly what evaluation does anyway), and the result is
-saved under :func:`~src.helpers.cache_dir`. The file is named by the photos' fingerprint (names,
+and its centre cropped to ``S``x``S`` (:func:`~src.preprocessing.square_uint8`: what evaluation does anyway), and the result is
+saved under :func:`~src.files.cache_dir` (least recently used files are evicted beyond ``$LANDMARK_CACHE_GB``, default 10 GB). The file is named by the photos' fingerprint (names,
 sizes, modification times) and ``S``, so adding, removing or editing a photo makes a new cache
 instead of silently reusing a stale one. Augmentation then runs on these tensors.
 """
@@ -16,37 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .helpers import atomic_write, cache_dir, dataset_fingerprint, keep_parent_objects
-from .images import ImageReadError, load_rgb
+from .files import cache_dir, touch_cache_file, write_cache_file
+from .helpers import keep_parent_objects
+from .images import ImageReadError, read_image
+from .location import dataset_fingerprint
+from .preprocessing import square_uint8
 
 CACHE_FORMAT = "decoded-images/1"
 
 
-def center_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a ``(3, H, W)`` uint8 image so its short side is ``size`` (antialiased), then crop the centre square."""
-    height, width = image.shape[-2:]
-    new = [size, max(size, round(size * width / height))] if height <= width else [max(size, round(size * height / width)), size]
-    if new != [height, width]:
-        image = F.interpolate(image.unsqueeze(0).float(), size=new, mode="bilinear", align_corners=False,
-                              antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
-    top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    return image[:, top:top + size, left:left + size].contiguous()
-
-
-def read_image(path: str | Path, draft: int | None = None) -> torch.Tensor:
-    """An upright RGB photo as a ``(3, H, W)`` uint8 tensor; JPEGs are draft-decoded near ``draft`` px."""
-    import numpy as np
-
-    image = load_rgb(path, draft_size=None if draft is None else (draft, draft))
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
 class SquarePhotos(Dataset):
-    """Photos decoded and cut to ``size`` x ``size`` by :func:`center_square`, so any sizes batch together.
+    """Photos decoded and cut to ``size`` x ``size`` centre squares (:func:`~src.preprocessing.square_uint8`),
+    so photos of any size batch together.
 
     Items are ``(index, uint8 image)``, or ``(index, error message)`` for an unreadable photo,
     so a bad file is reported by name instead of stopping a worker process.
@@ -60,7 +44,7 @@ class SquarePhotos(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
-            return index, center_square(read_image(self.paths[index], self.size), self.size)
+            return index, square_uint8(read_image(self.paths[index], self.size), self.size)
         except ImageReadError as error:
             return index, str(error)
 
@@ -71,10 +55,11 @@ def square_batches(paths: list[Path], size: int, batch_size: int = 64, num_worke
 
     Yields per batch the indices (into ``paths``) of the readable photos, their squares stacked
     as ``(B, 3, size, size)`` uint8 (None when none was readable), and ``{index: error}`` for the others.
+    The loader has its own random generator: decoding leaves torch's global random state alone.
     """
     workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
     for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
-                                 worker_init_fn=keep_parent_objects):
+                            worker_init_fn=keep_parent_objects, generator=torch.Generator().manual_seed(0)):
         readable = [(index, item) for index, item in batch if not isinstance(item, str)]
         errors = {index: item for index, item in batch if isinstance(item, str)}
         images = torch.stack([image for _, image in readable]) if readable else None
@@ -117,7 +102,9 @@ def decoded_images(paths: list[Path], root: str | Path, size: int, num_workers: 
         images, errors = _decode_all(paths, size, min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers)
         record = {"format": CACHE_FORMAT, "root": str(root), "images": images, "errors": errors}
         if cache_file is not None:
-            atomic_write(cache_file, lambda tmp: torch.save(record, tmp))
+            write_cache_file(cache_file, lambda tmp: torch.save(record, tmp))
+    elif cache_file is not None:
+        touch_cache_file(cache_file)
     errors: dict[int, str] = record["errors"]
     readable = torch.ones(len(paths), dtype=torch.bool)
     if errors:

@@ -1,8 +1,8 @@
 """Training checkpoints: weights plus everything needed to rebuild, evaluate and export the model.
 
 A checkpoint is a dict saved with ``torch.save``: the model's ``arch`` (factory name, class
-count, keyword arguments), ``class_names``, the normalisation and image sizes the model was
-trained with, the ``state_dict``, and the training history. Files are written to a temporary
+count, keyword arguments), ``class_names``, the ``preprocess`` config (sizes and normalisation)
+the model was trained with, the ``state_dict``, and the training history. Files are written to a temporary
 name and renamed, so an interruption never leaves a half-written checkpoint.
 """
 
@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .factory import create_model
-from .helpers import atomic_write
+from .files import atomic_write
+from .preprocessing import PreprocessConfig, classic_resize
 
 FORMAT = "landmark-checkpoint/1"
 
@@ -62,6 +63,18 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], source: str | Pat
         arch = (checkpoint.get("arch") or {}).get("name", "unknown")
         raise CheckpointError(f"{source}: weights do not fit this model (checkpoint architecture: {arch}): {error}") from error
     return model
+
+
+def checkpoint_config(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> PreprocessConfig:
+    """The preprocessing a checkpoint's model was trained with (also from checkpoints of version 0.1)."""
+    try:
+        if "preprocess" in checkpoint:
+            return PreprocessConfig.from_dict(checkpoint["preprocess"])
+        crop = int(checkpoint.get("image_size") or 224)  # 0.1 stored the sizes and statistics at the top level
+        resize = int(checkpoint.get("resize_size") or classic_resize(crop))
+        return PreprocessConfig(crop, resize, crop, tuple(checkpoint["mean"]), tuple(checkpoint["std"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: its preprocessing record is damaged ({error})") from error
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

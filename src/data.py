@@ -18,11 +18,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 
-from .helpers import compute_mean_and_std, get_data_location, keep_parent_objects
 from .cache import decoded_images
 from .distributed import is_distributed
+from .factory import SCRATCH, data_defaults
+from .helpers import keep_parent_objects
 from .images import is_image_file, load_rgb
-from .presets import ClassificationPresetEval, ClassificationPresetTrain, default_resize_size
+from .location import get_data_location, list_images
+from .preprocessing import PreprocessConfig, resolve_data_config
+from .presets import ClassificationPresetEval, ClassificationPresetTrain
 
 
 def display_name(folder_name: str) -> str:
@@ -49,6 +52,7 @@ class PhotoFolder(datasets.ImageFolder):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: dataset split folder not found")
+        list_images(root)  # names the sub-folders that cannot be read (ImageFolder skips them silently)
         super().__init__(str(root), loader=load_rgb, is_valid_file=accept)
         if rejected:
             shown = ", ".join(rejected[:10]) + (f" and {len(rejected) - 10} more" if len(rejected) > 10 else "")
@@ -65,24 +69,22 @@ class LandmarkDataset(Dataset):
     """A subset of a :class:`PhotoFolder` with its own transform (train and valid share a folder).
 
     The photos are decoded once into a uint8 tensor by :func:`~src.cache.decoded_images`
-    (``resize_size`` squares, cached on disk), so each item only costs its transform; photos
+    (``config.resize`` squares, cached on disk), so each item only costs its transform; photos
     that cannot be decoded are left out with a warning naming them. Items are
     ``(image, class_index)``.
     """
 
     def __init__(self, folder: PhotoFolder, indices: Sequence[int], transform: Callable | None,
-                 mean: Sequence[float], std: Sequence[float], image_size: int, resize_size: int,
-                 num_workers: int = -1) -> None:
+                 config: PreprocessConfig, num_workers: int = -1) -> None:
         self.folder = folder
         candidates = list(indices)
         images, readable = decoded_images([Path(folder.samples[i][0]) for i in candidates], folder.root,
-                                          resize_size, num_workers)
+                                          config.resize, num_workers)
         keep = readable.nonzero().flatten()
         self.indices = [candidates[i] for i in keep.tolist()]
         self.images = images if len(keep) == len(candidates) else images[keep]
         self.transform = transform
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        self.image_size, self.resize_size = image_size, resize_size  # what evaluation uses
+        self.config = config  # what evaluation, the checkpoint and the export use
 
     @property
     def root(self) -> Path:
@@ -116,16 +118,18 @@ def _seeded_permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def split_indices(n_train: int, n_test: int, valid_size: float = 0.2, seed: int = 42, limit: int = -1
+def split_indices(n_train: int, n_test: int, valid_size: float = 0.2, seed: int = 42, limit: int | None = None
                   ) -> tuple[list[int], list[int], list[int]]:
     """``(train, valid, test)`` photo indices: a seeded split of ``train/`` (the same every run).
 
-    ``limit`` > 0 keeps a seeded sample of that many training photos and a proportional
-    number of test photos.
+    ``limit`` keeps a seeded sample of that many training photos and a proportional number of
+    test photos (None or -1: all).
     """
+    if limit is not None and limit != -1 and limit < 1:
+        raise ValueError(f"limit must be a positive number of photos (or -1 for all), got {limit}")
     order = _seeded_permutation(n_train, seed)
     test_order = list(range(n_test))
-    if limit > 0:
+    if limit is not None and limit > 0:
         test_order = sorted(_seeded_permutation(n_test, seed)[: max(1, round(limit * n_test / len(order)))])
         order = order[:limit]
     n_valid = int(round(valid_size * len(order)))
@@ -136,48 +140,43 @@ def get_data_loaders(
     batch_size: int = 32,
     valid_size: float = 0.2,
     num_workers: int = -1,
-    limit: int = -1,
+    limit: int | None = None,
     data_dir: str | Path | None = None,
-    image_size: int = 224,
-    resize_size: int | None = None,
-    train_size: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    config: PreprocessConfig | None = None,
     seed: int = 42,
     train_preset: Callable | None = None,
 ) -> dict[str, DataLoader]:
     """Return ``{"train", "valid", "test"}`` loaders.
 
     ``valid_size`` is the fraction of ``train/`` held out for validation (seeded by ``seed``);
-    ``limit`` > 0 keeps a seeded random sample of that many training photos (and a proportional
+    ``limit`` keeps a seeded random sample of that many training photos (and a proportional
     number of test photos), for quick runs. ``num_workers=-1`` uses every CPU core.
-    ``mean``/``std`` default to the dataset's own statistics (cached per dataset); pass
-    ImageNet's for pretrained backbones. Photos are decoded once into ``resize_size`` squares
-    (cached); evaluation centre-crops ``image_size``, training takes random crops of
-    ``train_size`` (default ``image_size``; smaller trains faster, see ``presets``).
+    ``config`` (sizes and normalisation) defaults to the scratch CNN's, resolved from the photos
+    (:func:`~src.preprocessing.resolve_data_config`); pass the model's for a pretrained backbone.
+    Photos are decoded once into ``config.resize`` squares (cached); evaluation centre-crops
+    ``config.eval_crop``, training takes random crops of ``config.train_crop``.
     """
     if not 0 <= valid_size < 1:
         raise ValueError(f"valid_size must be in [0, 1), got {valid_size}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     root = get_data_location(data_dir)
-    if mean is None or std is None:
-        mean, std = compute_mean_and_std(root)
     train_folder, test_folder = PhotoFolder(root / "train"), PhotoFolder(root / "test")
     if test_folder.classes != train_folder.classes:
         raise ValueError(f"{root}: train/ and test/ have different class folders "
                          f"({len(train_folder.classes)} vs {len(test_folder.classes)})")
+    if len(train_folder.classes) < 2:
+        raise ValueError(f"{root}/train: {len(train_folder.classes)} class folder(s); a classifier needs at least 2 "
+                         "(any one-class model is trivially '100 %' right)")
+    config = config or resolve_data_config(data_defaults(SCRATCH), root)
 
     train_indices, valid_indices, test_order = split_indices(len(train_folder), len(test_folder), valid_size, seed, limit)
-
-    resize_size = resize_size or default_resize_size(image_size)
-    train_transform = train_preset or ClassificationPresetTrain(train_size or image_size, mean, std)
-    eval_transform = ClassificationPresetEval(image_size, mean, std, resize_size)
-    sizes = {"mean": mean, "std": std, "image_size": image_size, "resize_size": resize_size, "num_workers": num_workers}
+    train_transform = train_preset or ClassificationPresetTrain(config)
+    eval_transform = ClassificationPresetEval(config)
     splits = {
-        "train": LandmarkDataset(train_folder, train_indices, train_transform, **sizes),
-        "valid": LandmarkDataset(train_folder, valid_indices, eval_transform, **sizes),
-        "test": LandmarkDataset(test_folder, test_order, eval_transform, **sizes),
+        "train": LandmarkDataset(train_folder, train_indices, train_transform, config, num_workers),
+        "valid": LandmarkDataset(train_folder, valid_indices, eval_transform, config, num_workers),
+        "test": LandmarkDataset(test_folder, test_order, eval_transform, config, num_workers),
     }
     workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
     # Under torchrun each process trains on its own shard of the training split.
@@ -193,7 +192,8 @@ def get_data_loaders(
             persistent_workers=workers > 0,
             worker_init_fn=keep_parent_objects,
             pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(seed) if name == "train" and train_sampler is None else None,
+            # every loader its own generator: iterating one never moves torch's global random state
+            generator=torch.Generator().manual_seed(seed),
         )
         for name, dataset in splits.items()
     }
@@ -217,7 +217,7 @@ def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, spl
     n = min(max_n, len(images))
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.4), squeeze=False)
     for ax, image, label in zip(axes[0], images[:n], labels[:n]):
-        show_normalized(ax, image, dataset.mean, dataset.std)
+        show_normalized(ax, image, dataset.config.mean, dataset.config.std)
         ax.set_title(dataset.class_names[int(label)], fontsize=9, wrap=True)
     fig.suptitle(f"One {split} batch ({images.shape[-1]}×{images.shape[-2]} px, after augmentation)")
     fig.tight_layout()

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .helpers import atomic_write
+from .files import atomic_write
 
 
 def classification_report(truth: np.ndarray, probabilities: np.ndarray, class_names: list[str], k: int = 5) -> dict[str, Any]:
-    """Top-1 and top-``k`` accuracy overall, and top-1 accuracy for every class that has photos."""
+    """Top-1 and top-``k`` accuracy overall (``report[f"top{report['k']}"]``), and top-1 for every class with photos."""
     truth = np.asarray(truth, dtype=np.int64)
     if len(truth) == 0:
         raise ValueError("No photos were evaluated")
@@ -25,6 +25,7 @@ def classification_report(truth: np.ndarray, probabilities: np.ndarray, class_na
     return {
         "photos": int(len(truth)),
         "top1": float(hits.mean()),
+        "k": k,  # top-k is top-5, or fewer with fewer than 5 classes
         f"top{k}": float((ranked[:, :k] == truth[:, None]).any(axis=1).mean()),
         "per_class_top1": per_class,
     }

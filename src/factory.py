@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import nn
 
-from .model import MyModel
-from .transfer import OFFLINE_BACKBONES, get_model_transfer_learning, list_backbones
+from .model import SCRATCH_DATA_DEFAULTS, MyModel
+from .preprocessing import DataDefaults
+from .transfer import OFFLINE_BACKBONES, get_backbone_spec, get_model_transfer_learning, list_backbones
 
 SCRATCH = "scratch"
 
@@ -20,6 +21,11 @@ SCRATCH = "scratch"
 def list_models(offline_only: bool = True) -> list[str]:
     """Names ``create_model`` accepts: the scratch CNN and the backbones (offline ones by default)."""
     return [SCRATCH] + (list(OFFLINE_BACKBONES) if offline_only else list_backbones())
+
+
+def data_defaults(name: str) -> DataDefaults:
+    """Model ``name``'s native input size and normalisation, without building it."""
+    return SCRATCH_DATA_DEFAULTS if name == SCRATCH else get_backbone_spec(name).data
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = True, **kwargs: Any) -> nn.Module:

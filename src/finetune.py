@@ -17,7 +17,6 @@ by the large gradients of a random head.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +29,9 @@ from .checkpoint import save_checkpoint
 from .helpers import get_device, keep_parent_objects
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
+from .recipes import TransferRecipe
 from .train import checkpoint_metadata, last_state_path, optimize
 from .transfer import TransferModel
-
-
-@dataclass
-class FineTuneRecipe:
-    """Hyper-parameters of :func:`fine_tune`; the defaults are the shipped MobileNetV2 recipe (README "Results")."""
-
-    head_epochs: int = 30
-    feature_views: int = 1
-    unfreeze: int = 12
-    epochs: int = 12
-    head_lr: float = 1e-3
-    backbone_lr: float = 5e-4
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 0.3  # stage 2 starts from a trained head: a short warm-up is enough
-    batch_size: int = 256
 
 
 def extract_features(backbone: nn.Module, loader: DataLoader, desc: str = "Features") -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +54,7 @@ def cached_view_features(model: TransferModel, data_loaders: dict[str, DataLoade
     in_order = DataLoader(train_set, batch_size=data_loaders["train"].batch_size, num_workers=data_loaders["train"].num_workers,
                           worker_init_fn=keep_parent_objects)
     augmented = train_set.transform
-    train_set.transform = ClassificationPresetEval(train_set.image_size, train_set.mean, train_set.std, train_set.resize_size)
+    train_set.transform = ClassificationPresetEval(train_set.config)
     try:
         parts = [extract_features(model.backbone, in_order, "Features (centre view)")]
     finally:
@@ -81,14 +65,14 @@ def cached_view_features(model: TransferModel, data_loaders: dict[str, DataLoade
 
 
 def train_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
-               recipe: FineTuneRecipe, seed: int = 42) -> list[dict[str, float]]:
+               recipe: TransferRecipe, seed: int = 42) -> list[dict[str, float]]:
     """Stage 1: AdamW + one-cycle on cached features; keeps the head of the best validation loss."""
     features, targets = train
     generator = torch.Generator().manual_seed(seed)
     loss = get_loss(recipe.label_smoothing)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay)
-    steps = max(1, len(features) // recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.head_lr, total_steps=recipe.head_epochs * steps)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps = max(1, len(features) // recipe.head_batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.head_epochs * steps)
     head.cpu()
     history: list[dict[str, float]] = []
     best_loss, best_state = float("inf"), None
@@ -96,7 +80,7 @@ def train_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid:
         head.train()
         order = torch.randperm(len(features), generator=generator)
         for step in range(steps):
-            batch = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            batch = order[step * recipe.head_batch_size:(step + 1) * recipe.head_batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss(head(features[batch]), targets[batch]).backward()
             optimizer.step()
@@ -123,7 +107,7 @@ def parameter_groups(model: TransferModel, head_lr: float, backbone_lr: float) -
 
 
 def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_path: str | Path,
-              recipe: FineTuneRecipe | None = None, interactive_tracking: bool = False,
+              recipe: TransferRecipe | None = None, interactive_tracking: bool = False,
               resume: bool = False, seed: int = 42) -> dict[str, Any]:
     """Run the recipe of this module's docstring; returns the history of both stages and stage 1's seconds.
 
@@ -131,7 +115,7 @@ def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_pa
     :func:`~src.train.optimize`. With ``resume`` and a stage-2 state beside ``save_path``,
     stage 1 is skipped (its result is in that state). ``recipe.epochs=0`` stops after stage 1.
     """
-    recipe = recipe or FineTuneRecipe()
+    recipe = recipe or TransferRecipe()
     head_history: list[dict[str, float]] = []
     start = time.perf_counter()
     if recipe.head_epochs > 0 and not (resume and last_state_path(save_path).is_file()):
@@ -146,7 +130,7 @@ def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_pa
         save_checkpoint(save_path, model, checkpoint_metadata(data_loaders), history=head_history)
         return {"head": head_history, "head_seconds": head_seconds, "fine_tune": []}
     model.unfreeze_last(recipe.unfreeze)
-    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.head_lr, recipe.backbone_lr), weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.lr, recipe.backbone_lr), weight_decay=recipe.weight_decay)
     history = optimize(data_loaders, model, optimizer, get_loss(recipe.label_smoothing), recipe.epochs, save_path,
                        interactive_tracking=interactive_tracking, warmup_epochs=recipe.warmup_epochs, resume=resume)
     return {"head": head_history, "head_seconds": head_seconds, "fine_tune": history}

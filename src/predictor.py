@@ -19,30 +19,32 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .cache import read_image, square_batches
-from .checkpoint import model_from_checkpoint
-from .helpers import atomic_write
-from .presets import default_resize_size
+from .cache import square_batches
+from .images import read_image
+from .checkpoint import checkpoint_config, model_from_checkpoint
+from .files import atomic_write
+from .preprocessing import PreprocessConfig, resize_and_crop, square_uint8
 
 
 class Predictor(nn.Module):
     """Raw image batch -> class probabilities, scriptable with ``torch.jit.script``.
 
     ``forward`` takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8``
-    (0-255) or float (0-1); resizes the short side to ``resize_size`` (antialiased bilinear, as
-    in training's evaluation transform), centre-crops ``image_size``, normalises with
-    ``mean``/``std`` and returns softmax probabilities ``(B, num_classes)``.
+    (0-255) or float (0-1); resizes and crops them with
+    :func:`~src.preprocessing.resize_and_crop` (short side to ``resize_size``, centre
+    ``image_size`` square, as in training's evaluation), normalises with ``mean``/``std`` and
+    returns softmax probabilities ``(B, num_classes)``. Those attribute names are the exported
+    file's interface (the app reads them); they hold ``config.eval_crop`` and ``config.resize``.
     """
 
-    def __init__(self, model: nn.Module, class_names: List[str], mean, std,
-                 image_size: int = 224, resize_size: int | None = None) -> None:
+    def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig) -> None:
         super().__init__()
         self.model = model.eval()
         self.class_names: List[str] = [str(c) for c in class_names]
-        self.image_size: int = int(image_size)
-        self.resize_size: int = int(resize_size or default_resize_size(image_size))
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.image_size: int = config.eval_crop
+        self.resize_size: int = config.resize
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -51,18 +53,8 @@ class Predictor(nn.Module):
             if x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError("Predictor expects RGB images shaped (B, 3, H, W) or (3, H, W)")
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-            height, width = x.shape[-2], x.shape[-1]
-            if height <= width:
-                size = [self.resize_size, int(self.resize_size * width / height)]
-            else:
-                size = [int(self.resize_size * height / width), self.resize_size]
-            if size[0] != height or size[1] != width:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            top = (size[0] - self.image_size) // 2
-            left = (size[1] - self.image_size) // 2
-            x = x[:, :, top:top + self.image_size, left:left + self.image_size]
-            x = (x - self.mean) / self.std
-            return F.softmax(self.model(x), dim=1)
+            x = resize_and_crop(x, self.resize_size, self.image_size)
+            return F.softmax(self.model((x - self.mean) / self.std), dim=1)
 
 
 EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std"]
@@ -81,10 +73,9 @@ def export_predictor(predictor: Predictor, path: str | Path) -> Path:
 
 
 def predictor_from_checkpoint(checkpoint_path: str | Path) -> Predictor:
-    """Wrap a training checkpoint's model in a :class:`Predictor` with the sizes it was trained at."""
+    """Wrap a training checkpoint's model in a :class:`Predictor` with the preprocessing it was trained with."""
     model, checkpoint = model_from_checkpoint(checkpoint_path)
-    return Predictor(model, checkpoint["class_names"], checkpoint["mean"], checkpoint["std"],
-                     checkpoint.get("image_size") or 224, checkpoint.get("resize_size"))
+    return Predictor(model, checkpoint["class_names"], checkpoint_config(checkpoint, checkpoint_path))
 
 
 def load_exported(path: str | Path) -> torch.jit.ScriptModule:
@@ -106,9 +97,13 @@ def load_exported(path: str | Path) -> torch.jit.ScriptModule:
 def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
     """The ``k`` most likely landmarks for one photo as ``(name, probability)``, best first.
 
-    Large JPEGs are draft-decoded near the predictor's resize size (several times faster).
+    Large JPEGs are draft-decoded near the predictor's resize size (several times faster), and
+    the photo is cut to its resize square first (bounded memory, the pixels the model would keep).
     """
-    probabilities = model(read_image(path, int(model.resize_size)).unsqueeze(0))[0]
+    if k < 1:
+        raise ValueError(f"k (top-k) must be at least 1, got {k}")
+    size = int(model.resize_size)
+    probabilities = model(square_uint8(read_image(path, size), size).unsqueeze(0))[0]
     values, indices = probabilities.topk(min(k, probabilities.numel()))
     return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
 

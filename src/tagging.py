@@ -4,28 +4,39 @@ Every photo below a folder gets its top-k landmarks with probabilities, and a ``
 is ``"unknown"`` when the best probability is below a threshold. Results are appended to a CSV
 or JSON-lines file after every batch, so an interrupted run loses at most one batch and a rerun
 with the same output file skips every photo already there (tagged or found unreadable).
+Beside the output, ``<out>.settings.json`` records the model, top-k and threshold it was started
+with (a rerun with others is refused rather than mixing tags), and ``<out>.lock`` is held for the
+whole run (a second run on the same output is refused rather than tagging every photo twice).
+An existing file that is not a tag output of this tool is refused untouched.
 Photos are decoded in parallel worker processes (JPEG draft mode for large files).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .cache import square_batches
-from .helpers import list_images
+from .location import list_images
 
 UNKNOWN = "unknown"
 FORMATS = (".csv", ".jsonl")
 CSV_FIELDS = ["path", "landmark", "probability", "top_k", "error"]
+CSV_HEADER = ",".join(CSV_FIELDS) + "\r\n"  # as csv.DictWriter writes it
+JSONL_START = '{"path": '  # how json.dumps writes every record (path is its first key)
+SETTINGS_FORMAT = "landmark-tags/1"
 
 
 @dataclass
@@ -43,33 +54,140 @@ class TagSummary:
         return (self.tagged + len(self.unreadable)) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _repair_last_line(path: Path) -> None:
-    """Cut a half-written last line (the run was killed mid-write) so appending starts clean."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+def _open_text(path: Path, mode: str) -> IO[str]:
+    """Open an output as UTF-8 that keeps non-UTF-8 file names (surrogates) round-tripping instead of failing.
+
+    Lines end only at ``\\n`` (no translation either way), as :func:`_repair_last_line` cuts them.
+    """
+    return path.open(mode, newline="\n", encoding="utf-8", errors="surrogateescape")
+
+
+def _settings_file(out: Path) -> Path:
+    return out.with_name(out.name + ".settings.json")
+
+
+def _lock_file(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def _file_sha256(path: str | Path) -> str:
+    """The model file's hash, read in 1 MB chunks so a large export is never held in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _repair_last_line(path: Path, chunk: int = 1 << 16) -> None:
+    """Cut a half-written last line (the run was killed mid-write) so appending starts clean.
+
+    Truncates in place after the last newline, found by reading the tail backwards: rewriting a
+    large output would lose all of it if this run were killed in turn.
+    """
+    with path.open("rb") as handle:
+        size = position = handle.seek(0, os.SEEK_END)
+        keep = 0
+        while position > 0:
+            start = max(0, position - chunk)
+            handle.seek(start)
+            newline = handle.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            position = start
+    if keep < size:
+        os.truncate(path, keep)
+
+
+def _not_ours(out: Path, why: str) -> ValueError:
+    return ValueError(f"{out} is not a tag output of this tool ({why}); it was left untouched: choose another --out")
+
+
+def _csv_paths(lines: Iterator[str], out: Path) -> Iterator[str]:
+    """The paths of a CSV output; its header, as our writer wrote it, tells it from a foreign CSV."""
+    header = next(lines)
+    if not CSV_HEADER.startswith(header):  # a complete first line must be our header, a cut one a part of it
+        raise _not_ours(out, f"its first line is not the header {CSV_HEADER.strip()}")
+    for row in csv.reader(line for line in lines if line.endswith("\n")):  # a cut last row is rewritten
+        if row:
+            yield row[0]
+
+
+def _jsonl_paths(lines: Iterator[str], out: Path) -> Iterator[str]:
+    """The paths of a JSON-lines output, where every record is a JSON object with a path."""
+    for number, line in enumerate(lines, 1):
+        if not line.endswith("\n"):  # cut mid-write: rewritten, but it must have begun like our records
+            if not (line.startswith(JSONL_START) or JSONL_START.startswith(line)):
+                raise _not_ours(out, f"line {number} is not a JSON record with a path")
+        elif line.strip():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "path" not in record:
+                raise _not_ours(out, f"line {number} is not a JSON record with a path")
+            yield record["path"]
 
 
 def done_paths(out: Path) -> set[str]:
-    """Absolute paths of the photos already in an output file of a previous run (tagged or unreadable)."""
-    if not out.is_file():
+    """Absolute paths of the photos already in an output file of a previous run (tagged or unreadable).
+
+    Only reads, and raises ValueError for a file that is not our output, so a wrong ``--out`` is never damaged.
+    """
+    if not out.is_file() or out.stat().st_size == 0:
         return set()
+    with _open_text(out, "r") as handle:
+        read = _csv_paths if out.suffix == ".csv" else _jsonl_paths
+        return {str(Path(p).resolve()) for p in read(iter(handle), out)}  # the same photo however the folder was named
+
+
+def _settings(model: torch.jit.ScriptModule, k: int, threshold: float, model_path: str | Path | None) -> dict[str, Any]:
+    """What the tags of an output depend on; without the model file, its class names stand for it."""
+    names = [str(name) for name in model.class_names]
+    model_sha256 = _file_sha256(model_path) if model_path is not None else hashlib.sha256(json.dumps(names).encode()).hexdigest()
+    return {"format": SETTINGS_FORMAT, "model_sha256": model_sha256, "topk": k, "threshold": threshold, "class_names": names}
+
+
+def _start_or_resume(out: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of a new output, or resume one (cutting its half-written last line) only with the
+    settings it was started with: other ones would silently mix two models' or thresholds' tags."""
+    sidecar = _settings_file(out)
+    if not out.is_file() or out.stat().st_size == 0:
+        sidecar.write_text(json.dumps(settings, indent=2) + "\n")  # before the output's first byte
+        return
+    try:
+        old = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        differences = f"its settings file {sidecar} is missing or unreadable"
+    else:
+        differences = ", ".join(f"{key} {old.get(key)!r} then, {value!r} now" for key, value in settings.items()
+                                if old.get(key) != value)
+    if differences:
+        raise ValueError(f"{out} was started with other settings ({differences}): "
+                         f"use another --out or delete the old output ({out} and {sidecar})")
     _repair_last_line(out)
-    with out.open(newline="") as handle:
-        if out.suffix == ".csv":
-            paths = [row["path"] for row in csv.DictReader(handle)]
-        else:
-            paths = [json.loads(line)["path"] for line in handle if line.strip()]
-    return {str(Path(p).resolve()) for p in paths}  # the same photo however the folder was named
+
+
+@contextmanager
+def _exclusive_run(out: Path) -> Iterator[None]:
+    """Hold ``<out>.lock`` for the whole run: two runs appending to one output would tag every photo twice."""
+    with _lock_file(out).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another tag run is writing {out}: wait for it to finish or use another --out") from None
+        yield
 
 
 class _Writer:
     """Appends records to ``out`` (CSV with a header, or JSON lines) and flushes after each batch."""
 
     def __init__(self, out: Path) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         new = not out.is_file() or out.stat().st_size == 0
-        self.handle = out.open("a", newline="")
+        self.handle = _open_text(out, "a")
         self.csv = csv.DictWriter(self.handle, CSV_FIELDS) if out.suffix == ".csv" else None
         if self.csv is not None and new:
             self.csv.writeheader()
@@ -90,11 +208,14 @@ class _Writer:
 
 
 def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str | Path, k: int = 5,
-               threshold: float = 0.5, batch_size: int = 50, num_workers: int = -1) -> TagSummary:
+               threshold: float = 0.5, batch_size: int = 50, num_workers: int = -1, *,
+               model_path: str | Path | None = None) -> TagSummary:
     """Tag every photo below ``photos_dir`` into ``out`` (``.csv`` or ``.jsonl``), resuming a previous run.
 
     A photo whose best probability is below ``threshold`` is tagged ``"unknown"`` (its top-k
     are still written). Unreadable files are written with their error and listed in the summary.
+    ``model_path`` (the exported file ``model`` was loaded from) is hashed into ``<out>.settings.json``,
+    so resuming with another model is refused; without it the class names stand for the model.
     """
     photos_dir, out = Path(photos_dir), Path(out)
     if out.suffix not in FORMATS:
@@ -103,30 +224,38 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
         raise FileNotFoundError(f"{photos_dir}: photo folder not found")
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    done = done_paths(out)
-    photos = list_images(photos_dir)
-    todo = [path for path in photos if str(path.resolve()) not in done]
-    names = list(model.class_names)
-    summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
-    writer = _Writer(out)
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode(), tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
-            for indices, images, errors in square_batches(todo, int(model.resize_size), batch_size, num_workers):
-                records = [{"path": str(todo[i]), "landmark": None, "probability": None, "top_k": [], "error": message}
-                           for i, message in errors.items()]
-                summary.unreadable += list(errors.values())
-                if images is not None:
-                    values, classes = model(images).topk(min(k, len(names)), dim=1)
-                    for i, top_values, top_classes in zip(indices, values.tolist(), classes.tolist()):
-                        landmark = names[top_classes[0]] if top_values[0] >= threshold else UNKNOWN
-                        summary.unknown += landmark == UNKNOWN
-                        records.append({"path": str(todo[i]), "landmark": landmark, "probability": top_values[0],
-                                        "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "error": None})
-                    summary.tagged += len(indices)
-                writer.write(records)
-                progress.update(len(indices) + len(errors))
-    finally:
-        writer.close()
-        summary.seconds = time.perf_counter() - start
+    if k < 1:
+        raise ValueError(f"k (top-k landmarks per photo) must be at least 1, got {k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    settings = _settings(model, k, threshold, model_path)
+    names = settings["class_names"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_run(out):
+        done = done_paths(out)  # refuses a foreign file before anything is written
+        _start_or_resume(out, settings)
+        photos = list_images(photos_dir)
+        todo = [path for path in photos if str(path.resolve()) not in done]
+        summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
+        writer = _Writer(out)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode(), tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
+                for indices, images, errors in square_batches(todo, int(model.resize_size), batch_size, num_workers):
+                    records = [{"path": str(todo[i]), "landmark": None, "probability": None, "top_k": [], "error": message}
+                               for i, message in errors.items()]
+                    summary.unreadable += list(errors.values())
+                    if images is not None:
+                        values, classes = model(images).topk(min(k, len(names)), dim=1)
+                        for i, top_values, top_classes in zip(indices, values.tolist(), classes.tolist()):
+                            landmark = names[top_classes[0]] if top_values[0] >= threshold else UNKNOWN
+                            summary.unknown += landmark == UNKNOWN
+                            records.append({"path": str(todo[i]), "landmark": landmark, "probability": top_values[0],
+                                            "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "error": None})
+                        summary.tagged += len(indices)
+                    writer.write(records)
+                    progress.update(len(indices) + len(errors))
+        finally:
+            writer.close()
+            summary.seconds = time.perf_counter() - start
     return summary

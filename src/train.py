@@ -134,15 +134,9 @@ def last_state_path(save_path: str | Path) -> Path:
 
 
 def checkpoint_metadata(data_loaders: dict[str, DataLoader]) -> dict[str, Any]:
-    """What a checkpoint must know about the data: class names, normalisation and eval image sizes."""
+    """What a checkpoint must know about the data: class names and the preprocessing config."""
     dataset = data_loaders["valid"].dataset
-    return {
-        "class_names": list(dataset.class_names),
-        "mean": list(dataset.mean),
-        "std": list(dataset.std),
-        "image_size": getattr(dataset, "image_size", None),
-        "resize_size": getattr(dataset, "resize_size", None),
-    }
+    return {"class_names": list(dataset.class_names), "preprocess": dataset.config.to_dict()}
 
 
 class LivePlot:

@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .presets import IMAGENET_MEAN, IMAGENET_STD
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, DataDefaults
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -32,11 +32,11 @@ class WeightsUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one pretrained feature extractor and how its inputs must be normalised."""
+    """One registry entry: how to build the pretrained feature extractor, its blocks, and its inputs."""
 
     build: Callable[[bool], tuple[nn.Module, int]]  # pretrained -> (feature extractor, feature size)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    stages: Callable[[nn.Module], list[nn.Module]]  # its blocks from input to output (staged unfreezing)
+    data: DataDefaults  # native input size and the normalisation it was trained with
 
 
 def _package_file(package: str, pattern: str, pip_name: str) -> Path:
@@ -56,6 +56,20 @@ def _package_file(package: str, pattern: str, pip_name: str) -> Path:
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _features_stages(backbone: nn.Module) -> list[nn.Module]:
+    """MobileNetV2 and most torchvision models: the items of ``features``; others: their children with weights."""
+    features = getattr(backbone, "features", None)
+    if isinstance(features, nn.Sequential):
+        return list(features)
+    return [child for child in backbone.children() if any(True for _ in child.parameters())]
+
+
+def _efficientnet_stages(backbone: nn.Module) -> list[nn.Module]:
+    """timm EfficientNets: the stem, each block stage, and the final 1x1 convolution."""
+    return [nn.ModuleList([backbone.conv_stem, backbone.bn1]), *backbone.blocks,
+            nn.ModuleList([backbone.conv_head, backbone.bn2])]
 
 
 def _mobilenet_v2(pretrained: bool) -> tuple[nn.Module, int]:
@@ -90,8 +104,10 @@ def _efficientnet_lite(index: int) -> Callable[[bool], tuple[nn.Module, int]]:
 
 
 OFFLINE_BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v2": BackboneSpec(_mobilenet_v2, IMAGENET_MEAN, IMAGENET_STD),
-    **{f"efficientnet_lite{i}": BackboneSpec(_efficientnet_lite(i), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) for i in range(3)},
+    "mobilenet_v2": BackboneSpec(_mobilenet_v2, _features_stages, DataDefaults(224, IMAGENET_MEAN, IMAGENET_STD)),
+    **{f"efficientnet_lite{i}": BackboneSpec(_efficientnet_lite(i), _efficientnet_stages,
+                                             DataDefaults(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+       for i, size in enumerate((224, 240, 260))},
 }
 
 
@@ -123,27 +139,21 @@ def list_backbones() -> list[str]:
     return list(OFFLINE_BACKBONES) + [n for n in torchvision.models.list_models(module=torchvision.models) if n not in OFFLINE_BACKBONES]
 
 
+def _torchvision_native_size(name: str) -> int:
+    """The crop size of a torchvision model's default weights (from their metadata; nothing is downloaded)."""
+    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    crop = getattr(transforms, "crop_size", [224])
+    return int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+
+
 def get_backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry of backbone ``name`` (offline ones, else any torchvision classification model)."""
     if name in OFFLINE_BACKBONES:
         return OFFLINE_BACKBONES[name]
     if name in torchvision.models.list_models(module=torchvision.models):
-        return BackboneSpec(_torchvision_backbone(name), IMAGENET_MEAN, IMAGENET_STD)
+        return BackboneSpec(_torchvision_backbone(name), _features_stages,
+                            DataDefaults(_torchvision_native_size(name), IMAGENET_MEAN, IMAGENET_STD))
     raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")
-
-
-def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks from input to output, the units of staged unfreezing.
-
-    MobileNetV2 and most torchvision models: the items of ``features``; timm EfficientNets:
-    the stem, each block stage, and the final 1x1 convolution; anything else: its children.
-    """
-    if hasattr(backbone, "blocks") and hasattr(backbone, "conv_stem"):  # timm EfficientNet family
-        return [nn.ModuleList([backbone.conv_stem, backbone.bn1]), *backbone.blocks,
-                nn.ModuleList([backbone.conv_head, backbone.bn2])]
-    features = getattr(backbone, "features", None)
-    if isinstance(features, nn.Sequential):
-        return list(features)
-    return [child for child in backbone.children() if any(True for _ in child.parameters())]
 
 
 class TransferModel(nn.Module):
@@ -154,15 +164,19 @@ class TransferModel(nn.Module):
     their ImageNet values.
     """
 
-    def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, dropout: float,
-                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+    def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, dropout: float, spec: BackboneSpec) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, n_classes))
         self.num_features = num_features
         self.num_classes = n_classes
-        self.mean, self.std = mean, std
-        self.trainable_stages = len(backbone_stages(backbone))
+        self.data_defaults = spec.data
+        self._stages_of = spec.stages
+        self.trainable_stages = len(self.stages())
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone's blocks from input to output, the units of staged unfreezing."""
+        return self._stages_of(self.backbone)
 
     @property
     def backbone_frozen(self) -> bool:
@@ -170,7 +184,7 @@ class TransferModel(nn.Module):
 
     def unfreeze_last(self, n: int) -> None:
         """Train only the last ``n`` backbone stages (0: frozen backbone; -1 or more than it has: all)."""
-        stages = backbone_stages(self.backbone)
+        stages = self.stages()
         n = len(stages) if n < 0 else min(n, len(stages))
         for parameter in self.backbone.parameters():
             parameter.requires_grad = n == len(stages)
@@ -188,7 +202,7 @@ class TransferModel(nn.Module):
         if mode and self.backbone_frozen:
             self.backbone.eval()
         elif mode:
-            stages = backbone_stages(self.backbone)
+            stages = self.stages()
             for stage in stages[: len(stages) - self.trainable_stages]:
                 stage.eval()
         return self
@@ -206,13 +220,13 @@ def get_model_transfer_learning(
 ) -> TransferModel:
     """A pretrained ``model_name`` backbone with a new ``n_classes`` head, backbone frozen by default.
 
-    ``model.mean``/``model.std`` are the normalisation the backbone was trained with: use them
-    for the data loaders and the exported predictor.
+    ``model.data_defaults`` holds the backbone's native input size and normalisation, which
+    :func:`~src.preprocessing.resolve_data_config` turns into the run's preprocessing.
     """
     if n_classes < 1:
         raise ValueError(f"n_classes must be at least 1, got {n_classes}")
     spec = get_backbone_spec(model_name)
     backbone, num_features = spec.build(pretrained)
-    model = TransferModel(backbone, num_features, n_classes, dropout, spec.mean, spec.std)
+    model = TransferModel(backbone, num_features, n_classes, dropout, spec)
     model.freeze_backbone(freeze)
     return model

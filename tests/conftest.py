@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from PIL import Image
+
+from src.preprocessing import PreprocessConfig
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -15,6 +21,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 LANDMARKS10 = SHARED_DATA / "landmarks10"
 CANONICAL_SAMPLE = SHARED_DATA / "landmark_images_sample"
+
+
+
+def tiny_config(crop: int = 32, resize: int | None = None, train_crop: int | None = None) -> PreprocessConfig:
+    """A fixed preprocessing config for the tiny data (no statistics to compute)."""
+    return PreprocessConfig(eval_crop=crop, resize=resize or round(crop * 256 / 224), train_crop=train_crop or crop,
+                            mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))
+
+
+def run_without_src(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh Python where ``src`` cannot be imported (as the app and other consumers run)."""
+    probe = textwrap.dedent("""
+        try:
+            import src
+            raise SystemExit("src must not be importable here")
+        except ImportError:
+            pass
+    """)
+    return subprocess.run([sys.executable, "-c", probe + textwrap.dedent(script)], cwd=cwd, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+
 
 # Three classes whose photos differ by colour and stripe direction, so a tiny model can learn them.
 TINY_CLASSES = ("00.Red_Fort", "01.Green_Gate", "02.Blue_Tower")

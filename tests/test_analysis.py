@@ -9,12 +9,13 @@ import matplotlib
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from src import analysis
 from src.data import PhotoFolder, get_data_loaders
 from src.evaluation import training_metrics, write_metrics
 
 matplotlib.use("Agg")
-FAST = {"batch_size": 8, "num_workers": 0, "image_size": 32}
+FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
 ROWS = [
     {"backbone": "a", "frozen_valid_accuracy": 0.8, "frozen_minutes": 1.0, "fine_tuned_valid_accuracy": 0.9,
      "fine_tuned_minutes": 2.0, "predictor_test_seconds": 9.0, "single_photo_top5_median_ms": 7.0},
@@ -93,3 +94,15 @@ def test_training_metrics_are_written_beside_the_export(tmp_path: Path) -> None:
 def test_training_metrics_need_a_history(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         training_metrics("cmd", "scratch", tmp_path, "cpu", [], 1.0, {}, tmp_path / "none.pt")
+
+
+def test_plot_confusion_matrix() -> None:
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    fig = analysis.plot_confusion_matrix(pred, truth, class_names=["Red Fort", "Green Gate", "Blue Tower"])
+    ax = fig.axes[0]
+    assert "accuracy 66.7%" in ax.get_title()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Red Fort", "Green Gate", "Blue Tower"]
+    matrix = ax.images[0].get_array()
+    assert np.allclose(matrix.sum(axis=1), 1.0) and matrix[0, 1] == pytest.approx(0.5)
+    assert analysis.plot_confusion_matrix(pred, truth).axes[0].images[0].get_array().shape == (3, 3)

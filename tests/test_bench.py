@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from src.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    assert main(["train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "1", "--image-size", "32",
+    assert main(["train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "1", "--eval-crop", "32",
                  "--batch-size", "8", "--workers", "0", "--checkpoint", str(out / "s.pt"), "--export", str(out / "s_exported.pt")]) == 0
     return out / "s_exported.pt"
 

@@ -10,18 +10,20 @@ import torch
 from PIL import Image
 
 import src.cache as cache
-from src.cache import center_square, decoded_images, read_image
-from src.helpers import list_images
+from src.cache import decoded_images
+from src.images import read_image
+from src.location import list_images
+from src.preprocessing import square_uint8
 
 
 def test_center_square_resizes_the_short_side_and_crops_the_centre() -> None:
     wide = torch.zeros(3, 40, 80, dtype=torch.uint8)
     wide[:, :, 20:60] = 255  # the central 40x40 is white
-    square = center_square(wide, 20)
+    square = square_uint8(wide, 20)
     assert square.shape == (3, 20, 20) and square.dtype == torch.uint8
     assert square[:, :, 1:-1].min() == 255 and square.min() > 128  # antialiasing softens only the edge pixels
     tall = torch.arange(3 * 60 * 30, dtype=torch.int64).remainder(256).to(torch.uint8).view(3, 60, 30)
-    assert center_square(tall, 30).equal(tall[:, 15:45])  # no resize needed: an exact crop
+    assert square_uint8(tall, 30).equal(tall[:, 15:45])  # no resize needed: an exact crop
 
 
 def test_decoded_images_match_the_photos(tiny_data: Path) -> None:
@@ -30,7 +32,7 @@ def test_decoded_images_match_the_photos(tiny_data: Path) -> None:
     assert images.shape == (len(paths), 3, 32, 32) and images.dtype == torch.uint8
     assert readable.all()
     for index in (0, len(paths) - 1):
-        assert images[index].equal(center_square(read_image(paths[index]), 32))
+        assert images[index].equal(square_uint8(read_image(paths[index]), 32))
 
 
 def test_cache_is_reused_and_invalidated_when_a_photo_changes(tiny_data_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from src.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["--model", "scratch", "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--workers", "0"]
+TINY_TRAIN = ["--model", "scratch", "--epochs", "2", "--eval-crop", "32", "--batch-size", "8", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")

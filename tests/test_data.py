@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny_config
 from src.data import display_name, get_data_loaders, visualize_one_batch
 
-FAST = {"batch_size": 8, "num_workers": 0, "image_size": 32}
+FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
 
 
 def test_display_name() -> None:

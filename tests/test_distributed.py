@@ -8,16 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO
 from src.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_torchrun_with_two_cpu_processes_trains_and_exports_once(tiny_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "src", "train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "2",
-               "--image-size", "32", "--batch-size", "4", "--workers", "0",
+               "--eval-crop", "32", "--batch-size", "4", "--workers", "0",
                "--checkpoint", str(tmp_path / "ddp.pt"), "--export", str(tmp_path / "ddp_exported.pt")]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

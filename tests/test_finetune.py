@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.preprocessing import resolve_data_config
 from src.checkpoint import load_checkpoint
 from src.data import get_data_loaders
 from src.factory import create_model, list_models
-from src.finetune import FineTuneRecipe, cached_view_features, fine_tune, parameter_groups
-from src.transfer import backbone_stages
+from src.finetune import cached_view_features, fine_tune, parameter_groups
+from src.recipes import TransferRecipe
 
 BACKBONES = list_models()[1:]
 
@@ -19,7 +20,7 @@ BACKBONES = list_models()[1:]
 @pytest.mark.parametrize("name", BACKBONES)
 def test_stages_cover_the_whole_backbone_in_order(name: str) -> None:
     model = create_model(name, 4, pretrained=False)
-    stages = backbone_stages(model.backbone)
+    stages = model.stages()
     in_stages = [id(p) for stage in stages for p in stage.parameters()]
     assert sorted(in_stages) == sorted(id(p) for p in model.backbone.parameters())
 
@@ -32,7 +33,7 @@ def _layers(stage: torch.nn.Module) -> list[torch.nn.Module]:
 @pytest.mark.parametrize("name", BACKBONES)
 def test_unfreeze_last_trains_only_the_last_stages(name: str) -> None:
     model = create_model(name, 4, pretrained=False)
-    stages = backbone_stages(model.backbone)
+    stages = model.stages()
     model.unfreeze_last(2)
     model.train()
     for stage in stages[:-2]:
@@ -58,7 +59,7 @@ def test_parameter_groups_give_the_backbone_its_own_rate() -> None:
 
 
 def _loaders(tiny_data: Path, model) -> dict:
-    return get_data_loaders(batch_size=8, data_dir=tiny_data, image_size=32, num_workers=0, mean=model.mean, std=model.std)
+    return get_data_loaders(batch_size=8, data_dir=tiny_data, num_workers=0, config=resolve_data_config(model.data_defaults, tiny_data, eval_crop=32))
 
 
 def test_cached_features_hold_every_view(tiny_data: Path) -> None:
@@ -75,7 +76,7 @@ def test_fine_tune_runs_both_stages_and_saves_the_best(tiny_data: Path, tmp_path
     model = create_model("mobilenet_v2", 3)
     before = [p.clone() for p in model.backbone.features[0].parameters()]
     last_stage = [p.clone() for p in model.backbone.features[-1].parameters()]
-    recipe = FineTuneRecipe(head_epochs=20, unfreeze=1, epochs=2, head_lr=1e-2, backbone_lr=1e-3)
+    recipe = TransferRecipe(head_epochs=20, unfreeze=1, epochs=2, lr=1e-2, backbone_lr=1e-3)
     history = fine_tune(_loaders(tiny_data, model), model, tmp_path / "best.pt", recipe)
     assert len(history["head"]) == 20 and len(history["fine_tune"]) == 2
     assert max(h["valid_accuracy"] for h in history["head"]) > 0.5  # colours are easy with ImageNet features
@@ -86,6 +87,6 @@ def test_fine_tune_runs_both_stages_and_saves_the_best(tiny_data: Path, tmp_path
 
 def test_head_only_recipe_stops_after_stage_one(tiny_data: Path, tmp_path: Path) -> None:
     model = create_model("mobilenet_v2", 3)
-    history = fine_tune(_loaders(tiny_data, model), model, tmp_path / "head.pt", FineTuneRecipe(head_epochs=3, epochs=0))
+    history = fine_tune(_loaders(tiny_data, model), model, tmp_path / "head.pt", TransferRecipe(head_epochs=3, epochs=0))
     assert history["fine_tune"] == [] and len(history["head"]) == 3
     assert load_checkpoint(tmp_path / "head.pt")["class_names"] == ["Red Fort", "Green Gate", "Blue Tower"]

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from src.images import ImageReadError, is_image_file, load_rgb
+from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb
 
 
 def _odd_mode_images(folder: Path) -> dict[str, Path]:
@@ -97,6 +99,64 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     with pytest.raises(ImageReadError, match="too large"):
         load_rgb(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("size", [(100_000, 1), (1, 100_000), (20_000, 2)])
+def test_a_strip_is_refused_from_its_header(tmp_path: Path, size: tuple[int, int]) -> None:
+    # A few hundred bytes that would cost gigabytes once a model resizes the short side up.
+    # The file is cut after its header: the error is about its shape, so nothing was decoded.
+    path = tmp_path / "strip.png"
+    Image.new("RGB", size).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ImageReadError, match="aspect ratio") as error:
+        load_rgb(path)
+    assert str(path) in str(error.value)
+    assert f"{size[0]}x{size[1]}" in str(error.value) and f"{MAX_ASPECT_RATIO}:1" in str(error.value)
+
+
+@pytest.mark.parametrize("size", [(2000, 100), (100, MAX_ASPECT_RATIO * 100)])
+def test_panoramas_are_still_accepted(tmp_path: Path, size: tuple[int, int]) -> None:
+    Image.new("RGB", size, (10, 20, 30)).save(tmp_path / "panorama.jpg")
+    assert load_rgb(tmp_path / "panorama.jpg").size == size
+
+
+def test_16_bit_grey_is_scaled_with_rounding_over_its_whole_range(tmp_path: Path) -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    array = np.asarray(load_rgb(tmp_path / "deep.png"))
+    expected = np.floor(values / 65535 * 255 + 0.5).astype(np.uint8)  # what float64 arithmetic gave
+    assert (array == expected[:, :, None]).all()
+    assert array[0, 0, 0] == 0 and array[-1, -1, 0] == 255
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_grey_is_stretched_to_its_maximum(tmp_path: Path, mode: str) -> None:
+    values = np.linspace(-10, 3_000_000, 64 * 64).reshape(64, 64).astype(np.int32 if mode == "I" else np.float32)
+    Image.fromarray(values).save(tmp_path / "deep.tiff")
+    assert Image.open(tmp_path / "deep.tiff").mode == mode
+    array = np.asarray(load_rgb(tmp_path / "deep.tiff"))[:, :, 0].astype(int)
+    expected = np.clip(values / float(values.max()) * 255 + 0.5, 0, 255).astype(int)
+    assert np.abs(array - expected).max() <= 1 and array.max() == 255 and array.min() == 0
+
+
+PEAK_MEMORY = """
+import resource, sys
+from src.images import load_rgb
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = load_rgb(sys.argv[1])
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (image.width * image.height))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kilobytes on Linux only")
+def test_a_16_bit_image_costs_a_few_bytes_per_pixel_to_read(tmp_path: Path) -> None:
+    # Through float64 an 88-megapixel 16-bit PNG cost 2.4 GB (24 to 27 bytes a pixel). Now:
+    # PIL's 16-bit buffer (2), the 8-bit grey (1) and the RGB result (4, PIL keeps RGB in 32 bits).
+    ramp = (np.arange(4000, dtype=np.uint32) * 16).astype(np.uint16)
+    Image.fromarray(np.tile(ramp, (4000, 1))).save(tmp_path / "deep.png")
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(tmp_path / "deep.png")], cwd=Path(__file__).parents[1],
+                            capture_output=True, text=True, check=True)
+    assert float(result.stdout) < 10, f"{float(result.stdout):.1f} bytes per pixel"
 
 
 def test_is_image_file_checks_extension_and_header(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from conftest import LANDMARKS10, REPO
 pytestmark = pytest.mark.skipif(not (LANDMARKS10 / "train").is_dir(), reason=f"real photos not found in {LANDMARKS10}")
 
 QUICK = {
-    "cnn_from_scratch.ipynb": {"LIMIT": 300, "EPOCHS": 2},
-    "transfer_learning.ipynb": {"LIMIT": 200, "HEAD_EPOCHS": 2, "EPOCHS": 1, "UNFREEZE": 2,
+    "cnn_from_scratch.ipynb": {"LIMIT": 300, "RECIPE": {"epochs": 2}},
+    "transfer_learning.ipynb": {"LIMIT": 200, "RECIPE": {"head_epochs": 2, "epochs": 1, "unfreeze": 2},
                                 "COMPARISON_BACKBONES": "mobilenet_v2",
                                 "COMPARISON_ARGS": "--limit 200 --epochs 1 --head-epochs 2"},
 }
@@ -42,7 +42,8 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pyt
     executed = nbformat.read(out, as_version=4)
     assert figures(executed) == FIGURES[name]  # all the plots were drawn inline
     metrics = json.loads(export.with_suffix(".json").read_text())
-    assert metrics["test"]["photos"] > 0 and len(metrics["history"]) == QUICK[name]["EPOCHS"]
+    assert metrics["test"]["photos"] > 0 and len(metrics["history"]) == QUICK[name]["RECIPE"]["epochs"]
+    assert metrics["preprocess"]["eval_crop"] == 128  # the rule: landmarks10's 128 px photos used whole
     assert metrics["command"].startswith(name)
     if name == "transfer_learning.ipynb":
         comparison = json.loads((tmp_path / "comparison" / "compare_backbones.json").read_text())

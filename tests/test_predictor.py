@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_without_src, tiny_config
 from src.data import get_data_loaders
 from src.factory import create_model, list_models
 from src.predictor import Predictor, export_predictor, load_exported, predictor_test, top_k
@@ -20,7 +18,7 @@ def _predictor(name: str = "scratch", image_size: int = 32) -> Predictor:
     torch.manual_seed(0)
     kwargs = {"widths": (8, 16)} if name == "scratch" else {}
     model = create_model(name, 3, pretrained=False, **kwargs)
-    return Predictor(model, NAMES, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], image_size=image_size)
+    return Predictor(model, NAMES, tiny_config(image_size))
 
 
 def test_predictor_returns_probabilities_for_any_input_size() -> None:
@@ -52,21 +50,15 @@ def test_export_round_trip_in_a_fresh_process_without_src(name: str, tmp_path: P
     path = export_predictor(predictor, tmp_path / f"{name}.pt")
     images = torch.randint(0, 256, (2, 3, 90, 120), dtype=torch.uint8)
     torch.save({"images": images, "expected": predictor(images)}, tmp_path / "io.pt")
-    script = textwrap.dedent(f"""
+    script = f"""
         import torch
-        try:
-            import src
-            raise SystemExit("src must not be importable here")
-        except ImportError:
-            pass
         model = torch.jit.load({str(path)!r})
         io = torch.load({str(tmp_path / 'io.pt')!r})
         assert list(model.class_names) == {NAMES!r}, model.class_names
         assert torch.allclose(model(io["images"]), io["expected"], atol=1e-5)
         print("ok", model.image_size, model.resize_size)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    """
+    result = run_without_src(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "64", "73"]
 
@@ -80,7 +72,7 @@ def test_load_exported_refuses_other_files(tmp_path: Path) -> None:
 
 
 def test_predictor_test_batches_match_single_photo_prediction(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    loaders = get_data_loaders(data_dir=tiny_data, batch_size=4, num_workers=0, image_size=32)
+    loaders = get_data_loaders(data_dir=tiny_data, batch_size=4, num_workers=0, config=tiny_config())
     exported = load_exported(export_predictor(_predictor(), tmp_path / "p.pt"))
     truth, pred = predictor_test(loaders["test"], exported, batch_size=5, num_workers=0)
     assert len(truth) == len(pred) == 12

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_without_src
+
 SHIPPED = ["original_exported.pt", "transfer_exported.pt"]
-LANDMARKS10 = REPO.parent / "shared" / "data" / "landmarks10"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -22,28 +19,34 @@ def test_shipped_model_loads_and_predicts_in_a_fresh_process(name: str, tmp_path
     assert path.stat().st_size <= 30e6
     metrics = json.loads(path.with_suffix(".json").read_text())
     assert metrics["test"]["photos"] == 2000 and len(metrics["test"]["per_class_top1"]) == 10
-    photos = sorted(LANDMARKS10.glob("test/*/*.jpg"))[::200]  # the first photo of every landmark, when present
-    script = textwrap.dedent(f"""
+    result = run_without_src(f"""
         import torch
-        from PIL import Image
-        import numpy as np
-        try:
-            import src
-            raise SystemExit("src must not be importable here")
-        except ImportError:
-            pass
         model = torch.jit.load({str(path)!r}, map_location="cpu")
         assert len(model.class_names) == 10
         probabilities = model(torch.randint(0, 256, (2, 3, 600, 800), dtype=torch.uint8))
         assert probabilities.shape == (2, 10) and torch.allclose(probabilities.sum(1), torch.ones(2))
+        print("ok")
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_names_real_landmarks(name: str, landmarks10: Path, tmp_path: Path) -> None:
+    """With torch, Pillow and NumPy alone, the first test photo of every landmark (10 photos) is mostly right."""
+    photos = sorted(landmarks10.glob("test/*/*.jpg"))[::200]
+    assert len(photos) == 10
+    result = run_without_src(f"""
+        import numpy as np
+        import torch
+        from PIL import Image
+        model = torch.jit.load({str(REPO / "checkpoints" / name)!r}, map_location="cpu")
         correct = 0
         for path in {[str(p) for p in photos]!r}:
             image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
             best = int(model(image)[0].argmax())
             correct += model.class_names[best].replace(" ", "_") in path
         print(correct)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    """, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) >= 0.8 * len(photos)  # ~95 % or better on the test split
+    assert int(result.stdout) >= 8  # ~95 % or better on the test split

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import tiny_config
 import src.tagging as tagging
 from src.cli import main
 from src.factory import create_model
@@ -18,11 +21,13 @@ from src.tagging import UNKNOWN, done_paths, tag_photos
 NAMES = ["Red Fort", "Green Gate", "Blue Tower"]
 
 
+def _export(path: Path, names: list[str] = NAMES) -> Path:
+    return export_predictor(Predictor(create_model("scratch", 3, widths=(8, 16)), names, tiny_config(32)), path)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = create_model("scratch", 3, widths=(8, 16))
-    path = tmp_path_factory.mktemp("tag") / "m.pt"
-    return export_predictor(Predictor(model, NAMES, [0.5] * 3, [0.25] * 3, image_size=32), path)
+    return _export(tmp_path_factory.mktemp("tag") / "m.pt")
 
 
 @pytest.fixture
@@ -67,6 +72,95 @@ def test_rerun_resumes_without_retagging(exported: Path, photos: Path, tmp_path:
     paths = [r["path"] for r in csv.DictReader(out.open())]
     assert len(paths) == len(set(paths)) == 13 and "/half/written/line.jpg" not in paths
     assert done_paths(out) == {str(Path(p).resolve()) for p in paths}
+
+
+def test_repair_truncates_in_place_reading_only_the_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def whole_file(*args, **kwargs):
+        raise AssertionError("the whole output was read or rewritten")
+
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    monkeypatch.setattr(Path, "write_bytes", whole_file)
+    out = tmp_path / "tags.jsonl"
+    for content, kept in [(b"a\nbb\n" + b"x" * 50, b"a\nbb\n"), (b"a\nbb\n", b"a\nbb\n"), (b"x" * 50, b"")]:
+        for chunk in (1 << 16, 3):  # a half-written line longer than the chunks read backwards
+            with out.open("wb") as handle:
+                handle.write(content)
+            tagging._repair_last_line(out, chunk=chunk)
+            with out.open("rb") as handle:
+                assert handle.read() == kept
+
+
+@pytest.mark.parametrize("name, content", [
+    ("notes.csv", b"name,age\nann,3\nbob,4"),  # used to lose its last line, then fail with KeyError
+    ("one.csv", b"hello"),
+    ("one.jsonl", b"hello"),  # used to be emptied, with exit 0
+    ("header.csv", b"path,landmark\n/a.jpg,Red Fort\n"),
+    ("objects.jsonl", b'{"path": "/a.jpg"}\n{"name": "b"}\n'),
+    ("binary.jsonl", b"\x89PNG\r\n\x1a\n\xff\x00"),
+])
+def test_foreign_out_is_refused_untouched(exported: Path, photos: Path, tmp_path: Path, name: str, content: bytes) -> None:
+    out = tmp_path / name
+    out.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{name}.*not a tag output"):
+        tag_photos(load_exported(exported), photos, out, num_workers=0)
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(out), "--workers", "0"]) == 2
+    assert out.read_bytes() == content and not out.with_name(name + ".settings.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_non_utf8_file_name_is_tagged_and_resumed(exported: Path, photos: Path, tmp_path: Path, suffix: str) -> None:
+    odd = photos / "holiday" / os.fsdecode(b"caf\xff.jpg")  # Python sees 'caf\udcff.jpg'
+    try:
+        shutil.copy(next(p for p in photos.rglob("*.jpg") if p.name != "broken.jpg"), odd)
+    except OSError:
+        pytest.skip("this file system refuses non-UTF-8 names")
+    out = tmp_path / f"tags{suffix}"
+    model = load_exported(exported)
+    first = tag_photos(model, photos, out, num_workers=0)
+    assert first.tagged == 13 and len(first.unreadable) == 1
+    assert str(odd.resolve()) in done_paths(out)
+    second = tag_photos(model, photos, out, num_workers=0)
+    assert second.tagged == 0 and second.unreadable == [] and second.skipped_done == 14
+
+
+def test_resume_with_other_settings_is_refused(exported: Path, photos: Path, tmp_path: Path) -> None:
+    other = _export(tmp_path / "other.pt", ["A", "B", "C"])
+    out = tmp_path / "tags.csv"
+    tag_photos(load_exported(exported), photos, out, k=2, threshold=0.3, num_workers=0, model_path=exported)
+    settings = json.loads((tmp_path / "tags.csv.settings.json").read_text())
+    assert settings == {"format": "landmark-tags/1", "model_sha256": tagging._file_sha256(exported), "topk": 2,
+                        "threshold": 0.3, "class_names": NAMES}
+    content = out.read_bytes()
+    for changed, message in [({"k": 3}, "topk"), ({"threshold": 0.5}, "threshold"), ({"model_path": other}, "model_sha256")]:
+        arguments = {"k": 2, "threshold": 0.3, "model_path": exported, **changed}
+        model = load_exported(arguments["model_path"])
+        with pytest.raises(ValueError, match=f"tags.csv.*{message}.*another --out or delete the old output"):
+            tag_photos(model, photos, out, num_workers=0, **arguments)
+    with pytest.raises(ValueError, match="class_names"):
+        tag_photos(load_exported(other), photos, out, k=2, threshold=0.3, num_workers=0, model_path=exported)
+    (tmp_path / "tags.csv.settings.json").unlink()
+    with pytest.raises(ValueError, match="tags.csv.*another --out or delete the old output"):
+        tag_photos(load_exported(exported), photos, out, k=2, threshold=0.3, num_workers=0, model_path=exported)
+    assert out.read_bytes() == content
+
+
+def test_concurrent_run_on_one_output_is_refused(exported: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tags.jsonl"
+    with (tmp_path / "tags.jsonl.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a first run holds it
+        with pytest.raises(ValueError, match="another tag run is writing .*tags.jsonl"):
+            tag_photos(load_exported(exported), photos, out, num_workers=0)
+    assert not out.exists()
+    assert tag_photos(load_exported(exported), photos, out, num_workers=0).tagged == 12
+
+
+def test_bad_topk_and_batch_size(exported: Path, photos: Path, tmp_path: Path) -> None:
+    model = load_exported(exported)
+    with pytest.raises(ValueError, match="k .*-1"):
+        tag_photos(model, photos, tmp_path / "tags.csv", k=-1)
+    with pytest.raises(ValueError, match="batch_size .*0"):
+        tag_photos(model, photos, tmp_path / "tags.csv", batch_size=0)
+    assert not (tmp_path / "tags.csv").exists()
 
 
 def test_bad_arguments(exported: Path, photos: Path, tmp_path: Path) -> None:

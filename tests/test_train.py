@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_config
 from src import train as train_module
 from src.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from src.data import get_data_loaders
@@ -18,7 +19,7 @@ SMALL = {"widths": (8, 16, 32), "dropout": 0.1}
 @pytest.fixture
 def loaders(tiny_data: Path):
     torch.manual_seed(0)
-    return get_data_loaders(data_dir=tiny_data, batch_size=8, num_workers=0, image_size=32)
+    return get_data_loaders(data_dir=tiny_data, batch_size=8, num_workers=0, config=tiny_config())
 
 
 def _setup(lr: float = 3e-3):
@@ -47,7 +48,7 @@ def test_optimize_learns_saves_the_best_weights_and_can_resume(loaders, tmp_path
     assert max(h["valid_accuracy"] for h in history) > 0.6  # three colour-coded classes
     best = load_checkpoint(save_path)
     assert best["valid_loss"] == min(h["valid_loss"] for h in history)
-    assert best["class_names"] == ["Red Fort", "Green Gate", "Blue Tower"] and best["image_size"] == 32
+    assert best["class_names"] == ["Red Fort", "Green Gate", "Blue Tower"] and best["preprocess"]["eval_crop"] == 32
     assert last_state_path(save_path).is_file()
 
     # continuing to 8 epochs runs only the two missing ones

@@ -1,0 +1,137 @@
+"""Writing files safely: atomic replacement, output paths checked before any work, the bounded cache folder.
+
+Every file the package writes (checkpoints, exports, metrics, caches) goes through
+:func:`atomic_write`, so an interruption never leaves half a file; outputs are checked with
+:func:`check_outputs` before a long run starts, so a typo cannot destroy a model after an hour.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+CACHE_ENV_VAR = "LANDMARK_CACHE"
+CACHE_LIMIT_ENV_VAR = "LANDMARK_CACHE_GB"
+DEFAULT_CACHE_GB = 10.0
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by killed writers (their process is gone)."""
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        match = _TMP_NAME.match(candidate.name)
+        if match and match["name"] == path.name and not _pid_alive(int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)`` then rename it to ``path``: readers never see half a file,
+    and an interruption leaves the previous file intact (its temporary is removed by the next write)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_outputs(**outputs: Path | None) -> None:
+    """Refuse, before any work, outputs that collide with each other or cannot be written.
+
+    ``outputs`` maps a name for the message (``export``, ``checkpoint``, ...) to a path; None is skipped.
+    Raises ``ValueError`` naming both sides of a collision, or the folder that is not writable.
+    """
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).expanduser().resolve()
+        if resolved in seen:
+            raise ValueError(f"{path}: the {name} and the {seen[resolved]} would be the same file; give them different paths")
+        seen[resolved] = name
+        if resolved.is_dir():
+            raise ValueError(f"{path}: the {name} path is a folder; give a file name")
+        folder = next((p for p in (resolved.parent, *resolved.parent.parents) if p.exists()), Path("/"))
+        if not os.access(folder, os.W_OK | os.X_OK) or (resolved.exists() and not os.access(resolved, os.W_OK)):
+            raise ValueError(f"{path}: cannot write the {name} there (no write permission in {folder})")
+
+
+def cache_dir() -> Path | None:
+    """Where per-dataset caches live: ``$LANDMARK_CACHE`` or ``~/.cache/landmark-classifier``; None if unwritable."""
+    path = Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "landmark-classifier")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        warnings.warn(f"{path}: cannot create the cache folder ({error}); set {CACHE_ENV_VAR} to a writable one", stacklevel=2)
+        return None
+    if not os.access(path, os.W_OK | os.X_OK):
+        warnings.warn(f"{path}: cache folder is not writable; working without a cache (set {CACHE_ENV_VAR})", stacklevel=2)
+        return None
+    return path
+
+
+def cache_limit_bytes() -> int:
+    """The cache folder's size bound: ``$LANDMARK_CACHE_GB`` gigabytes (default 10)."""
+    value = os.environ.get(CACHE_LIMIT_ENV_VAR, "")
+    try:
+        gigabytes = float(value) if value else DEFAULT_CACHE_GB
+    except ValueError:
+        raise ValueError(f"${CACHE_LIMIT_ENV_VAR}={value!r} is not a number of gigabytes") from None
+    return int(gigabytes * 1e9)
+
+
+def write_cache_file(path: Path, write: Callable[[Path], object], keep: int | None = None) -> bool:
+    """Write one cache file atomically, then evict the least recently used ones beyond the size bound.
+
+    A cache is an optimisation: a failed write (full disk, read-only folder) is a warning, not an error.
+    Returns whether the file was written.
+    """
+    try:
+        atomic_write(path, write)
+    except OSError as error:
+        warnings.warn(f"{path}: could not write the cache file ({error}); continuing without it", stacklevel=2)
+        return False
+    evict_cache(path.parent, cache_limit_bytes() if keep is None else keep, protect=path)
+    return True
+
+
+def evict_cache(folder: Path, limit: int, protect: Path | None = None) -> list[Path]:
+    """Delete the least recently used cache files until ``folder`` holds at most ``limit`` bytes."""
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: p.stat().st_atime_ns)
+    total = sum(p.stat().st_size for p in files)
+    removed = []
+    for path in files:
+        if total <= limit:
+            break
+        if path == protect:
+            continue
+        total -= path.stat().st_size
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def touch_cache_file(path: Path) -> None:
+    """Mark a cache file as used now, so eviction keeps it (atime is often not updated by reads)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
