@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -55,8 +56,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 def check_outputs(**outputs: Path | None) -> None:
     """Refuse, before any work, outputs that collide with each other or cannot be written.
 
-    ``outputs`` maps a name for the message (``export``, ``checkpoint``, ...) to a path; None is skipped.
-    Raises ``ValueError`` naming both sides of a collision, or the folder that is not writable.
+    ``outputs`` maps a name for the message (``export``, ``checkpoint``, ...) to a path; None is
+    skipped. Each output's folder is created and a probe file written there (permissions alone
+    do not tell: root ignores them, a read-only file system does not). Raises ``ValueError``
+    naming both sides of a collision, or the path that cannot be written.
     """
     seen: dict[Path, str] = {}
     for name, path in outputs.items():
@@ -68,9 +71,12 @@ def check_outputs(**outputs: Path | None) -> None:
         seen[resolved] = name
         if resolved.is_dir():
             raise ValueError(f"{path}: the {name} path is a folder; give a file name")
-        folder = next((p for p in (resolved.parent, *resolved.parent.parents) if p.exists()), Path("/"))
-        if not os.access(folder, os.W_OK | os.X_OK) or (resolved.exists() and not os.access(resolved, os.W_OK)):
-            raise ValueError(f"{path}: cannot write the {name} there (no write permission in {folder})")
+        try:
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=resolved.parent):
+                pass
+        except OSError as error:
+            raise ValueError(f"{path}: cannot write the {name} there ({error.strerror or error})") from None
 
 
 def cache_dir() -> Path | None:

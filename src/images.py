@@ -2,8 +2,9 @@
 
 Photo collections are messy: grayscale scans, palette GIF-like PNGs, RGBA screenshots, CMYK
 prints, 16-bit PNGs, phone photos stored sideways with an EXIF orientation tag, truncated
-downloads and files that are not images at all. Every reader in the package goes through
-:func:`load_rgb` so they all behave the same way.
+downloads, strips a few pixels high and files that are not images at all. Every reader in the
+package goes through :func:`load_rgb` (or :func:`read_image`, its tensor form) so they all behave
+the same way; :func:`photo_sizes` reads sizes from the headers alone.
 """
 
 from __future__ import annotations

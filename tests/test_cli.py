@@ -81,3 +81,79 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
                             text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
                                             "LANDMARK_DATA": str(tmp_path / "absent")})
     assert result.returncode == 2 and "absent" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command, message", [
+    (["train", "--export", "{o}/m.json"], "name it .pt"),
+    (["train", "--checkpoint", "{o}/x.pt", "--export", "{o}/x.pt"], "the export and the checkpoint would be the same file"),
+    (["train", "--checkpoint", "{o}/x.pt", "--export", "{o}/x.last.pt"], "would be the same file"),
+    (["train", "--export", "{o}"], "is a folder"),
+    (["train", "--export", "/proc/self/m.pt"], "cannot write the export there"),
+])
+def test_train_refuses_outputs_that_would_destroy_files_before_training(trained: dict[str, Path], command: list[str],
+                                                                         message: str, capsys) -> None:
+    out = trained["out"]
+    argv = [part.format(o=out) for part in command] + ["--data", str(trained["data"]), *TINY_TRAIN]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "Epoch" not in capsys.readouterr().out
+
+
+def test_evaluate_and_export_refuse_to_overwrite_their_input(trained: dict[str, Path], capsys) -> None:
+    before = trained["export"].read_bytes()
+    assert main(["evaluate", str(trained["export"]), "--data", str(trained["data"]), "--json", str(trained["export"])]) == 2
+    assert "the JSON report and the model would be the same file" in capsys.readouterr().err
+    assert main(["export", str(trained["checkpoint"]), "--out", str(trained["checkpoint"])]) == 2
+    assert "would be the same file" in capsys.readouterr().err
+    assert trained["export"].read_bytes() == before and main(["export", str(trained["checkpoint"]), "--out",
+                                                             str(trained["out"] / "again.pt")]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tag", "{photos}", "--out", "{o}/t.csv", "--topk", "0"], "--topk: must be at least 1"),
+    (["tag", "{photos}", "--out", "{o}/t.csv", "--topk", "-1"], "--topk: must be at least 1"),
+    (["predict", "{photo}", "--topk", "-3"], "--topk: must be at least 1"),
+    (["predict", "{photo}", "--topk", "0"], "--topk: must be at least 1"),
+    (["evaluate", "{export}", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["train", "--limit", "0"], "--limit: must be a positive number of photos"),
+])
+def test_bad_numbers_are_usage_errors(trained: dict[str, Path], argv: list[str], message: str, capsys) -> None:
+    photo = next((trained["data"] / "test" / "00.Red_Fort").iterdir())
+    argv = [part.format(o=trained["out"], photos=trained["data"] / "test", photo=photo, export=trained["export"])
+            for part in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--label-smoothing", "2"], "label_smoothing must be in [0, 0.99]"),
+    (["--lr", "1e9"], "lr must be in (0, 10]"),
+    (["--lr", "0"], "lr must be in (0, 10]"),
+    (["--eval-crop", "64", "--resize", "32"], "resize (32 px) must be at least eval_crop (64 px)"),
+    (["--head-epochs", "3"], "head_epochs: not a setting of the ScratchRecipe"),
+])
+def test_bad_recipe_values_are_one_line_errors(trained: dict[str, Path], extra: list[str], message: str, capsys) -> None:
+    argv = ["train", "--data", str(trained["data"]), *TINY_TRAIN, *extra, "--checkpoint", str(trained["out"] / "bad.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (trained["out"] / "bad.pt").exists()
+
+
+def test_read_only_outputs_and_folders_as_files_are_one_line_errors(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
+    photos = trained["data"] / "test"
+    assert main(["tag", str(photos), "--out", "/proc/self/tags.csv", "--workers", "0"]) == 2
+    assert "/proc/self/tags.csv" in capsys.readouterr().err
+    (tmp_path / "tags.csv").mkdir()
+    assert main(["tag", str(photos), "--out", str(tmp_path / "tags.csv"), "--workers", "0"]) == 2
+    assert "tags.csv" in capsys.readouterr().err
+    assert main(["evaluate", str(trained["export"]), "--data", str(trained["data"]), "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_summary_names_top_k_by_the_class_count(trained: dict[str, Path], capsys) -> None:
+    """Three classes: the second figure is top-3, never called top-5."""
+    assert main(["evaluate", str(trained["export"]), "--data", str(trained["data"]), "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "top-3" in out and "top-5" not in out

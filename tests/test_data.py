@@ -105,3 +105,28 @@ def test_visualize_one_batch(tiny_data: Path) -> None:
     fig = visualize_one_batch(get_data_loaders(data_dir=tiny_data, **FAST), max_n=4)
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 4 and set(titles) <= {"Red Fort", "Green Gate", "Blue Tower"}
+
+
+def test_loading_leaves_the_global_random_state_alone_cold_or_warm(tiny_data_copy: Path) -> None:
+    """The same seed gives the same model whether the decode and statistics caches are cold or warm."""
+    draws = []
+    for _ in ("cold", "warm"):
+        torch.manual_seed(0)
+        loaders = get_data_loaders(data_dir=tiny_data_copy, batch_size=8, num_workers=1)  # statistics, sizes, decoding
+        next(iter(loaders["valid"]))
+        draws.append(torch.rand(4))
+    torch.manual_seed(0)
+    assert draws[0].equal(draws[1]) and draws[0].equal(torch.rand(4))
+
+
+def test_a_one_class_dataset_is_refused(tiny_data_copy: Path) -> None:
+    for split in ("train", "test"):
+        for name in ("01.Green_Gate", "02.Blue_Tower"):
+            shutil.rmtree(tiny_data_copy / split / name)
+    with pytest.raises(ValueError, match="1 class folder"):
+        get_data_loaders(data_dir=tiny_data_copy, **FAST)
+
+
+def test_limit_zero_is_refused_rather_than_meaning_all(tiny_data: Path) -> None:
+    with pytest.raises(ValueError, match="limit must be a positive number"):
+        get_data_loaders(data_dir=tiny_data, limit=0, **FAST)

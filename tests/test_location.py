@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import urllib.error
 import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from src import location
-from src.location import DataNotFoundError, download_and_extract, get_data_location
+from src.location import DataNotFoundError, download_and_extract, get_data_location, list_images
 
 def test_explicit_argument_wins_over_environment(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     other = tmp_path / "other"
@@ -75,5 +78,56 @@ def test_archive_without_dataset_is_rejected(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("readme.txt", "nothing here")
     with pytest.raises(DataNotFoundError, match="no folder with train/ and test/"):
+        download_and_extract(archive.as_uri(), tmp_path / "landmark_images")
+    assert not (tmp_path / "landmark_images").exists()
+
+
+def test_list_images_follows_linked_folders_and_names_unreadable_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "linked.jpg")
+    root = tmp_path / "photos"
+    (root / "locked").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "a.jpg")
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    (root / "loop").symlink_to(root)  # followed once, not forever
+    scandir = os.scandir
+
+    def refuse_locked(path):  # root reads any folder, so a permission error is simulated
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    with pytest.warns(UserWarning, match=r"skipped 1 folder\(s\) that cannot be read: .*locked \(Permission denied\)"):
+        found = list_images(root)
+    assert [p.relative_to(root).as_posix() for p in found] == ["a.jpg", "link/linked.jpg"]
+
+
+def test_download_that_stops_early_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Truncated(io.BytesIO):
+        headers = {"Content-Length": "1000"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+    monkeypatch.setattr(location.urllib.request, "urlopen", lambda url, timeout: Truncated(b"x" * 600))
+    with pytest.raises(DataNotFoundError, match="stopped after 600 of 1,000 bytes"):
+        download_and_extract("https://example.invalid/landmark_images.zip", tmp_path / "landmark_images")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_archive_with_a_damaged_member_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "landmark_images.zip"
+    _zip_dataset(tiny_data, archive)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        member = next(info for info in zf.infolist() if info.file_size > 100)
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra) + 50
+    data[start] ^= 0xFF  # one flipped byte inside a stored photo
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataNotFoundError, match="fails its checksum"):
         download_and_extract(archive.as_uri(), tmp_path / "landmark_images")
     assert not (tmp_path / "landmark_images").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from src.factory import create_model, list_models
+from src.factory import create_model, data_defaults, list_models
 from src.model import MyModel
 from src.optimization import get_loss, get_optimizer
 from src.transfer import OFFLINE_BACKBONES, WeightsUnavailableError, get_model_transfer_learning
@@ -25,6 +25,18 @@ def test_every_registered_model_classifies_any_size(name: str) -> None:
     x = torch.randn(1, 3, 80, 80)
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_declares_its_input(name: str) -> None:
+    """The registry entry and the built model agree on the native size and normalisation."""
+    defaults = data_defaults(name)
+    assert create_model(name, 3, pretrained=False).data_defaults == defaults
+    assert defaults.native_size >= 128 and (defaults.mean is None) == (name == "scratch")
+
+
+def test_torchvision_backbones_take_their_native_size_from_the_weights_metadata() -> None:
+    assert data_defaults("resnet18").native_size == 224 and data_defaults("inception_v3").native_size == 299
 
 
 @pytest.mark.parametrize("num_classes", [1, 10, 50])

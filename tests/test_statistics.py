@@ -55,3 +55,16 @@ def test_statistics_survive_an_unwritable_or_damaged_cache(tmp_path: Path, monke
     with pytest.warns(UserWarning, match="damaged statistics cache"):
         mean, _ = compute_mean_and_std(data, num_workers=0)
     assert torch.allclose(mean, torch.full((3,), 0.5), atol=1e-4)
+
+
+@pytest.mark.parametrize("content", ['{"mean": [0.5], "std": [0.5]}', '{"mean": [0.5, 0.5, "x"], "std": [1, 1, 1]}',
+                                     '{"mean": [0.5, 0.5, 0.5], "std": [0, 1, 1]}', '[1, 2, 3]', '{"mean": NaN}'])
+def test_implausible_statistics_in_the_cache_are_recomputed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path / "cache"))
+    data = _solid_dataset(tmp_path / "a", [(0, 0, 0), (255, 255, 255)])
+    compute_mean_and_std(data, num_workers=0)
+    (cache_file,) = (tmp_path / "cache").glob("mean_std-*.json")
+    cache_file.write_text(content)
+    with pytest.warns(UserWarning, match="damaged statistics cache"):
+        mean, std = compute_mean_and_std(data, num_workers=0)
+    assert torch.allclose(mean, torch.full((3,), 0.5), atol=1e-4) and torch.allclose(std, torch.full((3,), 0.5), atol=1e-4)

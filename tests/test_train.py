@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+import src.train as train_module
 from src import train as train_module
 from src.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from src.data import get_data_loaders
@@ -80,11 +81,24 @@ def test_interrupted_training_keeps_finished_epochs(loaders, tmp_path: Path, mon
     assert len(history) == 3 and calls["n"] == 4
 
 
-def test_plateau_scheduler_and_live_plot(loaders, tmp_path: Path) -> None:
+def test_plateau_scheduler_divides_the_rate_when_validation_stalls_and_the_plot_follows(
+        loaders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, optimizer, loss = _setup()
-    history = optimize(loaders, model, optimizer, loss, n_epochs=2, save_path=tmp_path / "p.pt",
+    start = optimizer.param_groups[0]["lr"]
+    monkeypatch.setattr(train_module, "valid_one_epoch", lambda *args: train_module.EpochMetrics(1.0, 0.5))  # stalled
+    drawn: list[list[list[float]]] = []
+
+    class RecordingPlot(train_module.LivePlot):
+        def update(self, history: list[dict[str, float]]) -> None:
+            super().update(history)
+            drawn.append([list(line.get_ydata()) for line in self.axes[1].lines])
+
+    monkeypatch.setattr(train_module, "LivePlot", RecordingPlot)
+    history = optimize(loaders, model, optimizer, loss, n_epochs=5, save_path=tmp_path / "p.pt",
                        scheduler="plateau", interactive_tracking=True)
-    assert len(history) == 2
+    # patience 2: the fourth epoch without improvement divides the rate by 10, and only then
+    assert [h["lr"] for h in history] == pytest.approx([start] * 3 + [start / 10] * 2)
+    assert len(drawn) == 5 and drawn[-1] == [[h["train_accuracy"] for h in history], [0.5] * 5]
     with pytest.raises(ValueError, match="scheduler"):
         optimize(loaders, model, optimizer, loss, n_epochs=1, save_path=tmp_path / "p.pt", scheduler="step")
 
