@@ -1,9 +1,10 @@
 """Decode-once image cache: the photos of a split as one uint8 tensor ``(N, 3, S, S)``.
 
 Decoding JPEGs costs more CPU than a small CNN's training step, so it is done once per dataset
-and size rather than once per epoch: every photo is decoded, its short side resized to ``S``
-and its centre cropped to ``S``x``S`` (:func:`~src.preprocessing.square_uint8`: what evaluation does anyway), and the result is
-saved under :func:`~src.files.cache_dir` (least recently used files are evicted beyond ``$LANDMARK_CACHE_GB``, default 10 GB). The file is named by the photos' fingerprint (names,
+and size rather than once per epoch: every photo is decoded into its ``S``x``S`` centre square
+(:func:`~src.decoding.square_batches`: what evaluation does anyway), and the result is saved
+under :func:`~src.files.cache_dir` (least recently used files are evicted beyond
+``$LANDMARK_CACHE_GB``, default 10 GB). The file is named by the photos' fingerprint (names,
 sizes, modification times) and ``S``, so adding, removing or editing a photo makes a new cache
 instead of silently reusing a stale one. Augmentation then runs on these tensors.
 """
@@ -12,58 +13,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .decoding import square_batches
 from .files import cache_dir, touch_cache_file, write_cache_file
-from .helpers import keep_parent_objects
-from .images import ImageReadError, read_image
 from .location import dataset_fingerprint
-from .preprocessing import square_uint8
 
 CACHE_FORMAT = "decoded-images/1"
-
-
-class SquarePhotos(Dataset):
-    """Photos decoded and cut to ``size`` x ``size`` centre squares (:func:`~src.preprocessing.square_uint8`),
-    so photos of any size batch together.
-
-    Items are ``(index, uint8 image)``, or ``(index, error message)`` for an unreadable photo,
-    so a bad file is reported by name instead of stopping a worker process.
-    """
-
-    def __init__(self, paths: list[Path], size: int) -> None:
-        self.paths, self.size = paths, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
-        try:
-            return index, square_uint8(read_image(self.paths[index], self.size), self.size)
-        except ImageReadError as error:
-            return index, str(error)
-
-
-def square_batches(paths: list[Path], size: int, batch_size: int = 64, num_workers: int = -1
-                   ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
-    """Decode ``paths`` as :class:`SquarePhotos` in parallel worker processes, in order.
-
-    Yields per batch the indices (into ``paths``) of the readable photos, their squares stacked
-    as ``(B, 3, size, size)`` uint8 (None when none was readable), and ``{index: error}`` for the others.
-    The loader has its own random generator: decoding leaves torch's global random state alone.
-    """
-    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-    for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
-                            worker_init_fn=keep_parent_objects, generator=torch.Generator().manual_seed(0)):
-        readable = [(index, item) for index, item in batch if not isinstance(item, str)]
-        errors = {index: item for index, item in batch if isinstance(item, str)}
-        images = torch.stack([image for _, image in readable]) if readable else None
-        yield [index for index, _ in readable], images, errors
 
 
 def _decode_all(paths: list[Path], size: int, num_workers: int) -> tuple[torch.Tensor, dict[int, str]]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .preprocessing import DataDefaults
 
-# No pretrained size to match: 160 px keeps full-size photos' detail at a third of 224 px's CPU cost.
+# No pretrained size to match: 160 px keeps full-size photos' detail at about half of 224 px's CPU cost.
 # Normalisation is the dataset's own (None).
 SCRATCH_DATA_DEFAULTS = DataDefaults(native_size=160)
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .cache import square_batches
+from .decoding import square_batches
 from .images import read_image
 from .checkpoint import checkpoint_config, model_from_checkpoint
 from .files import atomic_write
@@ -112,7 +112,7 @@ def predict_photos(model_reloaded: nn.Module, paths: list[Path], targets: list[i
                    num_workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """``(truth, probabilities)`` of an exported predictor over photos on disk, in batches.
 
-    Photos are cut to the predictor's resize size as squares (:class:`~src.cache.SquarePhotos`):
+    Photos are cut to the predictor's resize size as squares (:class:`~src.decoding.SquarePhotos`):
     the predictor then crops the same centre it would crop from the full photo, so batched
     results match one-photo-at-a-time prediction. Unreadable photos are skipped with a warning
     and left out of both arrays.

@@ -28,7 +28,7 @@ from typing import IO, Any
 import torch
 from tqdm.auto import tqdm
 
-from .cache import square_batches
+from .decoding import square_batches
 from .location import list_images
 
 UNKNOWN = "unknown"

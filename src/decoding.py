@@ -1,0 +1,58 @@
+"""Photos decoded in parallel worker processes into same-size centre squares, batch by batch.
+
+The decode cache, batch prediction and ``tag`` all read photo folders this way: each photo goes
+through :func:`~src.images.read_image` (JPEGs draft-decoded near the target size) and
+:func:`~src.preprocessing.square_uint8`, so photos of any size batch together, and an
+unreadable file comes back as its error message instead of stopping a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .helpers import keep_parent_objects
+from .images import ImageReadError, read_image
+from .preprocessing import square_uint8
+
+
+class SquarePhotos(Dataset):
+    """Photos decoded and cut to ``size`` x ``size`` centre squares (:func:`~src.preprocessing.square_uint8`),
+    so photos of any size batch together.
+
+    Items are ``(index, uint8 image)``, or ``(index, error message)`` for an unreadable photo,
+    so a bad file is reported by name instead of stopping a worker process.
+    """
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return index, square_uint8(read_image(self.paths[index], self.size), self.size)
+        except ImageReadError as error:
+            return index, str(error)
+
+
+def square_batches(paths: list[Path], size: int, batch_size: int = 64, num_workers: int = -1
+                   ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
+    """Decode ``paths`` as :class:`SquarePhotos` in parallel worker processes, in order.
+
+    Yields per batch the indices (into ``paths``) of the readable photos, their squares stacked
+    as ``(B, 3, size, size)`` uint8 (None when none was readable), and ``{index: error}`` for the others.
+    The loader has its own random generator: decoding leaves torch's global random state alone.
+    """
+    workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+    for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
+                            worker_init_fn=keep_parent_objects, generator=torch.Generator().manual_seed(0)):
+        readable = [(index, item) for index, item in batch if not isinstance(item, str)]
+        errors = {index: item for index, item in batch if isinstance(item, str)}
+        images = torch.stack([image for _, image in readable]) if readable else None
+        yield [index for index, _ in readable], images, errors
