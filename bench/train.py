@@ -41,7 +41,7 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
     wall = time.perf_counter() - start
-    export = REPO / RECIPES[args.recipe][RECIPES[args.recipe].index("--export") + 1]
+    export = REPO / command[len(command) - 1 - command[::-1].index("--export") + 1]  # the last --export wins
     metrics = json.loads(export.with_suffix(".json").read_text())
     write_result(f"train_{args.recipe}", {
         "recipe": args.recipe,

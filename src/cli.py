@@ -68,7 +68,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="mobilenet_v2", help=f"'{SCRATCH}' or a backbone: {', '.join(list_models()[1:])} "
                    "(or any torchvision classification model, downloaded) (default: mobilenet_v2)")
     recipe = p.add_argument_group("recipe (default: the model's recipe, shown as 'scratch X, transfer Y')")
-    for name, (kind, _, help_text, defaults) in recipe_settings().items():
+    for name, (kind, help_text, defaults) in recipe_settings().items():
         recipe.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{help_text} ({', '.join(defaults)})")
     sizes = p.add_argument_group("preprocessing (default: from the model's native size and the photos' size)")
     sizes.add_argument("--eval-crop", type=positive_int, help="evaluation and prediction crop in pixels")

@@ -103,7 +103,7 @@ def cache_limit_bytes() -> int:
     return int(gigabytes * 1e9)
 
 
-def write_cache_file(path: Path, write: Callable[[Path], object], keep: int | None = None) -> bool:
+def write_cache_file(path: Path, write: Callable[[Path], object]) -> bool:
     """Write one cache file atomically, then evict the least recently used ones beyond the size bound.
 
     A cache is an optimisation: a failed write (full disk, read-only folder) is a warning, not an error.
@@ -114,16 +114,15 @@ def write_cache_file(path: Path, write: Callable[[Path], object], keep: int | No
     except OSError as error:
         warnings.warn(f"{path}: could not write the cache file ({error}); continuing without it", stacklevel=2)
         return False
-    evict_cache(path.parent, cache_limit_bytes() if keep is None else keep, protect=path)
+    evict_cache(path.parent, cache_limit_bytes(), protect=path)
     return True
 
 
-def evict_cache(folder: Path, limit: int, protect: Path | None = None) -> list[Path]:
+def evict_cache(folder: Path, limit: int, protect: Path | None = None) -> None:
     """Delete the least recently used cache files until ``folder`` holds at most ``limit`` bytes."""
     files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
                    key=lambda p: p.stat().st_atime_ns)
     total = sum(p.stat().st_size for p in files)
-    removed = []
     for path in files:
         if total <= limit:
             break
@@ -131,8 +130,6 @@ def evict_cache(folder: Path, limit: int, protect: Path | None = None) -> list[P
             continue
         total -= path.stat().st_size
         path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 def touch_cache_file(path: Path) -> None:

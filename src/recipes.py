@@ -120,15 +120,11 @@ def recipe_for(model_name: str, **overrides: Any) -> Recipe:
     return replace(cls(), **given)
 
 
-def recipe_settings() -> dict[str, tuple[type, Any, str, list[str]]]:
-    """Every recipe setting: ``name -> (type, None, help, recipes that have it)``, for command-line flags."""
-    settings: dict[str, tuple[type, Any, str, list[str]]] = {}
+def recipe_settings() -> dict[str, tuple[type, str, list[str]]]:
+    """Every recipe setting as ``name -> (type, help, ["scratch 42", "transfer 12"])``, for command-line flags."""
+    settings: dict[str, tuple[type, str, list[str]]] = {}
     for cls in RECIPE_CLASSES:
+        label = cls.__name__.removesuffix("Recipe").lower()
         for f in fields(cls):
-            kind = type(f.default)
-            label = cls.__name__.removesuffix("Recipe").lower()
-            if f.name in settings:
-                settings[f.name][3].append(f"{label} {f.default}")
-            else:
-                settings[f.name] = (kind, None, f.metadata["help"], [f"{label} {f.default}"])
+            settings.setdefault(f.name, (type(f.default), f.metadata["help"], []))[2].append(f"{label} {f.default}")
     return settings
