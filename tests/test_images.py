@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO
 from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb
 
 
@@ -154,7 +155,7 @@ def test_a_16_bit_image_costs_a_few_bytes_per_pixel_to_read(tmp_path: Path) -> N
     # PIL's 16-bit buffer (2), the 8-bit grey (1) and the RGB result (4, PIL keeps RGB in 32 bits).
     ramp = (np.arange(4000, dtype=np.uint32) * 16).astype(np.uint16)
     Image.fromarray(np.tile(ramp, (4000, 1))).save(tmp_path / "deep.png")
-    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(tmp_path / "deep.png")], cwd=Path(__file__).parents[1],
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(tmp_path / "deep.png")], cwd=REPO,
                             capture_output=True, text=True, check=True)
     assert float(result.stdout) < 10, f"{float(result.stdout):.1f} bytes per pixel"
 
