@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.datasets.folder import find_classes
 
 from . import __version__
 from .checkpoint import CheckpointError
@@ -138,13 +137,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     recipe = recipe_for(args.model, **settings)
     checkpoint, export = _train_outputs(args)
     env = setup_env(args.data, seed=args.seed)
-    classes, _ = find_classes(str(env.data_dir / "train"))
     config = resolve_data_config(data_defaults(args.model), env.data_dir, eval_crop=args.eval_crop, resize=args.resize,
                                  train_crop=args.train_crop, train_crop_ratio=recipe.train_crop_ratio)
-    torch.manual_seed(args.seed)  # the model's random state never depends on what decoding or statistics did
-    model = create_model(args.model, len(classes), dropout=recipe.dropout)
     loaders = get_data_loaders(batch_size=recipe.batch_size, valid_size=args.valid_size, num_workers=args.workers,
                                limit=args.limit, data_dir=env.data_dir, config=config, seed=args.seed)
+    model = create_model(args.model, len(loaders["train"].dataset.class_names), dropout=recipe.dropout)
     print(f"Model {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
           f"{len(loaders['train'].dataset)} train / {len(loaders['valid'].dataset)} valid / {len(loaders['test'].dataset)} test photos; "
           f"{config}\n{recipe}")

@@ -125,11 +125,12 @@ def split_indices(n_train: int, n_test: int, valid_size: float = 0.2, seed: int 
     ``limit`` keeps a seeded sample of that many training photos and a proportional number of
     test photos (None or -1: all).
     """
-    if limit is not None and limit != -1 and limit < 1:
+    limit = None if limit == -1 else limit
+    if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of photos (or -1 for all), got {limit}")
     order = _seeded_permutation(n_train, seed)
     test_order = list(range(n_test))
-    if limit is not None and limit > 0:
+    if limit is not None:
         test_order = sorted(_seeded_permutation(n_test, seed)[: max(1, round(limit * n_test / len(order)))])
         order = order[:limit]
     n_valid = int(round(valid_size * len(order)))

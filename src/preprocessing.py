@@ -30,6 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .images import photo_sizes
+from .location import get_data_location, list_images
+from .statistics import compute_mean_and_std
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PHOTOS_SAMPLED = 256  # headers read to find the typical photo size (a fraction of a second)
@@ -96,8 +100,6 @@ def train_crop_for(eval_crop: int, ratio: float) -> int:
 
 def typical_short_side(paths: Sequence[Path]) -> int | None:
     """The median short side of (an even sample of) the photos, from their headers; None if none is readable."""
-    from .images import photo_sizes
-
     step = max(1, len(paths) // PHOTOS_SAMPLED)
     sizes = photo_sizes(list(paths)[::step])
     return int(np.median(sizes.min(axis=1))) if len(sizes) else None
@@ -112,9 +114,6 @@ def resolve_data_config(defaults: DataDefaults, data_dir: str | Path | None = No
     ``defaults`` come from the model (``model.data_defaults`` or ``factory.data_defaults(name)``);
     the photos of ``data_dir/train`` are only read when a size or the statistics must be found.
     """
-    from .location import get_data_location, list_images
-    from .statistics import compute_mean_and_std
-
     if resize is None or eval_crop is None:
         root = get_data_location(data_dir)
         photos = typical_short_side(list_images(root / "train"))

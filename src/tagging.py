@@ -207,6 +207,15 @@ class _Writer:
         self.handle.close()
 
 
+def _tag_records(probabilities: torch.Tensor, paths: list[Path], names: list[str], k: int, threshold: float
+                 ) -> list[dict[str, Any]]:
+    """One record per photo: its top-k, and its landmark (``unknown`` below ``threshold``)."""
+    values, classes = probabilities.topk(min(k, len(names)), dim=1)
+    return [{"path": str(path), "landmark": names[top_classes[0]] if top_values[0] >= threshold else UNKNOWN,
+             "probability": top_values[0], "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "error": None}
+            for path, top_values, top_classes in zip(paths, values.tolist(), classes.tolist())]
+
+
 def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str | Path, k: int = 5,
                threshold: float = 0.5, batch_size: int = 50, num_workers: int = -1, *,
                model_path: str | Path | None = None) -> TagSummary:
@@ -244,15 +253,11 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
                 for indices, images, errors in square_batches(todo, int(model.resize_size), batch_size, num_workers):
                     records = [{"path": str(todo[i]), "landmark": None, "probability": None, "top_k": [], "error": message}
                                for i, message in errors.items()]
-                    summary.unreadable += list(errors.values())
                     if images is not None:
-                        values, classes = model(images).topk(min(k, len(names)), dim=1)
-                        for i, top_values, top_classes in zip(indices, values.tolist(), classes.tolist()):
-                            landmark = names[top_classes[0]] if top_values[0] >= threshold else UNKNOWN
-                            summary.unknown += landmark == UNKNOWN
-                            records.append({"path": str(todo[i]), "landmark": landmark, "probability": top_values[0],
-                                            "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "error": None})
-                        summary.tagged += len(indices)
+                        records += _tag_records(model(images), [todo[i] for i in indices], names, k, threshold)
+                    summary.unreadable += list(errors.values())
+                    summary.tagged += len(indices)
+                    summary.unknown += sum(record["landmark"] == UNKNOWN for record in records)
                     writer.write(records)
                     progress.update(len(indices) + len(errors))
         finally:
