@@ -8,6 +8,12 @@ SHARED_DATA := $(wildcard ../shared/data/landmarks10/train)
 ifneq ($(SHARED_DATA),)
 export LANDMARK_DATA ?= $(abspath ../shared/data/landmarks10)
 endif
+# Photos of no known landmark for outlier exposure (src/openset.py): the everyday scenes and the first 10
+# of the 19 other landmarks; half of each folder, and the other 9 landmarks, stay out to measure on.
+SHARED_NEGATIVES := $(wildcard ../shared/data/non_landmarks) $(wildcard ../shared/data/new_landmarks/0?.*)
+ifneq ($(strip $(SHARED_NEGATIVES)),)
+export LANDMARK_NEGATIVES ?= $(subst $(eval) ,:,$(abspath $(SHARED_NEGATIVES)))
+endif
 
 .PHONY: setup app demo test notebooks train-scratch train-transfer bench clean
 

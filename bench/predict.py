@@ -35,7 +35,7 @@ def measure(model: torch.jit.ScriptModule, test: PhotoFolder, photos: list[Path]
     paths, targets = test.paths, test.targets
     predict_photos(model, paths[:50], targets[:50])  # warm-up: TorchScript optimises on the first calls
     start = time.perf_counter()
-    truth, probabilities = predict_photos(model, paths, targets, batch_size=50)
+    truth, probabilities, _ = predict_photos(model, paths, targets, batch_size=50)
     seconds = time.perf_counter() - start
     report = classification_report(truth, probabilities, list(model.class_names))
     latency_ms: list[float] = []

@@ -2,8 +2,10 @@
 
     python bench/run_notebooks.py [cnn_from_scratch.ipynb] [transfer_learning.ipynb]
 
-Each notebook trains its shipped recipe on the whole dataset (``LANDMARK_DATA``), exports its
-model to ``checkpoints/`` and writes the metrics JSON beside it. Progress-bar widgets are dropped
+Each notebook trains its shipped recipe on the whole dataset (``LANDMARK_DATA``, with the negatives
+of ``LANDMARK_NEGATIVES``), exports its model to ``checkpoints/`` and writes the metrics JSON
+beside it. Where ``../shared/data`` is present, ``transfer_learning.ipynb`` also measures unknown
+detection on the 9 other landmarks never trained on and on the full-size canonical photos. Progress-bar widgets are dropped
 from the saved outputs: they only render in a live session and would show as raw text elsewhere.
 """
 
@@ -19,6 +21,20 @@ import papermill
 from utils import REPO
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+SHARED = REPO.parent / "shared" / "data"
+
+
+def parameters(name: str) -> dict:
+    """The transfer notebook shows the backbone comparison of bench/results (``make bench`` or
+    ``RUN_COMPARISON=True`` reruns it, 10 min) and, where ../shared/data is present, measures unknown
+    detection on photos never trained on in section 9 (see the Makefile's negatives)."""
+    if name != "transfer_learning.ipynb":
+        return {}
+    unseen = {} if not (SHARED / "new_landmarks").is_dir() else {
+        "other landmarks (never trained on)": [str(p) for p in sorted((SHARED / "new_landmarks").glob("1?.*"))],
+        "Haleakala (full-size, canonical class 0)": [str(SHARED / "landmark_images_sample")],
+    }
+    return {"RUN_COMPARISON": False, "UNSEEN_UNKNOWN": unseen}
 
 
 def drop_progress_widgets(path: Path) -> None:
@@ -36,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.notebooks:
         start = time.perf_counter()
-        papermill.execute_notebook(REPO / name, REPO / name, cwd=REPO, kernel_name="python3")
+        papermill.execute_notebook(REPO / name, REPO / name, cwd=REPO, kernel_name="python3", parameters=parameters(name))
         drop_progress_widgets(REPO / name)
         print(f"{name}: executed in {(time.perf_counter() - start) / 60:.1f} min")
 

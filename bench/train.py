@@ -5,7 +5,8 @@
 
 Runs the exact ``python -m src train`` command of the recipe (printed first), then reports the
 training time, peak memory of the training process, and test top-1/top-5/per-class accuracy
-from the metrics file the command writes. Set LANDMARK_DATA to the dataset (the Makefile does).
+from the metrics file the command writes. Set LANDMARK_DATA to the dataset and LANDMARK_NEGATIVES to
+the folders of photos of no known landmark (outlier exposure); the Makefile does both from ../shared/data.
 """
 
 from __future__ import annotations

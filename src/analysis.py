@@ -199,3 +199,51 @@ def plot_confusion_matrix(pred: ArrayLike, truth: ArrayLike, class_names: list[s
                             fontsize=7, color="white" if matrix[i, j] > 0.5 * matrix.max() else "black")
     fig.tight_layout()
     return fig
+
+
+def roc_curve(known_scores: ArrayLike, unknown_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(unknown accepted, known accepted)`` at every threshold, from the strictest to none."""
+    known, unknown = np.sort(np.asarray(known_scores))[::-1], np.asarray(unknown_scores)
+    thresholds = np.concatenate([[np.inf], np.unique(np.concatenate([known, unknown]))[::-1]])
+    return ((unknown[None, :] >= thresholds[:, None]).mean(1) if len(unknown) else np.zeros(len(thresholds)),
+            (known[None, :] >= thresholds[:, None]).mean(1))
+
+
+def plot_known_scores(known_scores: ArrayLike, unknown: dict[str, ArrayLike], threshold: float):
+    """Histograms of the known score for photos of known landmarks and each set of unknown photos,
+    with the threshold; and their ROC curves (how many unknown photos pass for each share of known ones)."""
+    import matplotlib.pyplot as plt
+
+    fig, (hist, roc) = plt.subplots(1, 2, figsize=(13, 4.2))
+    bins = np.linspace(min(np.min(known_scores), *(np.min(s) for s in unknown.values())), 1.0, 41)
+    hist.hist(known_scores, bins=bins, density=True, alpha=0.55, label=f"known landmarks ({len(known_scores)})")
+    for name, scores in unknown.items():
+        hist.hist(scores, bins=bins, density=True, histtype="step", linewidth=2, label=f"{name} ({len(scores)})")
+        unknown_accepted, known_accepted = roc_curve(known_scores, scores)
+        roc.plot(unknown_accepted, known_accepted, label=name)
+    hist.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    hist.set(xlabel="known score (top probability)", ylabel="density", title="Known score: known vs unknown photos")
+    hist.legend(fontsize=8)
+    roc.axhline(0.95, color="grey", linestyle=":", label="95 % of known photos accepted")
+    roc.set(xlabel="unknown photos accepted", ylabel="known photos accepted", title="ROC", xlim=(0, 0.3), ylim=(0.7, 1.0))
+    roc.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_tagged_photos(paths: Sequence[str | Path], verdicts: Sequence[str], n_columns: int = 4):
+    """Photos with the verdict a tagger gives them (landmark and place, or unknown)."""
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(paths) // n_columns))
+    fig, axes = plt.subplots(rows, n_columns, figsize=(3.4 * n_columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, verdict in zip(axes.flat, paths, verdicts):
+        try:
+            ax.imshow(load_rgb(path))
+        except ImageReadError:
+            pass
+        ax.set_title(verdict, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig

@@ -17,22 +17,22 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, checkpoint_config, model_from_checkpoint
 from .data import PhotoFolder, get_data_loaders
 from .distributed import init_from_env, is_main_process, rank, shutdown, world_size
 from .evaluation import classification_report
 from .factory import SCRATCH, create_model, data_defaults, list_models
 from .files import check_outputs
 from .finetune import fine_tune
-from .finish import finish_run
+from .finish import calibrated_predictor, finish_run
 from .helpers import get_device, seed_everything, setup_env
 from .images import ImageReadError
-from .location import DataNotFoundError
+from .location import DataNotFoundError, get_data_location, negatives_from_env
 from .optimization import get_loss, get_optimizer
-from .predictor import export_predictor, load_exported, predict_photos, predictor_from_checkpoint, top_k
+from .predictor import export_predictor, load_exported, predict_photo, predict_photos, predictor_from_checkpoint
 from .preprocessing import resolve_data_config
 from .recipes import ScratchRecipe, recipe_for, recipe_settings
-from .tagging import tag_photos
+from .tagging import model_places, model_threshold, tag_photos
 from .train import last_state_path, load_best, optimize
 from .transfer import WeightsUnavailableError
 
@@ -74,6 +74,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     sizes.add_argument("--resize", type=positive_int, help="short side photos are resized to before the crop")
     sizes.add_argument("--train-crop", type=positive_int, help="training crop in pixels")
     p.add_argument("--valid-size", type=float, default=0.2, help="fraction of train/ held out for validation (default: 0.2)")
+    p.add_argument("--negatives", type=Path, action="append", metavar="DIR",
+                   help="folder of photos of no known landmark, for outlier exposure (repeatable; half of each "
+                        "folder is held out to measure unknown detection on; default: the folders in $LANDMARK_NEGATIVES)")
+    p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (landmark,latitude,longitude,"
+                   "country,city,wikidata); the package's src/places.csv covers the shipped datasets")
     p.add_argument("--limit", type=photo_limit, default=-1, help="use only this many training photos, for quick runs (default: all)")
     p.add_argument("--workers", type=workers_count, default=-1, help="data loading processes (default -1: one per CPU core)")
     p.add_argument("--seed", type=int, default=42)
@@ -90,9 +95,16 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=workers_count, default=-1)
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
-    p = sub.add_parser("export", help="turn a training checkpoint into a TorchScript predictor")
+    p = sub.add_parser("export", help="turn a training checkpoint into a TorchScript predictor",
+                       description="The unknown threshold is chosen on the validation split of --data: give the "
+                                   "--valid-size and --seed the checkpoint was trained with.")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", help="dataset folder the checkpoint was trained on (default: as for train)")
+    p.add_argument("--valid-size", type=float, default=0.2, help="as given to train (default: 0.2)")
+    p.add_argument("--seed", type=int, default=42, help="as given to train (default: 42)")
+    p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (see train --places)")
+    p.add_argument("--workers", type=workers_count, default=-1)
 
     p = sub.add_parser("predict", help="top-k landmarks for photos")
     p.add_argument("photos", type=Path, nargs="+")
@@ -105,7 +117,13 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
     p.add_argument("--out", type=Path, required=True, help="tags.csv or tags.jsonl; an existing file is resumed")
     p.add_argument("--topk", type=positive_int, default=5)
-    p.add_argument("--threshold", type=float, default=0.5, help="below this top-1 probability the landmark is 'unknown'")
+    p.add_argument("--threshold", type=float, help="below this known score the landmark is 'unknown' "
+                   "(default: the model's unknown_threshold, chosen on validation photos)")
+    p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (landmark,latitude,longitude,"
+                   "country,city,wikidata); default: those the model carries")
+    p.add_argument("--geotag", type=Path, metavar="DIR", help="write a copy of each photo of a known landmark here "
+                   "(same relative path) with EXIF GPS set; originals are never modified")
+    p.add_argument("--overwrite-gps", action="store_true", help="with --geotag: replace the GPS a photo already has")
     p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core)")
 
@@ -135,19 +153,21 @@ def _train_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     settings = {name: getattr(args, name) for name in recipe_settings()}
     recipe = recipe_for(args.model, **settings)
+    negatives = args.negatives if args.negatives is not None else negatives_from_env()
     checkpoint, export = _train_outputs(args)
     env = setup_env(args.data, seed=args.seed)
     config = resolve_data_config(data_defaults(args.model), env.data_dir, eval_crop=args.eval_crop, resize=args.resize,
                                  train_crop=args.train_crop, train_crop_ratio=recipe.train_crop_ratio)
     loaders = get_data_loaders(batch_size=recipe.batch_size, valid_size=args.valid_size, num_workers=args.workers,
-                               limit=args.limit, data_dir=env.data_dir, config=config, seed=args.seed)
+                               limit=args.limit, data_dir=env.data_dir, config=config, seed=args.seed,
+                               negatives=negatives)
     model = create_model(args.model, len(loaders["train"].dataset.class_names), dropout=recipe.dropout)
     print(f"Model {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
-          f"{len(loaders['train'].dataset)} train / {len(loaders['valid'].dataset)} valid / {len(loaders['test'].dataset)} test photos; "
+          f"{len(loaders['train'].dataset.paths)} train (+{len(loaders['train'].dataset.negatives)} negatives) / {len(loaders['valid'].dataset)} valid / {len(loaders['test'].dataset)} test photos; "
           f"{config}\n{recipe}")
     start = time.perf_counter()
     if isinstance(recipe, ScratchRecipe):
-        loss = get_loss(label_smoothing=recipe.label_smoothing)
+        loss = get_loss(recipe.label_smoothing, recipe.outlier_weight)
         optimizer = get_optimizer(model, recipe.optimizer, learning_rate=recipe.lr, momentum=recipe.momentum,
                                   weight_decay=recipe.weight_decay)
         history = optimize(loaders, model, optimizer, loss, recipe.epochs, checkpoint, scheduler=recipe.scheduler,
@@ -162,7 +182,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         return {}
 
     load_best(model, checkpoint)
-    result = finish_run(model, loaders["test"].dataset, export, command="python -m src " + shlex.join(args.argv),
+    result = finish_run(model, loaders["test"].dataset, export, valid_set=loaders["valid"].dataset,
+                        negatives=negatives, places_csv=args.places, command="python -m src " + shlex.join(args.argv),
                         model_name=args.model, data_dir=env.data_dir, device=env.device, history=history,
                         train_seconds=train_seconds, num_workers=args.workers, stage1_seconds=round(head_seconds, 1),
                         stage1_head_history=head_history, checkpoint=str(checkpoint))
@@ -187,11 +208,12 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if list(model.class_names) != test.class_names:
         raise CheckpointError(f"{args.model}: its {len(model.class_names)} classes do not match the "
                               f"{len(test.class_names)} classes of {env.data_dir}/test")
-    truth, probabilities = predict_photos(model, test.paths, test.targets, args.batch_size, args.workers)
+    truth, probabilities, known_scores = predict_photos(model, test.paths, test.targets, args.batch_size, args.workers)
     report = classification_report(truth, probabilities, test.class_names)
+    report["known_accepted"] = round(float((known_scores >= model_threshold(model)).mean()), 4)
     k = report["k"]
     print(f"{args.model} on {env.data_dir}/test: top-1 {report['top1']:.2%}, top-{k} {report[f'top{k}']:.2%} "
-          f"({report['photos']} photos)")
+          f"({report['photos']} photos); {report['known_accepted']:.1%} accepted as known (threshold {model_threshold(model):.3f})")
     for name, accuracy in sorted(report["per_class_top1"].items(), key=lambda item: item[1]):
         print(f"  {accuracy:7.2%}  {name}")
     if args.json:
@@ -209,32 +231,44 @@ def _load_any(path: Path) -> torch.nn.Module:
 
 def _export(args: argparse.Namespace) -> None:
     check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
-    path = export_predictor(predictor_from_checkpoint(args.checkpoint), args.out)
+    model, checkpoint = model_from_checkpoint(args.checkpoint)
+    data_dir = get_data_location(args.data, download=False)  # the photos it was trained on: never a download
+    valid_set = get_data_loaders(valid_size=args.valid_size, num_workers=args.workers, data_dir=data_dir, seed=args.seed,
+                                 config=checkpoint_config(checkpoint, args.checkpoint))["valid"].dataset
+    if valid_set.class_names != list(checkpoint["class_names"]):
+        raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
+    path = export_predictor(calibrated_predictor(model, valid_set, args.places, args.workers), args.out)
     print(f"Exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def _predict(args: argparse.Namespace) -> int:
     model = load_exported(args.model)
+    places = model_places(model)
     failures = 0
     for photo in args.photos:
         try:
-            ranking = top_k(model, photo, args.topk)
+            prediction = predict_photo(model, photo, args.topk)
         except ImageReadError as error:
             print(f"error: {error}", file=sys.stderr)
             failures += 1
             continue
-        print(photo)
-        for name, probability in ranking:
+        print(f"{photo}\n  -> {prediction.verdict(places)}")
+        for name, probability in prediction.ranking:
             print(f"  {probability:7.2%}  {name}")
     return 1 if failures else 0
 
 
 def _tag(args: argparse.Namespace) -> None:
-    summary = tag_photos(load_exported(args.model), args.photos_dir, args.out, args.topk, args.threshold,
-                         args.batch_size, args.workers, model_path=args.model)
+    if args.overwrite_gps and args.geotag is None:
+        raise ValueError("--overwrite-gps only applies with --geotag DIR")
+    model = load_exported(args.model)
+    summary = tag_photos(model, args.photos_dir, args.out, args.topk, args.threshold, args.batch_size, args.workers,
+                         model_path=args.model, places_csv=args.places, geotag_dir=args.geotag, overwrite_gps=args.overwrite_gps)
     for message in summary.unreadable:
         print(f"skipped unreadable photo: {message}", file=sys.stderr)
-    print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown below {args.threshold:.0%}), "
+    threshold = model_threshold(model) if args.threshold is None else args.threshold
+    geotagged = f", {summary.geotagged} geotagged copies in {args.geotag}" if args.geotag else ""
+    print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown: known score below {threshold:.3f}){geotagged}, "
           f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
           f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s) -> {args.out}")
 

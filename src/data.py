@@ -2,8 +2,10 @@
 
 ``get_data_loaders`` splits ``train/`` into a seeded train/validation split (the same split
 every run), keeps ``test/`` untouched for the final measurement, and skips unreadable photos
-with a warning that names them. Photos are decoded once per dataset and size (``src.cache``);
-augmentation runs on uint8 tensors.
+with a warning that names them. Folders of *negative* photos (no known landmark) can join the
+training split with the target :data:`UNKNOWN_TARGET`, for outlier exposure; a stable part of
+them is held out (:func:`split_negatives`) to measure unknown detection on. Photos are decoded
+once per dataset and size (``src.cache``); augmentation runs on uint8 tensors.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +29,9 @@ from .images import is_image_file, load_rgb
 from .location import get_data_location, list_images
 from .preprocessing import PreprocessConfig, resolve_data_config
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
+
+UNKNOWN_TARGET = -1  # the target of a negative photo (pytorch-ood's convention: targets < 0 are unknown)
+NEGATIVES_HOLDOUT = 0.5  # the share of each negatives folder never trained on, kept to measure on
 
 
 def display_name(folder_name: str) -> str:
@@ -71,11 +77,12 @@ class LandmarkDataset(Dataset):
     The photos are decoded once into a uint8 tensor by :func:`~src.cache.decoded_images`
     (``config.resize`` squares, cached on disk), so each item only costs its transform; photos
     that cannot be decoded are left out with a warning naming them. Items are
-    ``(image, class_index)``.
+    ``(image, class_index)``, followed by the ``negatives`` (decoded the same way) as
+    ``(image, UNKNOWN_TARGET)``; ``paths`` and ``targets`` list the landmark photos only.
     """
 
     def __init__(self, folder: PhotoFolder, indices: Sequence[int], transform: Callable | None,
-                 config: PreprocessConfig, num_workers: int = -1) -> None:
+                 config: PreprocessConfig, num_workers: int = -1, negatives: Sequence[Path] = ()) -> None:
         self.folder = folder
         candidates = list(indices)
         images, readable = decoded_images([Path(folder.samples[i][0]) for i in candidates], folder.root,
@@ -83,6 +90,7 @@ class LandmarkDataset(Dataset):
         keep = readable.nonzero().flatten()
         self.indices = [candidates[i] for i in keep.tolist()]
         self.images = images if len(keep) == len(candidates) else images[keep]
+        self.negatives, self.negative_paths = _decoded_negatives(negatives, config.resize, num_workers)
         self.transform = transform
         self.config = config  # what evaluation, the checkpoint and the export use
 
@@ -107,11 +115,51 @@ class LandmarkDataset(Dataset):
         return [self.folder.samples[i][1] for i in self.indices]
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) + len(self.negatives)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.folder.samples[self.indices[index]][1]
+        if index < len(self.indices):
+            image, target = self.images[index], self.folder.samples[self.indices[index]][1]
+        else:
+            image, target = self.negatives[index - len(self.indices)], UNKNOWN_TARGET
+        return (self.transform(image) if self.transform else image), target
+
+
+def split_negatives(folder: str | Path, holdout: float = NEGATIVES_HOLDOUT) -> tuple[list[Path], list[Path]]:
+    """``(train, held_out)`` photos of a negatives folder, split by a hash of each photo's path below it.
+
+    The split is the same on every machine and run and does not move when photos are added, so the
+    held-out photos can measure unknown detection on photos the model never trained on.
+    """
+    if not 0 <= holdout <= 1:
+        raise ValueError(f"holdout must be in [0, 1], got {holdout}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: negatives folder not found")
+    train: list[Path] = []
+    held_out: list[Path] = []
+    for path in list_images(folder):
+        bucket = zlib.crc32(path.relative_to(folder).as_posix().encode("utf-8", "surrogateescape")) % 1000
+        (held_out if bucket < holdout * 1000 else train).append(path)
+    return train, held_out
+
+
+def held_out_negatives(folders: Sequence[str | Path]) -> list[Path]:
+    """The held-out photos (:func:`split_negatives`) of every negatives folder: unknown photos never trained on."""
+    return [path for folder in folders for path in split_negatives(folder)[1]]
+
+
+def _decoded_negatives(folders: Sequence[Path], size: int, num_workers: int) -> tuple[torch.Tensor, list[Path]]:
+    """The training part (:func:`split_negatives`) of every negatives folder, decoded like the landmark photos."""
+    parts, paths = [torch.zeros(0, 3, size, size, dtype=torch.uint8)], []
+    for folder in folders:
+        train, _ = split_negatives(folder)
+        if not train:
+            raise ValueError(f"{folder}: no negative photos to train on")
+        images, readable = decoded_images(train, folder, size, num_workers)
+        parts.append(images[readable])
+        paths += [path for path, ok in zip(train, readable.tolist()) if ok]
+    return torch.cat(parts), paths
 
 
 def _seeded_permutation(n: int, seed: int) -> list[int]:
@@ -146,6 +194,7 @@ def get_data_loaders(
     config: PreprocessConfig | None = None,
     seed: int = 42,
     train_preset: Callable | None = None,
+    negatives: Sequence[str | Path] = (),
 ) -> dict[str, DataLoader]:
     """Return ``{"train", "valid", "test"}`` loaders.
 
@@ -156,6 +205,8 @@ def get_data_loaders(
     (:func:`~src.preprocessing.resolve_data_config`); pass the model's for a pretrained backbone.
     Photos are decoded once into ``config.resize`` squares (cached); evaluation centre-crops
     ``config.eval_crop``, training takes random crops of ``config.train_crop``.
+    ``negatives`` are folders of photos of no known landmark; their training part joins the
+    training split as :data:`UNKNOWN_TARGET` (outlier exposure, :mod:`src.optimization`).
     """
     if not 0 <= valid_size < 1:
         raise ValueError(f"valid_size must be in [0, 1), got {valid_size}")
@@ -175,7 +226,8 @@ def get_data_loaders(
     train_transform = train_preset or ClassificationPresetTrain(config)
     eval_transform = ClassificationPresetEval(config)
     splits = {
-        "train": LandmarkDataset(train_folder, train_indices, train_transform, config, num_workers),
+        "train": LandmarkDataset(train_folder, train_indices, train_transform, config, num_workers,
+                                 [Path(folder) for folder in negatives]),
         "valid": LandmarkDataset(train_folder, valid_indices, eval_transform, config, num_workers),
         "test": LandmarkDataset(test_folder, test_order, eval_transform, config, num_workers),
     }

@@ -69,7 +69,7 @@ def train_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid:
     """Stage 1: AdamW + one-cycle on cached features; keeps the head of the best validation loss."""
     features, targets = train
     generator = torch.Generator().manual_seed(seed)
-    loss = get_loss(recipe.label_smoothing)
+    loss = get_loss(recipe.label_smoothing, recipe.outlier_weight)
     optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps = max(1, len(features) // recipe.head_batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.head_epochs * steps)
@@ -131,6 +131,6 @@ def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_pa
         return {"head": head_history, "head_seconds": head_seconds, "fine_tune": []}
     model.unfreeze_last(recipe.unfreeze)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe.lr, recipe.backbone_lr), weight_decay=recipe.weight_decay)
-    history = optimize(data_loaders, model, optimizer, get_loss(recipe.label_smoothing), recipe.epochs, save_path,
+    history = optimize(data_loaders, model, optimizer, get_loss(recipe.label_smoothing, recipe.outlier_weight), recipe.epochs, save_path,
                        interactive_tracking=interactive_tracking, warmup_epochs=recipe.warmup_epochs, resume=resume)
     return {"head": head_history, "head_seconds": head_seconds, "fine_tune": history}

@@ -2,15 +2,18 @@
 
 ``finish_run`` steps:
 1. wrap the trained model in a :class:`~src.predictor.Predictor` with the run's preprocessing
-   config and export it with TorchScript (atomically);
-2. reload the exported file, as the app will;
-3. predict every test photo once with it (from the files on disk, not the training tensors);
-4. compute top-1 / top-k / per-class accuracy and print them;
-5. write the metrics JSON beside the export, with the command that reproduces the run.
+   config and the places of its classes (:mod:`src.places`);
+2. choose its unknown threshold on the validation photos (:func:`~src.openset.unknown_threshold`);
+3. export it with TorchScript (atomically) and reload the file, as the app will;
+4. predict every test photo once with it (from the files on disk, not the training tensors);
+5. compute top-1 / top-k / per-class accuracy, the share of test photos accepted as known and,
+   given negatives folders, unknown detection on their held-out photos; print them;
+6. write the metrics JSON beside the export, with the command that reproduces the run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import LandmarkDataset
+from .data import LandmarkDataset, held_out_negatives
 from .evaluation import classification_report, training_metrics, write_metrics
+from .openset import open_set_report, unknown_threshold
+from .places import places_for
 from .predictor import Predictor, export_predictor, load_exported, predict_photos
 
 
@@ -31,6 +36,7 @@ class RunResult:
     exported: torch.jit.ScriptModule
     truth: np.ndarray
     probabilities: np.ndarray
+    known_scores: np.ndarray
     report: dict[str, Any]
     metrics: dict[str, Any]
 
@@ -39,22 +45,48 @@ class RunResult:
         return self.probabilities.argmax(1)
 
 
-def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, *, command: str, model_name: str,
-               data_dir: str | Path, device: Any, history: list[dict[str, float]], train_seconds: float,
-               num_workers: int = -1, **extra: Any) -> RunResult:
+def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
+                         num_workers: int = -1) -> Predictor:
+    """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places and an unknown
+    threshold chosen on ``valid_set`` (what ``finish_run`` and the ``export`` command export)."""
+    names = valid_set.class_names
+    predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
+    valid = predict_photos(predictor, valid_set.paths, valid_set.targets, num_workers=num_workers)
+    predictor.unknown_threshold = unknown_threshold(valid.known_scores)
+    return predictor
+
+
+def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, *, valid_set: LandmarkDataset,
+               command: str, model_name: str, data_dir: str | Path, device: Any, history: list[dict[str, float]],
+               train_seconds: float, num_workers: int = -1, negatives: Sequence[str | Path] = (),
+               places_csv: str | Path | None = None, **extra: Any) -> RunResult:
     """Export, reload, test, report and record a trained ``model`` (the steps of the module docstring).
 
-    ``extra`` fields go into the metrics JSON (stage-1 figures, the checkpoint path, ...).
+    ``negatives`` are the folders trained on with outlier exposure: their held-out photos measure
+    unknown detection. ``places_csv`` adds or corrects places. ``extra`` fields go into the
+    metrics JSON (stage-1 figures, the checkpoint path, ...).
     """
     export = Path(export)
-    export_predictor(Predictor(model.cpu().eval(), test_set.class_names, test_set.config), export)
+    export_predictor(calibrated_predictor(model, valid_set, places_csv, num_workers), export)
     exported = load_exported(export)
-    truth, probabilities = predict_photos(exported, test_set.paths, test_set.targets, num_workers=num_workers)
+    truth, probabilities, known_scores = predict_photos(exported, test_set.paths, test_set.targets, num_workers=num_workers)
     report = classification_report(truth, probabilities, exported.class_names)
+    threshold = float(exported.unknown_threshold)
+    report["unknown_threshold"] = threshold
+    report["known_accepted"] = round(float((known_scores >= threshold).mean()), 4)
+    held_out = held_out_negatives(negatives)
+    if held_out:
+        unknown_scores = predict_photos(exported, held_out, [-1] * len(held_out), num_workers=num_workers).known_scores
+        report["held_out_negatives"] = open_set_report(known_scores, unknown_scores, threshold)
     k = report["k"]
     print(f"Exported model {export}: test top-1 {report['top1']:.2%}, top-{k} {report[f'top{k}']:.2%} "
-          f"on {report['photos']} photos")
+          f"on {report['photos']} photos; {report['known_accepted']:.1%} accepted as known "
+          f"(threshold {threshold:.3f}, chosen on {len(valid_set.paths)} validation photos)")
+    if held_out:
+        figures = report["held_out_negatives"]
+        print(f"Unknown detection on {figures['unknown_photos']} held-out negative photos: AUROC {figures['auroc']:.4f}, "
+              f"FPR@95TPR {figures['fpr95']:.1%}, {figures['unknown_accepted']:.1%} accepted at the threshold")
     metrics = training_metrics(command, model_name, data_dir, device, history, train_seconds, report, export,
-                               preprocess=test_set.config.to_dict(), **extra)
+                               preprocess=test_set.config.to_dict(), negatives=[str(folder) for folder in negatives], **extra)
     print(f"Metrics in {write_metrics(export, metrics)}")
-    return RunResult(exported, truth, probabilities, report, metrics)
+    return RunResult(exported, truth, probabilities, known_scores, report, metrics)

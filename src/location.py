@@ -23,6 +23,7 @@ from .images import IMAGE_EXTENSIONS
 DATASET_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 DEFAULT_DATA_DIR = Path("landmark_images")
 DATA_ENV_VAR = "LANDMARK_DATA"
+NEGATIVES_ENV_VAR = "LANDMARK_NEGATIVES"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -37,6 +38,16 @@ def _check_dataset_dir(path: Path, origin: str) -> Path:
             "subfolder. A dataset is an ImageFolder layout: train/<class>/<photo> and test/<class>/<photo>."
         )
     return path.resolve()
+
+
+def negatives_from_env() -> list[Path]:
+    """The negatives folders (photos of no known landmark, for outlier exposure) listed in
+    ``$LANDMARK_NEGATIVES``, separated like PATH; none when it is unset."""
+    folders = [Path(part).expanduser() for part in os.environ.get(NEGATIVES_ENV_VAR, "").split(os.pathsep) if part]
+    missing = [str(folder) for folder in folders if not folder.is_dir()]
+    if missing:
+        raise DataNotFoundError(f"${NEGATIVES_ENV_VAR} names folders that do not exist: {', '.join(missing)}")
+    return folders
 
 
 def get_data_location(data_dir: str | Path | None = None, download: bool = True) -> Path:

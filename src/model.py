@@ -82,5 +82,9 @@ class MyModel(nn.Module):
             if isinstance(module, ResidualBlock):  # start each block close to the identity
                 nn.init.zeros_(module.conv2[1].weight)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature vector ``(B, widths[-1])`` the head classifies (unknown detection reads it too)."""
+        return self.pool(self.features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        return self.head(self.forward_features(x))

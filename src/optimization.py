@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
-def get_loss(label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:
-    """Cross-entropy on logits; ``label_smoothing`` keeps a small model from over-confident guesses."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+class OutlierExposureLoss(nn.Module):
+    """Cross-entropy on photos of known landmarks, plus outlier exposure on negative photos.
+
+    Targets below 0 mark negatives (photos of no known landmark; pytorch-ood's convention). Their
+    term is the cross-entropy to the uniform distribution (Hendrycks et al., "Deep Anomaly
+    Detection with Outlier Exposure", 2019): the network learns to spread its probability on what
+    it does not know, so a low top probability means "unknown". A batch without negatives gets the
+    plain (label-smoothed) cross-entropy.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, outlier_weight: float = 0.5) -> None:
+        super().__init__()
+        self.label_smoothing, self.outlier_weight = label_smoothing, outlier_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = target >= 0
+        loss = logits.new_zeros(())
+        if known.any():
+            loss = F.cross_entropy(logits[known], target[known], label_smoothing=self.label_smoothing) * known.float().mean()
+        if not known.all():
+            uniform = -F.log_softmax(logits[~known], dim=1).mean(dim=1)
+            loss = loss + self.outlier_weight * uniform.sum() / len(target)
+        return loss
+
+
+def get_loss(label_smoothing: float = 0.0, outlier_weight: float = 0.5) -> OutlierExposureLoss:
+    """Cross-entropy on logits (``label_smoothing`` keeps a small model from over-confident guesses),
+    with outlier exposure (weight ``outlier_weight``) on negative photos, whose targets are below 0."""
+    return OutlierExposureLoss(label_smoothing, outlier_weight)
 
 
 def get_optimizer(

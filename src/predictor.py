@@ -7,10 +7,12 @@ names and the network, so the app and any other consumer need only ``torch`` and
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import List
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -23,21 +25,33 @@ from .decoding import square_batches
 from .images import read_image
 from .checkpoint import checkpoint_config, model_from_checkpoint
 from .files import atomic_write
+from .openset import MaxSoftmax
+from .places import Place
 from .preprocessing import PreprocessConfig, resize_and_crop, square_uint8
 
 
 class Predictor(nn.Module):
-    """Raw image batch -> class probabilities, scriptable with ``torch.jit.script``.
+    """Raw image batch -> class probabilities and a known-landmark score, scriptable with ``torch.jit.script``.
 
-    ``forward`` takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8``
-    (0-255) or float (0-1); resizes and crops them with
-    :func:`~src.preprocessing.resize_and_crop` (short side to ``resize_size``, centre
-    ``image_size`` square, as in training's evaluation), normalises with ``mean``/``std`` and
-    returns softmax probabilities ``(B, num_classes)``. Those attribute names are the exported
-    file's interface (the app reads them); they hold ``config.eval_crop`` and ``config.resize``.
+    Every method takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8``
+    (0-255) or float (0-1), resizes and crops them with :func:`~src.preprocessing.resize_and_crop`
+    (short side to ``resize_size``, centre ``image_size`` square, as in training's evaluation)
+    and normalises them with ``mean``/``std``:
+
+    - ``forward``: softmax probabilities ``(B, num_classes)`` (what the classic app reads);
+    - ``known_score``: ``(B,)``, higher means "one of my landmarks"; a photo scoring below
+      ``unknown_threshold`` shows none of them (:mod:`src.openset`);
+    - ``classify``: both from one pass through the network (batch tagging and testing use it);
+    - ``features_and_logits``: the network's feature vectors ``(B, D)`` and logits (benchmarks
+      of other unknown-detection scores, adding landmarks).
+
+    ``places_json`` holds ``{class name: {"latitude", "longitude", "country", "city", "wikidata"}}``
+    for the classes with a known place. These attribute names are the exported file's interface;
+    ``image_size``/``resize_size`` hold ``config.eval_crop`` and ``config.resize``.
     """
 
-    def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig) -> None:
+    def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig,
+                 unknown_threshold: float = 0.0, places: Mapping[str, Place] | None = None) -> None:
         super().__init__()
         self.model = model.eval()
         self.class_names: List[str] = [str(c) for c in class_names]
@@ -45,19 +59,42 @@ class Predictor(nn.Module):
         self.resize_size: int = config.resize
         self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.detector = MaxSoftmax()  # the known score, chosen by measurement (src/openset.py)
+        self.unknown_threshold: float = float(unknown_threshold)
+        self.places_json: str = json.dumps({name: place.to_dict() for name, place in (places or {}).items()
+                                            if name in self.class_names}, sort_keys=True)
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError("Predictor expects RGB images shaped (B, 3, H, W) or (3, H, W)")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return (resize_and_crop(x, self.resize_size, self.image_size) - self.mean) / self.std
+
+    @torch.jit.export
+    def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            features = self.model.forward_features(self._normalised(x))
+            return features, self.model.head(features)
+
+    @torch.jit.export
+    def classify(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            features = self.model.forward_features(self._normalised(x))
+            logits = self.model.head(features)
+            return F.softmax(logits, dim=1), self.detector(features, logits)
+
+    @torch.jit.export
+    def known_score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(x)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            if x.dim() == 3:
-                x = x.unsqueeze(0)
-            if x.dim() != 4 or x.shape[1] != 3:
-                raise ValueError("Predictor expects RGB images shaped (B, 3, H, W) or (3, H, W)")
-            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-            x = resize_and_crop(x, self.resize_size, self.image_size)
-            return F.softmax(self.model((x - self.mean) / self.std), dim=1)
+        return self.classify(x)[0]
 
 
-EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std"]
+EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
+                       "features_and_logits", "classify", "known_score"]
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
@@ -94,8 +131,25 @@ def load_exported(path: str | Path) -> torch.jit.ScriptModule:
     return model.eval()
 
 
-def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
-    """The ``k`` most likely landmarks for one photo as ``(name, probability)``, best first.
+class PhotoPrediction(NamedTuple):
+    """One photo's top-k ``(name, probability)`` (best first), known score, and whether it reaches the threshold."""
+
+    ranking: list[tuple[str, float]]
+    known_score: float
+    known: bool
+
+    def verdict(self, places: Mapping[str, Place]) -> str:
+        """One line a person reads: the landmark and where it is, or "unknown" with the closest guess."""
+        best, probability = self.ranking[0]
+        if not self.known:
+            return f"unknown: none of the landmarks I know (closest: {best} {probability:.0%}, known score {self.known_score:.2f})"
+        place = places.get(best)
+        where = ", ".join(part for part in (place.city, place.country) if part) if place else ""
+        return f"{best} ({probability:.0%})" + (f": {where} ({place.latitude:.4f}, {place.longitude:.4f})" if place else "")
+
+
+def predict_photo(model: nn.Module, path: str | Path, k: int = 5) -> PhotoPrediction:
+    """The ``k`` most likely landmarks for one photo, and whether it shows one of them at all.
 
     Large JPEGs are draft-decoded near the predictor's resize size (several times faster), and
     the photo is cut to its resize square first (bounded memory, the pixels the model would keep).
@@ -103,22 +157,45 @@ def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, flo
     if k < 1:
         raise ValueError(f"k (top-k) must be at least 1, got {k}")
     size = int(model.resize_size)
-    probabilities = model(square_uint8(read_image(path, size), size).unsqueeze(0))[0]
-    values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+    probabilities, scores = scored(model, square_uint8(read_image(path, size), size).unsqueeze(0))
+    values, indices = probabilities[0].topk(min(k, probabilities.shape[1]))
+    score = float(scores[0])
+    return PhotoPrediction([(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())],
+                           score, score >= float(getattr(model, "unknown_threshold", 0.5)))
+
+
+def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most likely landmarks for one photo as ``(name, probability)``, best first."""
+    return predict_photo(model, path, k).ranking
+
+
+class Predictions(NamedTuple):
+    """An exported predictor's output over photos on disk (unreadable photos left out of all three)."""
+
+    truth: np.ndarray  # (N,) the targets given for the photos
+    probabilities: np.ndarray  # (N, num_classes)
+    known_scores: np.ndarray  # (N,) higher: one of the known landmarks (compare with ``unknown_threshold``)
+
+
+def scored(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probabilities, known_scores)`` from one pass; an export older than ``known_score`` scores its top probability."""
+    if hasattr(model, "classify"):
+        return model.classify(images)
+    probabilities = model(images)
+    return probabilities, probabilities.max(dim=1).values
 
 
 def predict_photos(model_reloaded: nn.Module, paths: list[Path], targets: list[int], batch_size: int = 50,
-                   num_workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """``(truth, probabilities)`` of an exported predictor over photos on disk, in batches.
+                   num_workers: int = -1) -> Predictions:
+    """An exported predictor's :class:`Predictions` over photos on disk, in batches.
 
     Photos are cut to the predictor's resize size as squares (:class:`~src.decoding.SquarePhotos`):
     the predictor then crops the same centre it would crop from the full photo, so batched
-    results match one-photo-at-a-time prediction. Unreadable photos are skipped with a warning
-    and left out of both arrays.
+    results match one-photo-at-a-time prediction. Unreadable photos are skipped with a warning.
     """
     truth: list[int] = []
     probabilities: list[torch.Tensor] = []
+    scores: list[torch.Tensor] = []
     batches = square_batches(paths, int(model_reloaded.resize_size), batch_size, num_workers)
     with torch.inference_mode():
         for indices, images, errors in tqdm(batches, desc="Predicting", total=math.ceil(len(paths) / batch_size),
@@ -126,11 +203,14 @@ def predict_photos(model_reloaded: nn.Module, paths: list[Path], targets: list[i
             for message in errors.values():
                 warnings.warn(f"Skipping unreadable image: {message}", stacklevel=2)
             if images is not None:
-                probabilities.append(model_reloaded(images))
+                batch_probabilities, batch_scores = scored(model_reloaded, images)
+                probabilities.append(batch_probabilities)
+                scores.append(batch_scores)
                 truth += [targets[index] for index in indices]
     if not truth:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, len(model_reloaded.class_names)), dtype=np.float32)
-    return np.asarray(truth, dtype=np.int64), torch.cat(probabilities).numpy()
+        return Predictions(np.zeros(0, dtype=np.int64), np.zeros((0, len(model_reloaded.class_names)), dtype=np.float32),
+                           np.zeros(0, dtype=np.float32))
+    return Predictions(np.asarray(truth, dtype=np.int64), torch.cat(probabilities).numpy(), torch.cat(scores).numpy())
 
 
 def predictor_test(test_dataloader: DataLoader, model_reloaded: nn.Module, batch_size: int = 50,
@@ -141,7 +221,7 @@ def predictor_test(test_dataloader: DataLoader, model_reloaded: nn.Module, batch
     from disk (the loader's own transforms are not used: the predictor brings its own).
     """
     dataset = test_dataloader.dataset
-    truth, probabilities = predict_photos(model_reloaded, dataset.paths, dataset.targets, batch_size, num_workers)
+    truth, probabilities, _ = predict_photos(model_reloaded, dataset.paths, dataset.targets, batch_size, num_workers)
     pred = probabilities.argmax(1)
     print(f"Accuracy: {(truth == pred).mean() if len(truth) else 0.0:.2%} ({len(truth)} photos)")
     return truth, pred

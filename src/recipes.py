@@ -38,6 +38,7 @@ class ScratchRecipe:
     weight_decay: float = _setting(5e-2, "weight decay")
     dropout: float = _setting(0.3, "dropout before the classifier")
     label_smoothing: float = _setting(0.1, "label smoothing of the loss")
+    outlier_weight: float = _setting(0.5, "weight of outlier exposure on --negatives photos")
     optimizer: str = _setting("AdamW", f"one of {', '.join(OPTIMIZERS)}")
     momentum: float = _setting(0.9, "SGD momentum")
     scheduler: str = _setting("cosine", f"one of {', '.join(SCHEDULERS)}")
@@ -69,6 +70,7 @@ class TransferRecipe:
     weight_decay: float = _setting(1e-4, "weight decay")
     dropout: float = _setting(0.2, "dropout before the classifier")
     label_smoothing: float = _setting(0.1, "label smoothing of the loss")
+    outlier_weight: float = _setting(0.5, "weight of outlier exposure on --negatives photos")
     warmup_epochs: float = _setting(0.3, "stage 2: learning-rate warm-up (it starts from a trained head)")
     head_batch_size: int = _setting(256, "stage 1: feature vectors per step")
     train_crop_ratio: float = _setting(0.875, "training crop as a fraction of the evaluation crop")
@@ -95,6 +97,7 @@ def _check_common(recipe: ScratchRecipe | TransferRecipe) -> None:
     _check_range("weight_decay", recipe.weight_decay, 0, 1)
     _check_range("dropout", recipe.dropout, 0, 0.99)
     _check_range("label_smoothing", recipe.label_smoothing, 0, 0.99)
+    _check_range("outlier_weight", recipe.outlier_weight, 0, 10)
     _check_range("train_crop_ratio", recipe.train_crop_ratio, 0, 1, low_open=True)
 
 

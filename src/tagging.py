@@ -1,13 +1,18 @@
 """Batch tagging of a photo collection with an exported predictor (``python -m src tag``).
 
-Every photo below a folder gets its top-k landmarks with probabilities, and a ``landmark`` that
-is ``"unknown"`` when the best probability is below a threshold. Results are appended to a CSV
-or JSON-lines file after every batch, so an interrupted run loses at most one batch and a rerun
-with the same output file skips every photo already there (tagged or found unreadable).
-Beside the output, ``<out>.settings.json`` records the model, top-k and threshold it was started
-with (a rerun with others is refused rather than mixing tags), and ``<out>.lock`` is held for the
-whole run (a second run on the same output is refused rather than tagging every photo twice).
-An existing file that is not a tag output of this tool is refused untouched.
+Every photo below a folder gets its top-k landmarks with probabilities, its ``known_score``, and
+a ``landmark`` that is ``"unknown"`` when that score is below the model's ``unknown_threshold``
+(or ``--threshold``); a recognised landmark comes with its place (latitude, longitude, country,
+city). With ``geotag_dir``, each photo of a landmark with a place is also copied there (same
+relative path) with EXIF GPS set (:mod:`src.geotag`; the original is never touched).
+
+Results are appended to a CSV or JSON-lines file after every batch (after that batch's geotagged
+copies), so an interrupted run loses at most one batch and a rerun with the same output file
+skips every photo already there (tagged or found unreadable). Beside the output,
+``<out>.settings.json`` records the model, top-k, threshold, places and geotag settings it was
+started with (a rerun with others is refused rather than mixing tags), and ``<out>.lock`` is held
+for the whole run (a second run on the same output is refused rather than tagging every photo
+twice). An existing file that is not a tag output of this tool is refused untouched.
 Photos are decoded in parallel worker processes (JPEG draft mode for large files).
 """
 
@@ -17,6 +22,7 @@ import csv
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -29,14 +35,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import square_batches
+from .geotag import GeotagError, write_geotagged_copy
 from .location import list_images
+from .places import Place, place_key, read_places_csv
+from .predictor import scored
 
 UNKNOWN = "unknown"
+GEOTAGGED = ("geotagged", "kept")  # what write_geotagged_copy reports for a copy written
 FORMATS = (".csv", ".jsonl")
-CSV_FIELDS = ["path", "landmark", "probability", "top_k", "error"]
+PLACE_FIELDS = ["latitude", "longitude", "country", "city"]
+CSV_FIELDS = ["path", "landmark", "probability", "known_score", *PLACE_FIELDS, "top_k", "geotag", "error"]
 CSV_HEADER = ",".join(CSV_FIELDS) + "\r\n"  # as csv.DictWriter writes it
 JSONL_START = '{"path": '  # how json.dumps writes every record (path is its first key)
-SETTINGS_FORMAT = "landmark-tags/1"
+SETTINGS_FORMAT = "landmark-tags/2"
 
 
 @dataclass
@@ -48,6 +59,7 @@ class TagSummary:
     unreadable: list[str]
     skipped_done: int
     seconds: float
+    geotagged: int = 0  # copies written with GPS (or kept with their own)
 
     @property
     def photos_per_second(self) -> float:
@@ -142,11 +154,28 @@ def done_paths(out: Path) -> set[str]:
         return {str(Path(p).resolve()) for p in read(iter(handle), out)}  # the same photo however the folder was named
 
 
-def _settings(model: torch.jit.ScriptModule, k: int, threshold: float, model_path: str | Path | None) -> dict[str, Any]:
+def _settings(model: torch.jit.ScriptModule, k: int, threshold: float, model_path: str | Path | None,
+              places: dict[str, Place], geotag_dir: Path | None, overwrite_gps: bool) -> dict[str, Any]:
     """What the tags of an output depend on; without the model file, its class names stand for it."""
     names = [str(name) for name in model.class_names]
     model_sha256 = _file_sha256(model_path) if model_path is not None else hashlib.sha256(json.dumps(names).encode()).hexdigest()
-    return {"format": SETTINGS_FORMAT, "model_sha256": model_sha256, "topk": k, "threshold": threshold, "class_names": names}
+    return {"format": SETTINGS_FORMAT, "model_sha256": model_sha256, "topk": k, "threshold": threshold, "class_names": names,
+            "places": {name: place.to_dict() for name, place in sorted(places.items())},
+            "geotag_dir": str(geotag_dir) if geotag_dir is not None else None, "overwrite_gps": overwrite_gps}
+
+
+def model_places(model: torch.jit.ScriptModule, places_csv: str | Path | None = None) -> dict[str, Place]:
+    """The places the exported model carries, with a user CSV's rows added or taking precedence."""
+    places = {name: Place.from_dict(d) for name, d in json.loads(getattr(model, "places_json", "{}")).items()}
+    if places_csv is not None:
+        extra = read_places_csv(places_csv)
+        places.update({name: extra[place_key(name)] for name in model.class_names if place_key(name) in extra})
+    return places
+
+
+def model_threshold(model: torch.jit.ScriptModule) -> float:
+    """The export's unknown threshold; an export older than ``known_score`` scores its top probability, cut at 0.5."""
+    return float(getattr(model, "unknown_threshold", 0.5))
 
 
 def _start_or_resume(out: Path, settings: dict[str, Any]) -> None:
@@ -196,8 +225,8 @@ class _Writer:
         for record in records:
             if self.csv is not None:
                 top = ";".join(f"{name}={p:.4f}" for name, p in record["top_k"])
-                self.csv.writerow({**record, "top_k": top, "probability": f"{record['probability']:.4f}"
-                                   if record["probability"] is not None else ""})
+                numbers = {key: f"{record[key]:.4f}" for key in ("probability", "known_score") if record[key] is not None}
+                self.csv.writerow({**record, "top_k": top, "probability": "", "known_score": "", **numbers})
             else:
                 self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
@@ -207,37 +236,75 @@ class _Writer:
         self.handle.close()
 
 
-def _tag_records(probabilities: torch.Tensor, paths: list[Path], names: list[str], k: int, threshold: float
-                 ) -> list[dict[str, Any]]:
-    """One record per photo: its top-k, and its landmark (``unknown`` below ``threshold``)."""
+def _tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths: list[Path], names: list[str], k: int,
+                 threshold: float, places: dict[str, Place]) -> list[dict[str, Any]]:
+    """One record per photo: its top-k, its landmark (``unknown`` below ``threshold``) and that landmark's place."""
     values, classes = probabilities.topk(min(k, len(names)), dim=1)
-    return [{"path": str(path), "landmark": names[top_classes[0]] if top_values[0] >= threshold else UNKNOWN,
-             "probability": top_values[0], "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "error": None}
-            for path, top_values, top_classes in zip(paths, values.tolist(), classes.tolist())]
+    records = []
+    for path, top_values, top_classes, score in zip(paths, values.tolist(), classes.tolist(), known_scores.tolist()):
+        landmark = names[top_classes[0]] if score >= threshold else UNKNOWN
+        place = places.get(landmark)
+        records.append({"path": str(path), "landmark": landmark, "probability": top_values[0], "known_score": score,
+                        **{key: getattr(place, key) if place else None for key in PLACE_FIELDS},
+                        "top_k": [[names[c], p] for c, p in zip(top_classes, top_values)], "geotag": None, "error": None})
+    return records
+
+
+def _error_record(path: Path, message: str) -> dict[str, Any]:
+    return {"path": str(path), "landmark": None, "probability": None, "known_score": None,
+            **dict.fromkeys(PLACE_FIELDS), "top_k": [], "geotag": None, "error": message}
+
+
+def _geotag(records: list[dict[str, Any]], photos_dir: Path, geotag_dir: Path, overwrite_gps: bool) -> None:
+    """Write the geotagged copy of every record with a place; its ``geotag`` field says what happened."""
+    for record in records:
+        if record["latitude"] is None:
+            continue
+        source = Path(record["path"])
+        try:
+            record["geotag"] = write_geotagged_copy(source, geotag_dir / source.relative_to(photos_dir),
+                                                    record["latitude"], record["longitude"], overwrite_gps=overwrite_gps)
+        except GeotagError as error:  # this photo cannot carry GPS; a disk error stops the run (resume retries)
+            record["geotag"] = f"failed: {error}"
+
+
+def _check_geotag_dir(geotag_dir: Path, photos_dir: Path) -> Path:
+    """Copies must land outside the photo folder (a rerun would tag them as new photos) and vice versa."""
+    geotag_dir, photos = geotag_dir.resolve(), photos_dir.resolve()
+    if geotag_dir == photos or photos in geotag_dir.parents or geotag_dir in photos.parents:
+        raise ValueError(f"--geotag {geotag_dir} and the photo folder {photos} overlap: choose a folder outside it")
+    return geotag_dir
 
 
 def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str | Path, k: int = 5,
-               threshold: float = 0.5, batch_size: int = 50, num_workers: int = -1, *,
-               model_path: str | Path | None = None) -> TagSummary:
+               threshold: float | None = None, batch_size: int = 50, num_workers: int = -1, *,
+               model_path: str | Path | None = None, places_csv: str | Path | None = None,
+               geotag_dir: str | Path | None = None, overwrite_gps: bool = False) -> TagSummary:
     """Tag every photo below ``photos_dir`` into ``out`` (``.csv`` or ``.jsonl``), resuming a previous run.
 
-    A photo whose best probability is below ``threshold`` is tagged ``"unknown"`` (its top-k
-    are still written). Unreadable files are written with their error and listed in the summary.
-    ``model_path`` (the exported file ``model`` was loaded from) is hashed into ``<out>.settings.json``,
-    so resuming with another model is refused; without it the class names stand for the model.
+    A photo whose known score is below ``threshold`` (default: the model's ``unknown_threshold``)
+    is tagged ``"unknown"`` (its top-k are still written); other photos get their landmark's place
+    from the model or ``places_csv``. ``geotag_dir`` receives a GPS-tagged copy of each photo with a
+    place (photos that already have GPS keep it unless ``overwrite_gps``). Unreadable files are
+    written with their error and listed in the summary. ``model_path`` (the exported file ``model``
+    was loaded from) is hashed into ``<out>.settings.json``, so resuming with another model is
+    refused; without it the class names stand for the model.
     """
     photos_dir, out = Path(photos_dir), Path(out)
     if out.suffix not in FORMATS:
         raise ValueError(f"{out}: the output must end in .csv or .jsonl")
     if not photos_dir.is_dir():
         raise FileNotFoundError(f"{photos_dir}: photo folder not found")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    threshold = model_threshold(model) if threshold is None else threshold
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
     if k < 1:
         raise ValueError(f"k (top-k landmarks per photo) must be at least 1, got {k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    settings = _settings(model, k, threshold, model_path)
+    geotag_dir = _check_geotag_dir(Path(geotag_dir), photos_dir) if geotag_dir is not None else None
+    places = model_places(model, places_csv)
+    settings = _settings(model, k, threshold, model_path, places, geotag_dir, overwrite_gps)
     names = settings["class_names"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_run(out):
@@ -251,13 +318,17 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
         try:
             with torch.inference_mode(), tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
                 for indices, images, errors in square_batches(todo, int(model.resize_size), batch_size, num_workers):
-                    records = [{"path": str(todo[i]), "landmark": None, "probability": None, "top_k": [], "error": message}
-                               for i, message in errors.items()]
+                    records = [_error_record(todo[i], message) for i, message in errors.items()]
                     if images is not None:
-                        records += _tag_records(model(images), [todo[i] for i in indices], names, k, threshold)
+                        probabilities, known_scores = scored(model, images)
+                        records += _tag_records(probabilities, known_scores, [todo[i] for i in indices], names, k,
+                                                threshold, places)
+                    if geotag_dir is not None:
+                        _geotag(records, photos_dir, geotag_dir, overwrite_gps)
                     summary.unreadable += list(errors.values())
                     summary.tagged += len(indices)
                     summary.unknown += sum(record["landmark"] == UNKNOWN for record in records)
+                    summary.geotagged += sum(record["geotag"] in GEOTAGGED for record in records)
                     writer.write(records)
                     progress.update(len(indices) + len(errors))
         finally:

@@ -30,7 +30,7 @@ from .helpers import get_device
 
 
 class EpochMetrics(NamedTuple):
-    """Mean loss and top-1 accuracy of one pass over a loader."""
+    """Mean loss and top-1 accuracy (on the photos of known landmarks) of one pass over a loader."""
 
     loss: float
     accuracy: float
@@ -63,7 +63,7 @@ def train_one_epoch(
     """One pass of training over ``train_dataloader``; ``scheduler`` (if given) steps every batch."""
     device = _device_of(model)
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, known = 0.0, 0, 0, 0
     for data, target in tqdm(train_dataloader, desc="Training", leave=False, ncols=80):
         data = data.to(device, non_blocking=True, memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
@@ -78,11 +78,12 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         total_loss += loss_value.item() * len(target)
-        correct += (output.argmax(1) == target).sum().item()
+        correct += (output.argmax(1) == target).sum().item()  # negatives (target < 0) never count as correct
         seen += len(target)
+        known += (target >= 0).sum().item()
     if seen == 0:
         raise ValueError("The training loader gave no photos")
-    return EpochMetrics(total_loss / seen, correct / seen)
+    return EpochMetrics(total_loss / seen, correct / max(known, 1))
 
 
 @torch.no_grad()
@@ -212,6 +213,8 @@ def optimize(
         print(f"Resumed from {last_path} after epoch {len(history)}")
 
     plot = LivePlot() if interactive_tracking else None
+    if plot is not None and history:
+        plot.update(history)  # a resumed run shows the epochs it continues from
     try:
         for epoch in range(len(history) + 1, n_epochs + 1):
             start = time.perf_counter()

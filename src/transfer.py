@@ -207,8 +207,12 @@ class TransferModel(nn.Module):
                 stage.eval()
         return self
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature vector ``(B, num_features)`` the head classifies (unknown detection reads it too)."""
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.forward_features(x))
 
 
 def get_model_transfer_learning(

@@ -79,6 +79,7 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home"))
     monkeypatch.delenv("LANDMARK_DATA", raising=False)
+    monkeypatch.delenv("LANDMARK_NEGATIVES", raising=False)
 
 
 @pytest.fixture(scope="session")

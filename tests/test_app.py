@@ -19,6 +19,7 @@ from conftest import LANDMARKS10, REPO
 from src.preprocessing import square_uint8
 
 PHOTO = next(iter(sorted(LANDMARKS10.glob("test/07.*/*.jpg"))), None)  # Petronas Towers
+FOREST = next(iter(sorted((LANDMARKS10.parent / "non_landmarks" / "forest").glob("*.jpg"))), None)  # no landmark at all
 STRIP = (20_000, 2)  # a 200-byte PNG that added 0.7 GB to the app's memory before its aspect ratio was checked
 
 
@@ -49,6 +50,7 @@ def uploads(tmp_path: Path) -> dict[str, bytes]:
     real = PHOTO.read_bytes() if PHOTO else encoded(rgb, "JPEG")
     return {
         "photo.jpg": real,
+        "forest.jpg": FOREST.read_bytes() if FOREST else encoded(rgb, "JPEG"),
         "gray.jpg": encoded(rgb.convert("L"), "JPEG"),
         "cmyk.jpg": encoded(rgb.convert("CMYK"), "JPEG"),
         "rgba.png": encoded(rgb.convert("RGBA"), "PNG"),
@@ -83,8 +85,10 @@ for name, child in zip(names, app.results.children):
     else:
         image = read_photo(name, open(name, "rb").read())
         answers[name] = {{"size": image.size, "mode": image.mode, "mean": float(np.asarray(image).mean()),
-                         "top5": top5(app.model, image), "images": len(child.children[0:1]) + len(child.children[2:])}}
+                         "top5": identify(app.model, image)[0], "images": len(child.children[0:1]) + len(child.children[2:]),
+                         "verdict": child.children[1].value, "classes": sorted(child._dom_classes)}}
 answers["status"] = app.status.value
+answers["known"] = [app.known.get_title(0), app.known.children[0].value]
 answers["models"] = list(app.picker.options)
 
 import resource
@@ -116,8 +120,25 @@ def test_a_photo_gets_its_ranked_top5_and_its_why_map(app_answers: dict) -> None
 
 
 @pytest.mark.skipif(PHOTO is None, reason=f"the real photos are absent ({LANDMARKS10}): photo.jpg is generated noise")
-def test_a_real_photo_gets_its_landmark_first(app_answers: dict) -> None:
-    assert app_answers["photo.jpg"]["top5"][0][0] == "Petronas Towers"
+def test_a_real_photo_gets_its_landmark_first_with_its_place(app_answers: dict) -> None:
+    answer = app_answers["photo.jpg"]
+    assert answer["top5"][0][0] == "Petronas Towers" and "landmark-known" in answer["classes"]
+    assert "<b>Petronas Towers</b>" in answer["verdict"] and "Kuala Lumpur, Malaysia" in answer["verdict"]
+    assert "https://www.openstreetmap.org/?mlat=3.15" in answer["verdict"] and "101.71" in answer["verdict"]
+
+
+@pytest.mark.skipif(FOREST is None, reason="the real non-landmark photos are absent: forest.jpg is generated noise")
+def test_a_photo_of_no_known_landmark_is_unknown_with_the_closest_guess_in_small_print(app_answers: dict) -> None:
+    answer = app_answers["forest.jpg"]
+    assert "landmark-unknown" in answer["classes"]
+    assert "<b>Unknown</b>: not one of the 10 landmarks I know" in answer["verdict"]
+    assert f"closest guess: {answer['top5'][0][0]}" in answer["verdict"] and "openstreetmap" not in answer["verdict"]
+
+
+def test_the_app_lists_the_landmarks_it_knows_with_their_places(app_answers: dict) -> None:
+    title, listing = app_answers["known"]
+    assert title == "Landmarks I know (10)"
+    assert listing.count("<li>") == 10 and "Colosseum" in listing and "Rome, Italy" in listing
 
 
 @pytest.mark.parametrize("name", ["gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png"])
@@ -174,7 +195,7 @@ def test_bad_uploads_get_a_message_naming_the_file(app_answers: dict, name: str,
 
 
 def test_the_app_keeps_working_after_bad_uploads(app_answers: dict) -> None:
-    assert "8 photo(s) classified" in app_answers["status"] and "6 could not be read" in app_answers["status"]
+    assert "9 photo(s) classified" in app_answers["status"] and "6 could not be read" in app_answers["status"]
 
 
 def test_the_model_picker_lists_exported_models_only(tmp_path: Path) -> None:

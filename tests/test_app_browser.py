@@ -104,6 +104,9 @@ def test_uploaded_photos_get_their_landmark_on_top(page) -> None:
         probabilities = [p for _, p in ranking]
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.5
         assert results.nth(index).locator("img").count() == 2  # the photo and its "why" map
+        link = results.nth(index).get_by_role("link", name="OpenStreetMap")  # a known landmark comes with its place
+        assert link.count() == 1 and link.get_attribute("href").startswith("https://www.openstreetmap.org/?mlat=")
+    assert page.get_by_text("Landmarks I know (10)").count() == 1
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "app_top5.png"), full_page=True)
 

@@ -5,10 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO
 from src.cli import main
+from src.data import split_negatives
+from src.predictor import load_exported
 
 TINY_TRAIN = ["--model", "scratch", "--epochs", "2", "--eval-crop", "32", "--batch-size", "8", "--workers", "0"]
 
@@ -17,9 +21,15 @@ TINY_TRAIN = ["--model", "scratch", "--epochs", "2", "--eval-crop", "32", "--bat
 def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("cli")
     checkpoint, export = out / "scratch.pt", out / "scratch_exported.pt"
-    code = main(["train", "--data", str(tiny_data), *TINY_TRAIN, "--checkpoint", str(checkpoint), "--export", str(export)])
+    negatives = out / "negatives"
+    rng = np.random.default_rng(3)
+    for i in range(16):
+        (negatives / f"scene{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(negatives / f"scene{i % 2}" / f"{i}.jpg")
+    code = main(["train", "--data", str(tiny_data), *TINY_TRAIN, "--checkpoint", str(checkpoint), "--export", str(export),
+                 "--negatives", str(negatives)])
     assert code == 0
-    return {"checkpoint": checkpoint, "export": export, "data": tiny_data, "out": out}
+    return {"checkpoint": checkpoint, "export": export, "data": tiny_data, "out": out, "negatives": negatives}
 
 
 def test_train_writes_checkpoint_export_and_metrics(trained: dict[str, Path]) -> None:
@@ -29,6 +39,12 @@ def test_train_writes_checkpoint_export_and_metrics(trained: dict[str, Path]) ->
     assert metrics["test"]["photos"] == 12 and 0 <= metrics["test"]["top1"] <= 1
     assert set(metrics["test"]["per_class_top1"]) == {"Red Fort", "Green Gate", "Blue Tower"}
     assert metrics["command"].startswith("python -m src train")
+    assert metrics["negatives"] == [str(trained["negatives"])]
+    held_out = metrics["test"]["held_out_negatives"]
+    assert held_out["unknown_photos"] == len(split_negatives(trained["negatives"])[1]) and 0 <= held_out["auroc"] <= 1
+    exported = load_exported(trained["export"])
+    assert metrics["test"]["unknown_threshold"] == pytest.approx(float(exported.unknown_threshold))
+    assert 0 < exported.unknown_threshold <= 1 and 0 <= metrics["test"]["known_accepted"] <= 1
 
 
 def test_evaluate_export_and_checkpoint_agree(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -42,14 +58,19 @@ def test_evaluate_export_and_checkpoint_agree(trained: dict[str, Path], tmp_path
 
 def test_export_and_predict(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
     exported = tmp_path / "again.pt"
-    assert main(["export", str(trained["checkpoint"]), "--out", str(exported)]) == 0
+    assert main(["export", str(trained["checkpoint"]), "--out", str(exported), "--workers", "0"]) == 2  # no --data here
+    assert "No dataset found" in capsys.readouterr().err
+    assert main(["export", str(trained["checkpoint"]), "--out", str(exported), "--data", str(trained["data"]), "--workers", "0"]) == 0
+    # the same validation photos choose the same threshold as at the end of training
+    assert float(load_exported(exported).unknown_threshold) == pytest.approx(float(load_exported(trained["export"]).unknown_threshold))
     photo = next((trained["data"] / "test" / "00.Red_Fort").iterdir())
     (tmp_path / "bad.jpg").write_text("not a photo")
     capsys.readouterr()
     assert main(["predict", str(photo), str(tmp_path / "bad.jpg"), "--model", str(exported), "--topk", "2"]) == 1
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[0] == str(photo) and len(lines) == 3 and lines[1].strip().endswith(("Red Fort", "Green Gate", "Blue Tower"))
+    assert lines[0] == str(photo) and len(lines) == 4 and lines[1].startswith("  -> ")
+    assert lines[2].strip().endswith(("Red Fort", "Green Gate", "Blue Tower"))
     assert "bad.jpg: not an image" in captured.err
 
 
@@ -106,7 +127,7 @@ def test_evaluate_and_export_refuse_to_overwrite_their_input(trained: dict[str, 
     assert main(["export", str(trained["checkpoint"]), "--out", str(trained["checkpoint"])]) == 2
     assert "would be the same file" in capsys.readouterr().err
     assert trained["export"].read_bytes() == before and main(["export", str(trained["checkpoint"]), "--out",
-                                                             str(trained["out"] / "again.pt")]) == 0
+                                                             str(trained["out"] / "again.pt"), "--data", str(trained["data"])]) == 0
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -17,11 +17,14 @@ QUICK = {
     "cnn_from_scratch.ipynb": {"LIMIT": 300, "RECIPE": {"epochs": 2}},
     "transfer_learning.ipynb": {"LIMIT": 200, "RECIPE": {"head_epochs": 2, "epochs": 1, "unfreeze": 2},
                                 "COMPARISON_BACKBONES": "mobilenet_v2",
-                                "COMPARISON_ARGS": "--limit 200 --epochs 1 --head-epochs 2"},
+                                "COMPARISON_ARGS": "--limit 200 --epochs 1 --head-epochs 2",
+                                # section 9: outlier exposure on one scene folder, another one never trained on
+                                "NEGATIVES": [str(LANDMARKS10.parent / "non_landmarks" / "forest")],
+                                "UNSEEN_UNKNOWN": {"sea": [str(LANDMARKS10.parent / "non_landmarks" / "sea")]}},
 }
 # scratch: class counts, photo sizes, batch, augmentations, live plot, confusion matrix, per class, mistakes;
-# transfer: comparison, batch, live plot, confusion matrix, per class, mistakes
-FIGURES = {"cnn_from_scratch.ipynb": 8, "transfer_learning.ipynb": 6}
+# transfer: comparison, batch, live plot, confusion matrix, per class, mistakes, known scores, tagged photos
+FIGURES = {"cnn_from_scratch.ipynb": 8, "transfer_learning.ipynb": 8}
 
 
 def figures(notebook: nbformat.NotebookNode) -> int:
@@ -43,6 +46,10 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pyt
     assert figures(executed) == FIGURES[name]  # all the plots were drawn inline
     metrics = json.loads(export.with_suffix(".json").read_text())
     assert metrics["test"]["photos"] > 0 and len(metrics["history"]) == QUICK[name]["RECIPE"]["epochs"]
+    if "NEGATIVES" in QUICK[name]:
+        assert metrics["negatives"] == QUICK[name]["NEGATIVES"] and metrics["test"]["held_out_negatives"]["unknown_photos"] > 50
+        section = "".join(output.get("data", {}).get("text/markdown", "") for cell in executed.cells for output in cell.get("outputs", []))
+        assert "| held-out negatives |" in section and "| sea | 237 |" in section
     assert metrics["preprocess"]["eval_crop"] == 128  # the rule: landmarks10's 128 px photos used whole
     assert metrics["command"].startswith(name)
     if name == "transfer_learning.ipynb":

@@ -38,7 +38,7 @@ def test_predictor_crops_the_centre_like_the_eval_transform() -> None:
     image = torch.zeros(1, 3, 37, 60)
     image[:, :, 2:-3, 14:-14] = 1.0  # the centre 32x32 after no resize (37 == resize_size of 32)
     seen = {}
-    predictor.model.register_forward_hook(lambda module, args, out: seen.setdefault("x", args[0]))
+    predictor.model.features.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
     predictor(image)
     normalised_one = (1 - predictor.mean) / predictor.std
     assert seen["x"].shape == (1, 3, 32, 32) and torch.allclose(seen["x"], normalised_one.expand(1, 3, 32, 32))

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_without_src
+from src.data import split_negatives
 
 SHIPPED = ["original_exported.pt", "transfer_exported.pt"]
+MAX_SCENES_ACCEPTED = {"original_exported.pt": 8, "transfer_exported.pt": 3}  # of 21 (bench/openset.py: all of them)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -50,3 +52,30 @@ def test_shipped_model_names_real_landmarks(name: str, landmarks10: Path, tmp_pa
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 8  # ~95 % or better on the test split
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_says_unknown_for_scene_photos_and_knows_its_places(name: str, landmarks10: Path, tmp_path: Path) -> None:
+    """With torch alone: held-out scene photos (never trained on) fall under the threshold, test photos do not."""
+    scenes_folder = landmarks10.parent / "non_landmarks"
+    if not scenes_folder.is_dir():
+        pytest.skip(f"{scenes_folder} is absent")
+    scenes = split_negatives(scenes_folder)[1][::33]
+    landmarks = sorted(landmarks10.glob("test/*/*.jpg"))[::100]
+    assert len(scenes) == 21 and len(landmarks) == 20
+    result = run_without_src(f"""
+        import json
+        import numpy as np
+        import torch
+        from PIL import Image
+        model = torch.jit.load({str(REPO / "checkpoints" / name)!r}, map_location="cpu")
+        def accepted(paths):
+            images = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
+            return sum(float(model.known_score(image)[0]) >= model.unknown_threshold for image in images)
+        print(json.dumps({{"scenes": accepted({[str(p) for p in scenes]!r}), "landmarks": accepted({[str(p) for p in landmarks]!r}),
+                          "places": json.loads(model.places_json)}}))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["scenes"] <= MAX_SCENES_ACCEPTED[name] and answer["landmarks"] >= 18
+    assert len(answer["places"]) == 10 and answer["places"]["Colosseum"]["city"] == "Rome"

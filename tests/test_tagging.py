@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config
@@ -16,13 +17,26 @@ import src.tagging as tagging
 from src.cli import main
 from src.factory import create_model
 from src.predictor import Predictor, export_predictor, load_exported
-from src.tagging import UNKNOWN, done_paths, tag_photos
+from src.geotag import read_gps
+from src.places import Place
+from src.tagging import CSV_FIELDS, UNKNOWN, done_paths, tag_photos
 
 NAMES = ["Red Fort", "Green Gate", "Blue Tower"]
 
 
-def _export(path: Path, names: list[str] = NAMES) -> Path:
-    return export_predictor(Predictor(create_model("scratch", 3, widths=(8, 16)), names, tiny_config(32)), path)
+RED_FORT = Place(28.6562, 77.241, "India", "Delhi", "")
+
+
+def _export(path: Path, names: list[str] = NAMES, threshold: float = 0.0, places: dict | None = None) -> Path:
+    predictor = Predictor(create_model("scratch", 3, widths=(8, 16)), names, tiny_config(32), unknown_threshold=threshold,
+                          places=places)
+    return export_predictor(predictor, path)
+
+
+def _places_csv(folder: Path, rows: str = "Green Gate,10.5,-20.25,Nowhere,Greenville,\n") -> Path:
+    path = folder / "places.csv"
+    path.write_text("landmark,latitude,longitude,country,city,wikidata\n" + rows)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +142,11 @@ def test_resume_with_other_settings_is_refused(exported: Path, photos: Path, tmp
     out = tmp_path / "tags.csv"
     tag_photos(load_exported(exported), photos, out, k=2, threshold=0.3, num_workers=0, model_path=exported)
     settings = json.loads((tmp_path / "tags.csv.settings.json").read_text())
-    assert settings == {"format": "landmark-tags/1", "model_sha256": tagging._file_sha256(exported), "topk": 2,
-                        "threshold": 0.3, "class_names": NAMES}
+    assert settings == {"format": "landmark-tags/2", "model_sha256": tagging._file_sha256(exported), "topk": 2,
+                        "threshold": 0.3, "class_names": NAMES, "places": {}, "geotag_dir": None, "overwrite_gps": False}
     content = out.read_bytes()
-    for changed, message in [({"k": 3}, "topk"), ({"threshold": 0.5}, "threshold"), ({"model_path": other}, "model_sha256")]:
+    for changed, message in [({"k": 3}, "topk"), ({"threshold": 0.5}, "threshold"), ({"model_path": other}, "model_sha256"),
+                             ({"geotag_dir": tmp_path / "gps"}, "geotag_dir"), ({"places_csv": _places_csv(tmp_path)}, "places")]:
         arguments = {"k": 2, "threshold": 0.3, "model_path": exported, **changed}
         model = load_exported(arguments["model_path"])
         with pytest.raises(ValueError, match=f"tags.csv.*{message}.*another --out or delete the old output"):
@@ -177,3 +192,96 @@ def test_tag_command(exported: Path, photos: Path, tmp_path: Path, capsys) -> No
     captured = capsys.readouterr()
     assert "Tagged 12 photos" in captured.out and "broken.jpg" in captured.err
     assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "t.txt")]) == 2
+
+
+def test_unknown_below_the_models_threshold_and_places_of_known_landmarks(tmp_path: Path, photos: Path) -> None:
+    model = load_exported(_export(tmp_path / "m.pt", threshold=0.0, places={"Red Fort": RED_FORT}))
+    out = tmp_path / "tags.csv"
+    tag_photos(model, photos, out, num_workers=0, places_csv=_places_csv(tmp_path))
+    rows = [r for r in csv.DictReader(out.open()) if not r["error"]]
+    assert list(rows[0]) == CSV_FIELDS and len(rows) == 12
+    for row in rows:
+        assert 0 <= float(row["known_score"]) <= 1 and row["landmark"] in NAMES  # threshold 0: every photo is known
+        place = {"Red Fort": RED_FORT, "Green Gate": Place(10.5, -20.25, "Nowhere", "Greenville")}.get(row["landmark"])
+        expected = [str(place.latitude), str(place.longitude), place.country, place.city] if place else ["", "", "", ""]
+        assert [row["latitude"], row["longitude"], row["country"], row["city"]] == expected
+    strict = load_exported(_export(tmp_path / "strict.pt", threshold=1.01, places={"Red Fort": RED_FORT}))
+    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()] if tag_photos(
+        strict, photos, tmp_path / "t.jsonl", num_workers=0).tagged else []
+    good = [r for r in records if r["error"] is None]
+    assert len(good) == 12 and all(r["landmark"] == UNKNOWN and r["latitude"] is None and r["city"] is None for r in good)
+    assert all(r["top_k"] and r["known_score"] < 1.01 for r in good)  # the closest guesses are still there
+
+
+def test_bad_places_csv_is_refused_naming_file_and_row(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    bad = _places_csv(tmp_path, "Green Gate,10.5,-20.25,,,\nRed Fort,95.0,77.2,,,\n")
+    out = tmp_path / "tags.csv"
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(out), "--places", str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert "places.csv:3: latitude" in error and "95" in error
+    assert not out.exists()
+
+
+def _scan_data(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[data.index(b"\xff\xda"):]
+
+
+def test_geotag_writes_gps_copies_keeping_pixels_and_originals_and_resumes(tmp_path: Path, photos: Path) -> None:
+    from PIL import Image
+
+    places = {name: Place(10.0 + i, -20.0 - i, "Somewhere", "Town") for i, name in enumerate(NAMES)}
+    model_path = _export(tmp_path / "m.pt", threshold=0.0, places=places)
+    model = load_exported(model_path)
+    originals = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
+    later = photos / "holiday" / "02.Blue_Tower"
+    shutil.move(str(later), str(tmp_path / "aside"))
+    out, gps = tmp_path / "tags.jsonl", tmp_path / "geotagged"
+    first = tag_photos(model, photos, out, num_workers=0, geotag_dir=gps, model_path=model_path)
+    shutil.move(str(tmp_path / "aside"), str(later))
+    second = tag_photos(model, photos, out, num_workers=0, geotag_dir=gps, model_path=model_path)
+    assert first.geotagged == 8 and second.geotagged == 4 and second.skipped_done == 9
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == len({r["path"] for r in records}) == 13
+    for record in (r for r in records if r["error"] is None):
+        source = Path(record["path"])
+        copy = gps / source.relative_to(photos)
+        assert record["geotag"] == "geotagged"
+        place = places[record["landmark"]]
+        assert read_gps(copy) == pytest.approx((place.latitude, place.longitude), abs=1e-5)
+        with Image.open(source) as a, Image.open(copy) as b:
+            assert a.format == b.format and (np.asarray(a) == np.asarray(b)).all()
+        if source.suffix == ".jpg":
+            assert _scan_data(copy) == _scan_data(source)  # the compressed image data is untouched
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()} == originals
+    assert not (gps / "holiday" / "broken.jpg").exists()
+
+
+def test_photos_with_gps_keep_it_unless_overwrite_and_overlapping_folders_are_refused(tmp_path: Path, photos: Path) -> None:
+    from src.geotag import write_geotagged_copy
+
+    places = {name: Place(1.0, 2.0) for name in NAMES}
+    model = load_exported(_export(tmp_path / "m.pt", threshold=0.0, places=places))
+    photo = next((photos / "holiday" / "00.Red_Fort").glob("*.jpg"))
+    write_geotagged_copy(photo, tmp_path / "with_gps.jpg", -33.8568, 151.2153)
+    shutil.copy(tmp_path / "with_gps.jpg", photo)  # a photo whose camera recorded GPS
+    kept = tag_photos(model, photos, tmp_path / "a.csv", num_workers=0, geotag_dir=tmp_path / "a")
+    assert read_gps(tmp_path / "a" / photo.relative_to(photos)) == pytest.approx((-33.8568, 151.2153), abs=1e-5)
+    assert kept.geotagged == 12 and "kept" in (tmp_path / "a.csv").read_text()
+    tag_photos(model, photos, tmp_path / "b.csv", num_workers=0, geotag_dir=tmp_path / "b", overwrite_gps=True)
+    assert read_gps(tmp_path / "b" / photo.relative_to(photos)) == pytest.approx((1.0, 2.0), abs=1e-5)
+    for inside in (photos / "gps", photos, photos.parent):
+        with pytest.raises(ValueError, match="overlap"):
+            tag_photos(model, photos, tmp_path / "c.csv", num_workers=0, geotag_dir=inside)
+
+
+def test_a_photo_that_cannot_carry_gps_is_reported_in_its_geotag_column(tmp_path: Path, photos: Path) -> None:
+    from PIL import Image
+
+    model = load_exported(_export(tmp_path / "m.pt", threshold=0.0, places={name: Place(1.0, 2.0) for name in NAMES}))
+    Image.open(next((photos / "holiday" / "00.Red_Fort").glob("*.jpg"))).save(photos / "holiday" / "animated.gif")
+    out = tmp_path / "tags.jsonl"
+    summary = tag_photos(model, photos, out, num_workers=0, geotag_dir=tmp_path / "gps")
+    gif = next(json.loads(line) for line in out.read_text().splitlines() if line.startswith('{"path": "' + str(photos / "holiday" / "animated.gif")))
+    assert gif["landmark"] in NAMES and gif["geotag"].startswith("failed:") and "GIF" in gif["geotag"]
+    assert summary.geotagged == 12 and not (tmp_path / "gps" / "holiday" / "animated.gif").exists()

@@ -1,0 +1,141 @@
+"""Unknown detection of exported models: how well each score tells known landmarks from other photos.
+
+    python bench/openset.py [checkpoints/transfer_exported.pt checkpoints/original_exported.pt]
+
+Known photos: the test split of the dataset the model was trained on (its metrics JSON says which).
+Unknown photos, none of them trained or tuned on (the export's metrics JSON lists the negatives
+folders it trained on; ``src.data.split_negatives`` says which half of each was held out):
+
+- ``scenes``: the held-out half of ``../shared/data/non_landmarks`` (everyday scenes);
+- ``other landmarks (held-out photos)``: the held-out half of the ``new_landmarks`` folders trained on;
+- ``other landmarks (never trained on)``: the ``new_landmarks`` folders not trained on at all;
+- ``Haleakala (full-size)``: ``../shared/data/landmark_images_sample`` (a class of the canonical dataset).
+
+Scores compared, all from one pass (``features_and_logits``): ``msp`` (the top probability: the
+exported ``known_score``), ``max_logit``, ``energy`` (logsumexp of the logits) and ``knn`` (cosine
+similarity to the nearest training photo's features; Sun et al., 2022). Each score's threshold is
+chosen like the shipped one: the score 96 % of the validation photos reach (`src.openset.ACCEPT_KNOWN`). Also timed: the
+exported ``predictor_test`` pass with and without ``known_score`` (``classify`` vs ``forward``).
+Writes ``bench/results/openset.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import REPO, RESULTS, write_result
+from src.data import PhotoFolder, split_indices, split_negatives
+from src.decoding import square_batches
+from src.location import list_images
+from src.openset import open_set_report, unknown_threshold
+from src.predictor import load_exported, predict_photos
+
+SHARED = REPO.parent / "shared" / "data"
+SCORES = ("msp", "max_logit", "energy", "knn")
+
+
+def features_and_logits(model: torch.jit.ScriptModule, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    features, logits = [], []
+    with torch.inference_mode():
+        for _, images, _ in square_batches(paths, int(model.resize_size), 100):
+            if images is not None:
+                f, l = model.features_and_logits(images)
+                features.append(f)
+                logits.append(l)
+    return torch.cat(features), torch.cat(logits)
+
+
+def scores(features: torch.Tensor, logits: torch.Tensor, bank: torch.Tensor) -> dict[str, np.ndarray]:
+    knn = (F.normalize(features, dim=1) @ bank.T).max(dim=1).values
+    return {"msp": F.softmax(logits, 1).max(1).values.numpy(), "max_logit": logits.max(1).values.numpy(),
+            "energy": torch.logsumexp(logits, 1).numpy(), "knn": knn.numpy()}
+
+
+def unknown_sets(negatives: list[str]) -> dict[str, list[Path]]:
+    trained = {Path(folder).resolve() for folder in negatives}
+    landmarks = sorted(p for p in (SHARED / "new_landmarks").iterdir() if p.is_dir()) if (SHARED / "new_landmarks").is_dir() else []
+    sets = {
+        "scenes (held-out photos)": split_negatives(SHARED / "non_landmarks")[1] if (SHARED / "non_landmarks").is_dir() else [],
+        "other landmarks (held-out photos)": [p for f in landmarks if f.resolve() in trained for p in split_negatives(f)[1]],
+        "other landmarks (never trained on)": [p for f in landmarks if f.resolve() not in trained for p in list_images(f)],
+        "Haleakala (full-size)": list_images(SHARED / "landmark_images_sample") if (SHARED / "landmark_images_sample").is_dir() else [],
+    }
+    return {name: paths for name, paths in sets.items() if paths}
+
+
+def timed_pass(model: torch.jit.ScriptModule, paths: list[Path], targets: list[int], with_score: bool) -> float:
+    """Seconds of the ``predictor_test`` pass: ``classify`` (probabilities + known score) or ``forward`` alone."""
+    class ForwardOnly(torch.nn.Module):  # an export as it was before known_score: forward only
+        def __init__(self) -> None:
+            super().__init__()
+            self.resize_size, self.class_names = model.resize_size, model.class_names
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return model(images)
+
+    start = time.perf_counter()
+    predict_photos(model if with_score else ForwardOnly(), paths, targets)
+    return time.perf_counter() - start
+
+
+def measure(export: Path) -> dict:
+    metrics = json.loads(export.with_suffix(".json").read_text())
+    model = load_exported(export)
+    data, negatives = Path(metrics["data"]), metrics.get("negatives", [])
+    train_folder, test_folder = PhotoFolder(data / "train"), PhotoFolder(data / "test")
+    train_indices, valid_indices, _ = split_indices(len(train_folder), len(test_folder))
+    train_paths = [train_folder.paths[i] for i in train_indices]
+    valid_paths = [train_folder.paths[i] for i in valid_indices]
+    print(f"{export}: features of {len(train_paths)} training, {len(valid_paths)} validation and {len(test_folder)} test photos")
+    bank = F.normalize(features_and_logits(model, train_paths)[0], dim=1)
+    valid = scores(*features_and_logits(model, valid_paths), bank)
+    test_features, test_logits = features_and_logits(model, test_folder.paths)
+    known = scores(test_features, test_logits, bank)
+    top1 = float((test_logits.argmax(1).numpy() == np.asarray(test_folder.targets)).mean())
+    thresholds = {name: unknown_threshold(valid[name]) for name in SCORES}
+    assert abs(thresholds["msp"] - float(model.unknown_threshold)) < 1e-4, "the shipped threshold is chosen the same way"
+    rows = []
+    for set_name, paths in unknown_sets(negatives).items():
+        unknown = scores(*features_and_logits(model, paths), bank)
+        for name in SCORES:
+            rows.append({"unknown": set_name, "score": name, "shipped": name == "msp",
+                         **open_set_report(known[name], unknown[name], thresholds[name])})
+            print(f"  {set_name:36s} {name:9s} AUROC {rows[-1]['auroc']:.4f}  FPR95 {rows[-1]['fpr95']:6.1%}  "
+                  f"known accepted {rows[-1]['known_accepted']:6.1%}  unknown accepted {rows[-1]['unknown_accepted']:6.1%}")
+    paths, targets = test_folder.paths, test_folder.targets
+    timed_pass(model, paths[:100], targets[:100], True)  # warm-up: TorchScript optimises on the first calls
+    seconds = {True: [], False: []}
+    for _ in range(2):  # alternate, so drift of the machine hits both alike
+        for with_score in (False, True):
+            seconds[with_score].append(timed_pass(model, paths, targets, with_score))
+    without, with_score = min(seconds[False]), min(seconds[True])
+    print(f"  predictor_test: {without:.2f} s forward only, {with_score:.2f} s with known_score "
+          f"({with_score / without - 1:+.1%})")
+    return {"export": str(export.relative_to(REPO) if export.is_relative_to(REPO) else export), "trained_negatives": negatives, "test_top1": round(top1, 4),
+            "unknown_threshold": float(model.unknown_threshold), "thresholds": thresholds,
+            "predictor_test_seconds_forward_only": round(without, 2), "predictor_test_seconds_with_known_score": round(with_score, 2),
+            "known_score_overhead": round(with_score / without - 1, 3), "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("exports", nargs="*", type=Path,
+                        default=[Path("checkpoints/transfer_exported.pt"), Path("checkpoints/original_exported.pt")])
+    parser.add_argument("--name", default="openset", help="results file name (bench/results/<name>.json)")
+    args = parser.parse_args()
+    measured = [measure(export) for export in args.exports]
+    previous = RESULTS / f"{args.name}.json"  # models measured by an earlier run are kept, as they were
+    kept = [m for m in json.loads(previous.read_text())["models"] if m["export"] not in {r["export"] for r in measured}] \
+        if previous.is_file() else []
+    write_result(args.name, {"models": measured + kept})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Geotagged copies of photos: the recognised landmark's coordinates written into the copy's EXIF GPS.
+
+A copy must not cost the photo anything. JPEG copies get a new EXIF segment in front of the
+untouched compressed data (re-encoding would lose quality); PNG, WebP and TIFF copies are
+re-written losslessly by Pillow, so they decode to the same pixels. Every other EXIF tag is kept,
+the source is only ever read, and the copy appears under its final name only once complete.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import piexif
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+from .files import atomic_write
+
+GPS_IFD = 0x8825
+JPEG_FORMATS = ("JPEG", "MPO")  # Pillow calls JPEGs holding a second (preview) image "MPO"
+REENCODED_FORMATS = ("PNG", "WEBP", "TIFF")
+
+# An APP1 segment's length field counts itself: 65535 - 2 bytes are left for the EXIF.
+_MAX_EXIF_SEGMENT = 0xFFFF - 2
+_PIEXIF_IFDS = ("0th", "Exif", "GPS", "Interop", "1st")
+# Pillow modes that hold more than 8 bits per channel (Pillow has no 16-bit colour modes).
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# TIFF tags that describe how the source stored its pixels; Pillow writes its own for the copy.
+_TIFF_LAYOUT_TAGS = frozenset({254, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320,
+                               322, 323, 324, 325, 330, 338, 339, 347, 530, 531, 532})
+
+
+class GeotagError(ValueError):
+    """A photo that cannot be geotagged; the message starts with the file's path and says why."""
+
+
+def read_gps(path: str | Path) -> tuple[float, float] | None:
+    """The photo's (latitude, longitude) in decimal degrees, or None when its EXIF has no usable GPS position.
+
+    Lets the tagger leave photos alone that already know where they were taken. Raises
+    :class:`GeotagError` when the file cannot be opened as an image.
+    """
+    path = Path(path)
+    with _reading(path), Image.open(path) as image:
+        return _coordinates(image.getexif())
+
+
+def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float, longitude: float,
+                         *, overwrite_gps: bool = False) -> str:
+    """Write ``target``, a copy of ``source`` whose EXIF GPS says (``latitude``, ``longitude``).
+
+    Returns ``"geotagged"``, or ``"kept"`` when the source already has a GPS position and
+    ``overwrite_gps`` is False (the copy is then byte-identical: a camera's own fix beats a landmark's).
+    The whole GPS IFD is replaced, so no altitude or heading of another place survives. An existing
+    ``target`` is replaced. Raises ``ValueError`` for coordinates off the globe and
+    :class:`GeotagError` for a photo that is unreadable, in a format without EXIF (GIF, BMP, ...),
+    or whose EXIF cannot be parsed (rewriting it would lose the camera's metadata).
+    """
+    source, target = Path(source), Path(target)
+    _check_coordinates(latitude, longitude)
+    if target.resolve() == source.resolve():
+        raise GeotagError(f"{source}: the geotagged copy would replace the photo itself; give another target")
+    with _reading(source):
+        data = source.read_bytes()
+        image = Image.open(io.BytesIO(data))
+        image.load()  # a truncated photo fails here rather than being copied
+        has_gps = _coordinates(image.getexif()) is not None
+    if image.format not in JPEG_FORMATS + REENCODED_FORMATS:
+        raise GeotagError(f"{source}: a {image.format} image cannot carry EXIF GPS (only JPEG, PNG, WebP and TIFF can)")
+    if has_gps and not overwrite_gps:
+        atomic_write(target, lambda tmp: tmp.write_bytes(data))
+        return "kept"
+    gps = _gps_ifd(latitude, longitude)
+    if image.format in JPEG_FORMATS:
+        copy = _replace_exif_segment(source, data, _exif_segment(source, data, gps))
+        atomic_write(target, lambda tmp: tmp.write_bytes(copy))
+    else:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise GeotagError(f"{source}: has {frames} frames; only single images are geotagged")
+        bits = _bits_per_channel(image, data)
+        if bits > 8 and image.mode not in _DEEP_MODES:
+            raise GeotagError(f"{source}: Pillow decodes its {bits}-bit channels as 8-bit {image.mode}; "
+                              "a re-encoded copy would lose precision")
+        atomic_write(target, lambda tmp: _save_lossless(image, tmp, gps))
+    return "geotagged"
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the ways a photo can fail to open or decode into a :class:`GeotagError` naming it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise GeotagError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise GeotagError(f"{path}: unreadable image ({error})") from error
+
+
+def _check_coordinates(latitude: float, longitude: float) -> None:
+    for name, value, limit in (("latitude", latitude, 90), ("longitude", longitude, 180)):
+        if not math.isfinite(value) or abs(value) > limit:
+            raise ValueError(f"{name} {value!r} is not within [-{limit}, {limit}] degrees")
+
+
+def _coordinates(exif: Image.Exif) -> tuple[float, float] | None:
+    """Decimal degrees from an EXIF GPS IFD; None when missing, malformed or off the globe."""
+    gps = exif.get_ifd(GPS_IFD)
+    try:
+        latitude = _degrees(gps[2], gps[1], "S")
+        longitude = _degrees(gps[4], gps[3], "W")
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (math.isfinite(latitude) and math.isfinite(longitude)) or abs(latitude) > 90 or abs(longitude) > 180:
+        return None
+    return latitude, longitude
+
+
+def _degrees(dms: Any, ref: Any, negative_ref: str) -> float:
+    value = sum(float(part) / 60**i for i, part in enumerate(dms))
+    return -value if str(ref).strip("\x00 ").upper() == negative_ref else value
+
+
+def _dms(value: float) -> tuple[tuple[int, int], ...]:
+    """Degrees, minutes and seconds (to 1/10000 s, about 3 mm) as EXIF rationals of ``abs(value)``."""
+    steps = round(abs(value) * 3600 * 10000)  # rounded once, so 59.99996 s carries into the minutes
+    degrees, steps = divmod(steps, 3600 * 10000)
+    minutes, steps = divmod(steps, 60 * 10000)
+    return (degrees, 1), (minutes, 1), (steps, 10000)
+
+
+def _gps_ifd(latitude: float, longitude: float) -> dict[int, Any]:
+    """The GPS IFD in piexif's form (rationals as ``(numerator, denominator)``)."""
+    return {
+        piexif.GPSIFD.GPSVersionID: (2, 3, 0, 0),
+        piexif.GPSIFD.GPSLatitudeRef: "N" if latitude >= 0 else "S",
+        piexif.GPSIFD.GPSLatitude: _dms(latitude),
+        piexif.GPSIFD.GPSLongitudeRef: "E" if longitude >= 0 else "W",
+        piexif.GPSIFD.GPSLongitude: _dms(longitude),
+        piexif.GPSIFD.GPSMapDatum: "WGS-84",
+    }
+
+
+def _exif_segment(path: Path, data: bytes, gps: dict[int, Any]) -> bytes:
+    """The JPEG's EXIF with ``gps`` as its GPS IFD, as one APP1 segment (at most 64 KB, thumbnail dropped if need be)."""
+    try:
+        exif = piexif.load(data)
+    except (ValueError, KeyError, IndexError, TypeError, struct.error) as error:
+        raise GeotagError(f"{path}: its EXIF cannot be parsed ({error!r}); not rewriting it") from error
+    exif["GPS"] = gps
+    _drop_unwritable_tags(path, exif)
+    try:
+        payload = piexif.dump(exif)
+    except ValueError:  # piexif refuses thumbnails over 64000 bytes or not in JPEG
+        payload = b""
+    if not payload or len(payload) > _MAX_EXIF_SEGMENT:
+        exif["1st"], exif["thumbnail"] = {}, None
+        payload = piexif.dump(exif)
+    if len(payload) > _MAX_EXIF_SEGMENT:
+        raise GeotagError(f"{path}: its EXIF with GPS is {len(payload)} bytes even without the thumbnail; "
+                          f"a JPEG segment holds {_MAX_EXIF_SEGMENT}")
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _drop_unwritable_tags(path: Path, exif: dict[str, Any]) -> None:
+    """Remove, with a warning, the tags piexif.dump cannot write (e.g. SceneType stored as a number).
+
+    piexif.dump stops at the first such tag without always naming it, so each tag is tried alone.
+    """
+    dropped = []
+    for ifd in _PIEXIF_IFDS:
+        for tag, value in list(exif[ifd].items()):
+            probe = {"0th": {}, "Exif": {}, "0th" if ifd == "1st" else ifd: {tag: value}}
+            try:
+                piexif.dump(probe)
+            except (ValueError, TypeError, struct.error):
+                del exif[ifd][tag]
+                dropped.append(f"{ifd} {tag} ({piexif.TAGS[ifd][tag]['name']})")
+    if dropped:
+        warnings.warn(f"{path}: EXIF tags piexif cannot write are left out of the copy: {', '.join(dropped)}",
+                      stacklevel=4)
+
+
+def _replace_exif_segment(path: Path, data: bytes, segment: bytes) -> bytes:
+    """``data`` with its first EXIF segment replaced by ``segment`` (inserted after SOI and JFIF if it has none).
+
+    Every other byte is kept: not ``piexif.insert``, which drops a JFIF segment and adds a second
+    EXIF segment when the first is not among the first two.
+    """
+    insert_at = position = 2
+    while data[position:position + 2] != b"\xff\xda":  # start of scan: compressed data follows
+        if position + 4 > len(data) or data[position] != 0xFF:
+            raise GeotagError(f"{path}: malformed JPEG segments before the image data")
+        end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if data[position + 1] == 0xE1 and data[position + 4:position + 10] == b"Exif\x00\x00":
+            return data[:position] + segment + data[end:]
+        if data[position + 1] == 0xE0 and insert_at == position:
+            insert_at = end
+        position = end
+    return data[:insert_at] + segment + data[insert_at:]
+
+
+def _bits_per_channel(image: Image.Image, data: bytes) -> int:
+    """Bits per channel as stored in the file (PNG: IHDR's bit depth; TIFF: BitsPerSample)."""
+    if image.format == "PNG":
+        return data[24]
+    if image.format == "TIFF":
+        bits = image.getexif().get(258, 1)
+        return max(bits) if isinstance(bits, tuple) else bits
+    return 8
+
+
+def _save_lossless(image: Image.Image, path: Path, gps: dict[int, Any]) -> None:
+    """Re-write ``image`` in its own format with ``gps`` added to its EXIF, decoding to the same pixels."""
+    exif = image.getexif()
+    gps_ifd = exif.get_ifd(GPS_IFD)
+    gps_ifd.clear()
+    gps_ifd.update({tag: _pillow_value(value) for tag, value in gps.items()})
+    exif[GPS_IFD] = gps_ifd  # marks the IFD for writing when the source had none
+    if image.format == "TIFF":  # its tags are its EXIF, resolution and ICC profile included
+        for tag in _TIFF_LAYOUT_TAGS & set(exif):
+            del exif[tag]
+        options: dict[str, Any] = {"compression": "raw"}  # Pillow's libtiff writer (any compression) fails on EXIF sub-IFDs
+    else:
+        options = {key: image.info[key] for key in ("icc_profile", "dpi") if key in image.info}  # not kept by default
+    if image.format == "WEBP":
+        options.update(lossless=True, exact=True)  # exact: keep the colour under transparent pixels
+    image.save(path, format=image.format, exif=exif, **options)
+
+
+def _pillow_value(value: Any) -> Any:
+    """A piexif tag value as Pillow writes it: IFDRationals for rationals, bytes for BYTE arrays."""
+    if isinstance(value, tuple) and isinstance(value[0], tuple):
+        return tuple(IFDRational(*rational) for rational in value)
+    return bytes(value) if isinstance(value, tuple) else value

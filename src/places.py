@@ -1,0 +1,150 @@
+"""Where each landmark class is: coordinates, country, city and Wikidata id.
+
+A predicted class is only a name; a place turns it into a map pin or a photo tag. The package ships
+``places.csv`` for the classes of the working and the canonical datasets, and a user CSV in the same
+format adds places for other classes or corrects ours. Lookups go through :func:`place_key`, so a
+dataset folder ("01.Colosseum") and a display name ("Colosseum") find the same row.
+
+A wrong place is a wrong tag, so every CSV is checked on reading and a bad row is refused with the
+file, the line (header = line 1) and the offending value rather than silently skipped.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import math
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PLACES_CSV = Path(__file__).with_name("places.csv")
+REQUIRED_COLUMNS = ("landmark", "latitude", "longitude")
+OPTIONAL_COLUMNS = ("country", "city", "wikidata")
+_NUMBER_PREFIX = re.compile(r"^\s*\d+\.")
+_WIKIDATA_ID = re.compile(r"Q[1-9][0-9]*")
+
+
+class PlacesError(ValueError):
+    """A places CSV that cannot be trusted; the message names the file, the line and the bad value."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """One landmark's location (WGS84 decimal degrees) and identity."""
+
+    latitude: float
+    longitude: float
+    country: str = ""
+    city: str = ""
+    wikidata: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields, e.g. for tag outputs or model metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Place:
+        """The inverse of :meth:`to_dict`; missing optional fields stay empty."""
+        return cls(float(d["latitude"]), float(d["longitude"]), str(d.get("country", "")),
+                   str(d.get("city", "")), str(d.get("wikidata", "")))
+
+    def osm_url(self) -> str:
+        """A link that shows the place on OpenStreetMap, for a human to check it."""
+        lat, lon = self.latitude, self.longitude
+        return f"https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=16/{lat}/{lon}"
+
+
+def place_key(name: str) -> str:
+    """The lookup key of a landmark name: no "NN." prefix, no accents, casefolded letters and digits only.
+
+    Dataset folders, display names and user CSVs spell the same landmark differently
+    ("02.Gaudi_Casa_Batllo_Barcelona", "Gaudi Casa Batlló Barcelona"); all of them give one key.
+    """
+    name = unicodedata.normalize("NFKD", _NUMBER_PREFIX.sub("", name, count=1)).casefold()
+    return "".join(ch for ch in name if ch.isalnum())
+
+
+def read_places_csv(path: str | Path) -> dict[str, Place]:
+    """The places of a CSV (``landmark,latitude,longitude[,country][,city][,wikidata]``), keyed by place_key.
+
+    Blank lines are skipped, cells are stripped and a UTF-8 BOM is accepted; anything else that is
+    off raises :class:`PlacesError`. A missing file raises FileNotFoundError.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise PlacesError(f"{path}:{line}: not UTF-8 text: {data[err.start:err.end]!r}") from None
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [cell.strip() for cell in next(reader, [])]
+    _check_header(path, header)
+    places: dict[str, Place] = {}
+    first_line: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise PlacesError(f"{path}:{line}: expected {len(header)} cells, got {len(row)}: {row!r}")
+        cells = {column: cell.strip() for column, cell in zip(header, row)}
+        key = place_key(cells["landmark"])
+        if not key:
+            raise PlacesError(f"{path}:{line}: empty landmark name: {cells['landmark']!r}")
+        if key in places:
+            raise PlacesError(f"{path}:{line}: landmark {cells['landmark']!r} repeats line {first_line[key]}")
+        wikidata = cells.get("wikidata", "")
+        if wikidata and not _WIKIDATA_ID.fullmatch(wikidata):
+            raise PlacesError(f"{path}:{line}: wikidata id is not like Q42: {wikidata!r}")
+        places[key] = Place(_degrees(path, line, "latitude", cells["latitude"], 90.0),
+                            _degrees(path, line, "longitude", cells["longitude"], 180.0),
+                            cells.get("country", ""), cells.get("city", ""), wikidata)
+        first_line[key] = line
+    return places
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Refuse a header without the required columns, or with columns this format does not know."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        raise PlacesError(f"{path}:1: missing column(s) {', '.join(missing)}: {header!r}")
+    unknown = [column for column in header if column not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown or len(set(header)) != len(header):
+        raise PlacesError(f"{path}:1: unknown or repeated column(s): {header!r}")
+
+
+def _degrees(path: Path, line: int, column: str, value: str, limit: float) -> float:
+    """A finite decimal coordinate within ±limit degrees; degree-minute text, NaN or 123° latitude are refused."""
+    try:
+        degrees = float(value)
+    except ValueError:
+        degrees = math.nan
+    if not math.isfinite(degrees) or abs(degrees) > limit:
+        raise PlacesError(f"{path}:{line}: {column} is not a number in [-{limit:g}, {limit:g}]: {value!r}")
+    return degrees
+
+
+def default_places() -> dict[str, Place]:
+    """The places shipped with the package (src/places.csv), keyed by place_key."""
+    return read_places_csv(PLACES_CSV)
+
+
+def places_for(class_names: Sequence[str], extra_csv: str | Path | None = None) -> dict[str, Place]:
+    """The known places of these classes, keyed by the class name as given.
+
+    Rows of ``extra_csv`` add places or replace the shipped ones; a class without a known place is
+    simply absent, so callers can tag what they can.
+    """
+    known = default_places()
+    if extra_csv is not None:
+        known.update(read_places_csv(extra_csv))
+    return {name: known[key] for name in class_names if (key := place_key(name)) in known}

@@ -1,0 +1,313 @@
+"""Geotagged copies: GPS written and readable, JPEG data never re-encoded, pixels and other metadata kept."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import piexif
+import pytest
+from PIL import Image, ImageCms
+
+from conftest import CANONICAL_SAMPLE
+from src.geotag import GPS_IFD, GeotagError, read_gps, write_geotagged_copy
+
+REAL_JPEGS = CANONICAL_SAMPLE / "train" / "00.Haleakala_National_Park"
+EIFFEL = (48.858370, 2.294481)
+
+
+def noise(height: int = 48, width: int = 64, channels: int = 3, seed: int = 0) -> np.ndarray:
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def camera_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored sideways
+    exif[0x010F] = "Canon"
+    exif[0x0110] = "EOS 5D"
+    exif.get_ifd(0x8769)[0x9003] = "2021:06:01 12:00:00"  # DateTimeOriginal
+    return exif
+
+
+def srgb() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_jpeg(path: Path, **options) -> Path:
+    """A JPEG as a camera writes it: EXIF, an ICC profile, a comment."""
+    Image.fromarray(noise()).save(path, "JPEG", quality=90, icc_profile=srgb(), comment=b"shot", **options)
+    return path
+
+
+def split_jpeg(data: bytes) -> tuple[list[bytes], bytes]:
+    """The header segments before the first scan, and everything from its SOS marker on."""
+    segments, position = [], 2
+    while data[position:position + 2] != b"\xff\xda":
+        assert data[position:position + 1] == b"\xff", f"no JPEG segment at byte {position}"
+        end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        segments.append(data[position:end])
+        position = end
+    return segments, data[position:]
+
+
+def is_exif(segment: bytes) -> bool:
+    return segment[:2] == b"\xff\xe1" and segment[4:10] == b"Exif\x00\x00"
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def only_target_in(folder: Path, target: Path) -> None:
+    assert [p.name for p in folder.iterdir()] == [target.name], "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("latitude, longitude", [(48.858370, 2.294481), (-33.856784, 151.215297),
+                                                 (40.689247, -74.044502), (-22.951916, -43.210487)])
+def test_gps_reads_back_in_every_hemisphere(tmp_path: Path, latitude: float, longitude: float) -> None:
+    source = camera_jpeg(tmp_path / "photo.jpg")
+    target = tmp_path / "out" / "photo.jpg"
+    assert write_geotagged_copy(source, target, latitude, longitude) == "geotagged"
+    lat, lon = read_gps(target)
+    assert lat == pytest.approx(latitude, abs=1e-5) and lon == pytest.approx(longitude, abs=1e-5)
+    with Image.open(target) as copy:
+        gps = copy.getexif().get_ifd(GPS_IFD)
+    assert gps[1] == ("N" if latitude > 0 else "S") and gps[3] == ("E" if longitude > 0 else "W")
+    assert gps[0] == b"\x02\x03\x00\x00" and gps[18] == "WGS-84"
+
+
+def test_jpeg_copy_changes_only_the_exif_segment(tmp_path: Path) -> None:
+    source = camera_jpeg(tmp_path / "photo.jpg", exif=camera_exif())
+    before, mtime = source.read_bytes(), source.stat().st_mtime_ns
+    target = tmp_path / "out" / "nested" / "photo.jpg"
+    assert read_gps(source) is None
+    write_geotagged_copy(source, target, *EIFFEL)
+
+    assert source.read_bytes() == before and source.stat().st_mtime_ns == mtime
+    (old_segments, old_scan), (new_segments, new_scan) = split_jpeg(before), split_jpeg(target.read_bytes())
+    assert new_scan == old_scan and np.array_equal(pixels(target), pixels(source))
+    assert [s for s in new_segments if not is_exif(s)] == [s for s in old_segments if not is_exif(s)]
+    assert [is_exif(s) for s in new_segments] == [is_exif(s) for s in old_segments]  # replaced in place, not added
+    with Image.open(target) as copy:
+        exif = copy.getexif()
+        assert (exif[0x0112], exif[0x010F], exif[0x0110]) == (6, "Canon", "EOS 5D")
+        assert exif.get_ifd(0x8769)[0x9003] == "2021:06:01 12:00:00"
+        assert copy.info["comment"] == b"shot" and copy.info["icc_profile"]
+    only_target_in(target.parent, target)
+
+
+def test_exif_goes_after_the_jfif_segment_of_a_jpeg_without_exif(tmp_path: Path) -> None:
+    source = tmp_path / "plain.jpg"
+    Image.fromarray(noise()).save(source, quality=80)
+    target = tmp_path / "copy.jpg"
+    write_geotagged_copy(source, target, *EIFFEL)
+    (old_segments, old_scan), (new_segments, new_scan) = split_jpeg(source.read_bytes()), split_jpeg(target.read_bytes())
+    assert old_segments[0][4:9] == b"JFIF\x00" and new_segments[0] == old_segments[0]
+    assert is_exif(new_segments[1]) and new_segments[2:] == old_segments[1:] and new_scan == old_scan
+    assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-5)
+
+
+def test_a_jpeg_with_a_second_image_keeps_it(tmp_path: Path) -> None:
+    source = tmp_path / "camera.jpg"  # cameras append a preview; Pillow calls such files MPO
+    Image.fromarray(noise()).save(source, "MPO", save_all=True, append_images=[Image.fromarray(noise(seed=1))],
+                                  exif=camera_exif())
+    target = tmp_path / "copy.jpg"
+    assert write_geotagged_copy(source, target, *EIFFEL) == "geotagged"
+    assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-5)
+    assert split_jpeg(target.read_bytes())[1] == split_jpeg(source.read_bytes())[1]
+    with Image.open(source) as original, Image.open(target) as copy:
+        assert copy.format == "MPO" and copy.n_frames == 2
+        original.seek(1)
+        copy.seek(1)
+        assert np.array_equal(np.asarray(copy), np.asarray(original))
+
+
+def test_a_photo_with_gps_is_copied_unchanged_unless_asked(tmp_path: Path) -> None:
+    tagged = tmp_path / "tagged.jpg"
+    write_geotagged_copy(camera_jpeg(tmp_path / "photo.jpg"), tagged, 19.72, -156.15)
+    target = tmp_path / "out" / "copy.jpg"
+    assert write_geotagged_copy(tagged, target, *EIFFEL) == "kept"
+    assert target.read_bytes() == tagged.read_bytes()
+    assert write_geotagged_copy(tagged, target, *EIFFEL, overwrite_gps=True) == "geotagged"
+    assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-5)
+    assert split_jpeg(target.read_bytes())[1] == split_jpeg(tagged.read_bytes())[1]
+    only_target_in(target.parent, target)
+
+
+def png_with_palette(path: Path) -> None:
+    image = Image.fromarray(noise()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    image.save(path, "PNG", transparency=3, icc_profile=srgb(), dpi=(300, 300), exif=camera_exif())
+
+
+def webp_with_alpha(path: Path) -> None:
+    rgba = np.dstack([noise(), noise(channels=1, seed=1)])
+    rgba[:8, :, 3] = 0  # transparent rows whose colours must survive too
+    Image.fromarray(rgba).save(path, "WEBP", lossless=True, exact=True, icc_profile=srgb(), exif=camera_exif())
+
+
+def lossy_webp(path: Path) -> None:
+    Image.fromarray(noise()).save(path, "WEBP", quality=60, exif=camera_exif())
+
+
+def ycbcr_jpeg_tiff(path: Path) -> None:
+    """Decoded to RGB by Pillow: the copy must not claim YCbCr pixels."""
+    Image.fromarray(noise()).convert("YCbCr").save(path, "TIFF", compression="jpeg",
+                                                   exif={0x010F: "Canon", 0x0110: "EOS 5D"})
+
+
+@pytest.mark.parametrize("make", [png_with_palette, webp_with_alpha, lossy_webp, ycbcr_jpeg_tiff])
+def test_png_webp_and_tiff_copies_decode_to_the_same_pixels(tmp_path: Path, make) -> None:
+    source = tmp_path / "photo.img"  # formats are told by content, not by extension
+    make(source)
+    before, mtime = source.read_bytes(), source.stat().st_mtime_ns
+    target = tmp_path / "out" / "photo.img"
+    assert write_geotagged_copy(source, target, -22.951916, -43.210487) == "geotagged"
+    assert read_gps(target) == pytest.approx((-22.951916, -43.210487), abs=1e-5)
+    assert source.read_bytes() == before and source.stat().st_mtime_ns == mtime
+    with Image.open(source) as original, Image.open(target) as copy:
+        assert copy.format == original.format and copy.mode == original.mode
+        assert np.array_equal(np.asarray(copy), np.asarray(original))
+        assert copy.getpalette() == original.getpalette()
+        assert copy.info.get("icc_profile") == original.info.get("icc_profile")
+        assert [copy.info.get(key) for key in ("transparency", "dpi")] == [original.info.get(key) for key in ("transparency", "dpi")]
+        assert (copy.getexif()[0x010F], copy.getexif()[0x0110]) == ("Canon", "EOS 5D")
+    only_target_in(target.parent, target)
+
+
+def animated_png(path: Path) -> None:
+    frames = [Image.fromarray(noise(seed=seed)) for seed in range(2)]
+    frames[0].save(path, "PNG", save_all=True, append_images=frames[1:])
+
+
+def png_with_16bit_colour(path: Path) -> None:
+    """Pillow decodes 16-bit RGB as 8-bit RGB; it cannot write such a PNG, so it is made by hand."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = b"".join(b"\x00" + bytes(range(24)) for _ in range(3))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 3, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda path: Image.fromarray(noise()).convert("P").save(path, "GIF"), "GIF image cannot carry EXIF GPS"),
+    (lambda path: Image.fromarray(noise()).save(path, "BMP"), "BMP image cannot carry EXIF GPS"),
+    (lambda path: path.write_bytes(b"not a photo at all"), "unreadable image"),
+    (lambda path: path.write_bytes(camera_jpeg(path).read_bytes()[:2000]), "unreadable image"),
+    (animated_png, "has 2 frames"),
+    (png_with_16bit_colour, "lose precision"),
+])
+def test_photos_that_cannot_be_geotagged_are_refused_by_name(tmp_path: Path, make, reason: str) -> None:
+    source = tmp_path / "photo.jpg"
+    make(source)
+    out = tmp_path / "out"
+    with pytest.raises(GeotagError, match=reason) as caught:
+        write_geotagged_copy(source, out / "photo.jpg", *EIFFEL)
+    assert str(source) in str(caught.value)
+    assert not out.exists()
+
+
+def test_exif_that_piexif_cannot_parse_is_refused_rather_than_dropped(tmp_path: Path) -> None:
+    ifd0 = struct.pack(">H", 1) + struct.pack(">HHII", 0x8769, 4, 1, 0x00FFFFFF) + b"\x00" * 4  # Exif IFD off the end
+    payload = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08" + ifd0
+    plain = io.BytesIO()
+    Image.fromarray(noise()).save(plain, "JPEG")
+    source = tmp_path / "odd.jpg"
+    source.write_bytes(b"\xff\xd8\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + plain.getvalue()[2:])
+    with pytest.raises(GeotagError, match="EXIF cannot be parsed") as caught:
+        write_geotagged_copy(source, tmp_path / "out" / "odd.jpg", *EIFFEL)
+    assert str(source) in str(caught.value) and not (tmp_path / "out").exists()
+
+
+def test_tags_piexif_cannot_write_are_dropped_alone_with_a_warning(tmp_path: Path) -> None:
+    exif = camera_exif()
+    exif.get_ifd(0x8769)[41729] = 1  # SceneType stored as a number (piexif expects bytes)
+    source = camera_jpeg(tmp_path / "photo.jpg", exif=exif)
+    assert 41729 in piexif.load(str(source))["Exif"]
+    target = tmp_path / "copy.jpg"
+    with pytest.warns(UserWarning, match=r"photo\.jpg.*41729 \(SceneType\)"):
+        assert write_geotagged_copy(source, target, *EIFFEL) == "geotagged"
+    copied = piexif.load(str(target))
+    assert 41729 not in copied["Exif"] and copied["Exif"][piexif.ExifIFD.DateTimeOriginal] == b"2021:06:01 12:00:00"
+    assert copied["0th"][piexif.ImageIFD.Make] == b"Canon" and read_gps(target) == pytest.approx(EIFFEL, abs=1e-5)
+
+
+def padded_thumbnail(size: int) -> bytes:
+    """A small JPEG padded with a comment segment to ``size`` bytes."""
+    thumbnail = io.BytesIO()
+    Image.fromarray(noise(16, 16)).save(thumbnail, "JPEG")
+    body = thumbnail.getvalue()
+    padding = size - len(body) - 4
+    return body[:2] + b"\xff\xfe" + struct.pack(">H", padding + 2) + b"x" * padding + body[2:]
+
+
+def exif_with_thumbnail(source_jpeg: bytes, broken: bool) -> bytes:
+    """``source_jpeg`` with an EXIF segment filled to the brim by its thumbnail (or holding a thumbnail that is not a JPEG)."""
+    exif = {"0th": {piexif.ImageIFD.Make: b"Canon", piexif.ImageIFD.ImageDescription: b"d" * 2000},
+            "Exif": {piexif.ExifIFD.DateTimeOriginal: b"2021:06:01 12:00:00"}, "1st": {},
+            "thumbnail": padded_thumbnail(1000)}
+    room = 0xFFFF - 2 - 10 - len(piexif.dump(exif))  # 10 bytes spare: too few for the GPS IFD
+    exif["thumbnail"] = padded_thumbnail(1000 + room)
+    payload = piexif.dump(exif)
+    if broken:
+        start = payload.rindex(b"\xff\xd8")
+        payload = payload[:start] + b"\x00\x00" + payload[start + 2:]
+    return source_jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + source_jpeg[2:]
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["overflowing-64KB", "not-a-jpeg"])
+def test_a_thumbnail_that_cannot_be_kept_is_dropped_and_the_rest_kept(tmp_path: Path, broken: bool) -> None:
+    plain = io.BytesIO()
+    Image.fromarray(noise()).save(plain, "JPEG")
+    source = tmp_path / "thumb.jpg"
+    source.write_bytes(exif_with_thumbnail(plain.getvalue(), broken))
+    assert piexif.load(str(source))["thumbnail"]
+    target = tmp_path / "copy.jpg"
+    assert write_geotagged_copy(source, target, *EIFFEL) == "geotagged"
+    copied = piexif.load(str(target))
+    assert copied["thumbnail"] is None and copied["0th"][piexif.ImageIFD.ImageDescription] == b"d" * 2000
+    assert copied["Exif"][piexif.ExifIFD.DateTimeOriginal] == b"2021:06:01 12:00:00"
+    assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-5)
+    assert split_jpeg(target.read_bytes())[1] == split_jpeg(source.read_bytes())[1]
+
+
+@pytest.mark.parametrize("latitude, longitude, message", [
+    (90.5, 0.0, "latitude 90.5"), (-91.0, 0.0, "latitude -91.0"), (math.nan, 0.0, "latitude nan"),
+    (0.0, 180.01, "longitude 180.01"), (0.0, -200.0, "longitude -200.0"), (0.0, math.inf, "longitude inf"),
+])
+def test_coordinates_off_the_globe_are_refused(tmp_path: Path, latitude: float, longitude: float, message: str) -> None:
+    source = camera_jpeg(tmp_path / "photo.jpg")
+    with pytest.raises(ValueError, match=message):
+        write_geotagged_copy(source, tmp_path / "out" / "photo.jpg", latitude, longitude)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_source_is_never_the_target_and_a_failed_write_leaves_no_temporary(tmp_path: Path) -> None:
+    source = camera_jpeg(tmp_path / "photo.jpg")
+    before = source.read_bytes()
+    with pytest.raises(GeotagError, match="replace the photo itself"):
+        write_geotagged_copy(source, tmp_path / "sub" / ".." / "photo.jpg", *EIFFEL, overwrite_gps=True)
+    assert source.read_bytes() == before
+    out = tmp_path / "out"
+    (out / "photo.jpg").mkdir(parents=True)  # the final rename fails
+    with pytest.raises(OSError):
+        write_geotagged_copy(source, out / "photo.jpg", *EIFFEL)
+    assert [p.name for p in out.iterdir()] == ["photo.jpg"] and (out / "photo.jpg").is_dir()
+
+
+@pytest.mark.skipif(not REAL_JPEGS.is_dir(), reason="the sample photos in ../shared/data are not here")
+def test_a_real_photo_keeps_its_compressed_data(tmp_path: Path) -> None:
+    source = sorted(REAL_JPEGS.glob("*.jpg"))[0]
+    before, mtime = source.read_bytes(), source.stat().st_mtime_ns
+    target = tmp_path / "geotagged" / source.name
+    assert write_geotagged_copy(source, target, 20.7097, -156.2533) == "geotagged"  # Haleakala
+    assert source.read_bytes() == before and source.stat().st_mtime_ns == mtime
+    assert split_jpeg(target.read_bytes())[1] == split_jpeg(before)[1]
+    assert np.array_equal(pixels(target), pixels(source))
+    assert read_gps(target) == pytest.approx((20.7097, -156.2533), abs=1e-5)
+    only_target_in(target.parent, target)

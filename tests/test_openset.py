@@ -1,0 +1,112 @@
+"""Unknown detection: outlier exposure, negatives, the threshold, and what the exported model carries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_photo, run_without_src, tiny_config
+from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
+from src.factory import create_model
+from src.openset import MaxSoftmax, open_set_report, unknown_threshold
+from src.optimization import get_loss
+from src.places import Place
+from src.predictor import Predictor, export_predictor, load_exported
+
+
+def test_outlier_exposure_loss_is_cross_entropy_without_negatives_and_pushes_negatives_to_uniform() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0, 1])
+    assert torch.allclose(get_loss(0.1)(logits, target), F.cross_entropy(logits, target, label_smoothing=0.1))
+    negative = torch.tensor([[5.0, 0.0, 0.0]], requires_grad=True)
+    loss = get_loss(0.0, outlier_weight=1.0)(negative, torch.tensor([UNKNOWN_TARGET]))
+    loss.backward()
+    assert loss > get_loss(0.0, 1.0)(torch.zeros(1, 3), torch.tensor([UNKNOWN_TARGET]))  # uniform is the minimum
+    assert negative.grad[0, 0] > 0 > negative.grad[0, 1]  # the confident logit is pushed down, the others up
+    mixed = get_loss(0.0, 0.5)(torch.cat([logits, negative]), torch.tensor([0, 1, UNKNOWN_TARGET]))
+    expected = (F.cross_entropy(logits, target) * 2 + 0.5 * -F.log_softmax(negative, 1).mean()) / 3
+    assert torch.allclose(mixed, expected)
+
+
+def _negatives(folder: Path, n: int = 20) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        (folder / f"scene{i % 2}").mkdir(parents=True, exist_ok=True)
+        make_photo(i % 3, rng).transpose(0).save(folder / f"scene{i % 2}" / f"{i:03d}.jpg")
+    return folder
+
+
+def test_negatives_split_is_stable_disjoint_and_joins_training_with_the_unknown_target(tiny_data: Path, tmp_path: Path) -> None:
+    folder = _negatives(tmp_path / "negatives")
+    train, held_out = split_negatives(folder)
+    assert train and held_out and not set(train) & set(held_out) and len(train) + len(held_out) == 20
+    (folder / "scene0" / "new.jpg").write_bytes((folder / "scene0" / "000.jpg").read_bytes())
+    train2, held2 = split_negatives(folder)
+    assert set(train) <= set(train2) and set(held_out) <= set(held2)  # adding a photo moves no other photo
+    loaders = get_data_loaders(batch_size=4, num_workers=0, data_dir=tiny_data, config=tiny_config(32), negatives=[folder])
+    dataset = loaders["train"].dataset
+    assert len(dataset) == len(dataset.paths) + len(train2) and dataset.negative_paths == train2
+    assert dataset[len(dataset) - 1][1] == UNKNOWN_TARGET and dataset[0][1] >= 0
+    assert len(loaders["valid"].dataset) == len(loaders["valid"].dataset.paths)  # never in validation or test
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        split_negatives(tmp_path / "nowhere")
+
+
+def test_threshold_accepts_the_asked_share_of_validation_photos() -> None:
+    scores = np.linspace(0, 1, 1001)
+    threshold = unknown_threshold(scores, accept=0.97)
+    assert (scores >= threshold).mean() == pytest.approx(0.97, abs=0.002)
+    with pytest.raises(ValueError, match="no validation photos"):
+        unknown_threshold(np.array([]))
+
+
+def test_open_set_report_figures() -> None:
+    known, unknown = np.linspace(0.6, 1.0, 100), np.linspace(0.0, 0.5, 50)
+    report = open_set_report(known, unknown, threshold=0.55)
+    assert report["auroc"] == 1.0 and report["fpr95"] == 0.0
+    assert report["known_accepted"] == 1.0 and report["unknown_accepted"] == 0.0
+    swapped = open_set_report(unknown, known, threshold=0.55)
+    assert swapped["auroc"] == 0.0 and swapped["unknown_accepted"] == 1.0
+
+
+@pytest.mark.parametrize("model_name", ["scratch", "mobilenet_v2"])
+def test_known_score_threshold_and_places_survive_export_and_reload_without_src(model_name: str, tmp_path: Path) -> None:
+    names = ["Colosseum", "Nowhere Tower"]
+    kwargs = {"widths": (8, 16)} if model_name == "scratch" else {"pretrained": False}
+    model = create_model(model_name, 2, **kwargs)
+    colosseum = Place(41.8903, 12.4922, "Italy", "Rome", "Q10285")
+    predictor = Predictor(model, names, tiny_config(32), unknown_threshold=0.6, places={"Colosseum": colosseum})
+    images = torch.randint(0, 255, (3, 3, 40, 52), dtype=torch.uint8)
+    expected = predictor.classify(images)
+    path = export_predictor(predictor, tmp_path / "m.pt")
+    reloaded = load_exported(path)
+    assert torch.allclose(reloaded.known_score(images), expected[1], atol=1e-5)
+    assert torch.allclose(reloaded(images), expected[0], atol=1e-5)
+    features, logits = reloaded.features_and_logits(images)
+    assert features.shape == (3, model.forward_features(torch.zeros(1, 3, 32, 32)).shape[1])
+    assert torch.allclose(F.softmax(logits, 1), expected[0], atol=1e-5)
+    shutil.copy(path, tmp_path / "copy.pt")
+    result = run_without_src("""
+        import json, torch
+        model = torch.jit.load("copy.pt")
+        images = torch.randint(0, 255, (3, 3, 40, 52), dtype=torch.uint8)
+        probabilities, scores = model.classify(images)
+        assert scores.shape == (3,) and torch.allclose(model.known_score(images), scores)
+        assert torch.allclose(scores, probabilities.max(1).values)  # the shipped detector: top probability after OE
+        print(json.dumps({"threshold": model.unknown_threshold, "places": json.loads(model.places_json)}))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    carried = json.loads(result.stdout)
+    assert carried["threshold"] == pytest.approx(0.6)
+    assert carried["places"] == {"Colosseum": colosseum.to_dict()}  # a class without a place has none
+
+
+def test_max_softmax_scores_the_top_probability() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    assert torch.allclose(MaxSoftmax()(torch.zeros(2, 4), logits), F.softmax(logits, 1).max(1).values)
