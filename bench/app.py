@@ -61,7 +61,7 @@ def main() -> None:
 
     def one(name: str, data: bytes) -> tuple[float, float, float]:
         image, read_ms = timed(app["read_photo"], name, data)
-        ranking, top5_ms = timed(app["top5"], model, image)
+        (ranking, _, _), top5_ms = timed(app["identify"], model, image)  # top-5, known score and verdict
         view = app["model_view"](model, image)
         _, why_ms = timed(app["occlusion_map"], model, view, list(model.class_names).index(ranking[0][0]))
         return read_ms, top5_ms, why_ms

@@ -133,9 +133,9 @@ def split_negatives(folder: str | Path, holdout: float = NEGATIVES_HOLDOUT) -> t
     """
     if not 0 <= holdout <= 1:
         raise ValueError(f"holdout must be in [0, 1], got {holdout}")
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder}: negatives folder not found")
+    folder = Path(folder).resolve()  # as the decode cache names photos: a linked folder gives the same paths
     train: list[Path] = []
     held_out: list[Path] = []
     for path in list_images(folder):

@@ -16,6 +16,7 @@ from PIL import Image
 from src.preprocessing import PreprocessConfig
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.pop("LANDMARK_NEGATIVES", None)  # the Makefile exports it; module-scoped fixtures run before the autouse one
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

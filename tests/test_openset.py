@@ -51,7 +51,7 @@ def test_negatives_split_is_stable_disjoint_and_joins_training_with_the_unknown_
     assert set(train) <= set(train2) and set(held_out) <= set(held2)  # adding a photo moves no other photo
     loaders = get_data_loaders(batch_size=4, num_workers=0, data_dir=tiny_data, config=tiny_config(32), negatives=[folder])
     dataset = loaders["train"].dataset
-    assert len(dataset) == len(dataset.paths) + len(train2) and dataset.negative_paths == train2
+    assert len(dataset) == len(dataset.paths) + len(train2) and dataset.negative_paths == [p.resolve() for p in train2]
     assert dataset[len(dataset) - 1][1] == UNKNOWN_TARGET and dataset[0][1] >= 0
     assert len(loaders["valid"].dataset) == len(loaders["valid"].dataset.paths)  # never in validation or test
     with pytest.raises(FileNotFoundError, match="nowhere"):
