@@ -29,10 +29,11 @@ from .helpers import get_device, seed_everything, setup_env
 from .images import ImageReadError
 from .location import DataNotFoundError, get_data_location, negatives_from_env
 from .optimization import get_loss, get_optimizer
-from .predictor import export_predictor, load_exported, predict_photo, predict_photos, predictor_from_checkpoint
+from .predictor import (export_predictor, load_exported, model_threshold, predict_photo, predict_photos,
+                        predictor_from_checkpoint)
 from .preprocessing import resolve_data_config
 from .recipes import ScratchRecipe, recipe_for, recipe_settings
-from .tagging import model_places, model_threshold, tag_photos
+from .tagging import model_places, tag_photos
 from .train import last_state_path, load_best, optimize
 from .transfer import WeightsUnavailableError
 

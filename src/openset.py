@@ -57,7 +57,8 @@ def open_set_report(known_scores: np.ndarray, unknown_scores: np.ndarray, thresh
     that accepts 95 % of the known ones; pytorch-ood's FPR95TPR), and at ``threshold`` the shares
     of known and unknown photos accepted.
     """
-    known, unknown = torch.as_tensor(np.asarray(known_scores, dtype=np.float32)), torch.as_tensor(np.asarray(unknown_scores, dtype=np.float32))
+    known = torch.as_tensor(np.asarray(known_scores, dtype=np.float32))
+    unknown = torch.as_tensor(np.asarray(unknown_scores, dtype=np.float32))
     if len(known) == 0 or len(unknown) == 0:
         raise ValueError(f"need known and unknown photos, got {len(known)} and {len(unknown)}")
     metrics = OODMetrics()  # outlier scores (higher: more unknown), unknown photos labelled below 0

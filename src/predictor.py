@@ -80,10 +80,8 @@ class Predictor(nn.Module):
 
     @torch.jit.export
     def classify(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            features = self.model.forward_features(self._normalised(x))
-            logits = self.model.head(features)
-            return F.softmax(logits, dim=1), self.detector(features, logits)
+        features, logits = self.features_and_logits(x)
+        return F.softmax(logits, dim=1), self.detector(features, logits)
 
     @torch.jit.export
     def known_score(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +159,7 @@ def predict_photo(model: nn.Module, path: str | Path, k: int = 5) -> PhotoPredic
     values, indices = probabilities[0].topk(min(k, probabilities.shape[1]))
     score = float(scores[0])
     return PhotoPrediction([(model.class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())],
-                           score, score >= float(getattr(model, "unknown_threshold", 0.5)))
+                           score, score >= model_threshold(model))
 
 
 def top_k(model: nn.Module, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
@@ -175,6 +173,11 @@ class Predictions(NamedTuple):
     truth: np.ndarray  # (N,) the targets given for the photos
     probabilities: np.ndarray  # (N, num_classes)
     known_scores: np.ndarray  # (N,) higher: one of the known landmarks (compare with ``unknown_threshold``)
+
+
+def model_threshold(model: nn.Module) -> float:
+    """The export's unknown threshold; an export older than ``known_score`` scores its top probability, cut at 0.5."""
+    return float(getattr(model, "unknown_threshold", 0.5))
 
 
 def scored(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,7 @@ from .decoding import square_batches
 from .geotag import GeotagError, write_geotagged_copy
 from .location import list_images
 from .places import Place, place_key, read_places_csv
-from .predictor import scored
+from .predictor import model_threshold, scored
 
 UNKNOWN = "unknown"
 GEOTAGGED = ("geotagged", "kept")  # what write_geotagged_copy reports for a copy written
@@ -171,11 +171,6 @@ def model_places(model: torch.jit.ScriptModule, places_csv: str | Path | None = 
         extra = read_places_csv(places_csv)
         places.update({name: extra[place_key(name)] for name in model.class_names if place_key(name) in extra})
     return places
-
-
-def model_threshold(model: torch.jit.ScriptModule) -> float:
-    """The export's unknown threshold; an export older than ``known_score`` scores its top probability, cut at 0.5."""
-    return float(getattr(model, "unknown_threshold", 0.5))
 
 
 def _start_or_resume(out: Path, settings: dict[str, Any]) -> None:
