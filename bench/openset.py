@@ -12,8 +12,9 @@ folders it trained on; ``src.data.split_negatives`` says which half of each was 
 - ``Haleakala (full-size)``: ``../shared/data/landmark_images_sample`` (a class of the canonical dataset).
 
 Scores compared, all from one pass (``features_and_logits``): ``msp`` (the top probability: the
-exported ``known_score``), ``max_logit``, ``energy`` (logsumexp of the logits) and ``knn`` (cosine
-similarity to the nearest training photo's features; Sun et al., 2022). Each score's threshold is
+exported ``known_score``), ``max_logit``, ``energy`` (logsumexp of the logits), ``knn`` (cosine
+similarity to the nearest training photo's features; Sun et al., 2022) and ``rel_mahalanobis``
+(relative Mahalanobis distance to the training features' class Gaussians; Ren et al., 2021). Each score's threshold is
 chosen like the shipped one: the score 96 % of the validation photos reach (`src.openset.ACCEPT_KNOWN`). Also timed: the
 exported ``predictor_test`` pass with and without ``known_score`` (``classify`` vs ``forward``).
 Writes ``bench/results/openset.json``.
@@ -38,7 +39,7 @@ from src.openset import open_set_report, unknown_threshold
 from src.predictor import load_exported, predict_photos
 
 SHARED = REPO.parent / "shared" / "data"
-SCORES = ("msp", "max_logit", "energy", "knn")
+SCORES = ("msp", "max_logit", "energy", "knn", "rel_mahalanobis")
 
 
 def features_and_logits(model: torch.jit.ScriptModule, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,10 +53,34 @@ def features_and_logits(model: torch.jit.ScriptModule, paths: list[Path]) -> tup
     return torch.cat(features), torch.cat(logits)
 
 
-def scores(features: torch.Tensor, logits: torch.Tensor, bank: torch.Tensor) -> dict[str, np.ndarray]:
+class Gaussians:
+    """Class-conditional Gaussians with one shared covariance on training features, and one Gaussian of
+    all of them (the background) for the relative Mahalanobis distance (Ren et al., 2021)."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        features = features.double()
+        self.means = torch.stack([features[targets == c].mean(0) for c in range(int(targets.max()) + 1)])
+        self.background = features.mean(0)
+        centred = features - self.means[targets]
+        covariance = centred.T @ centred / len(features)
+        self.precision = torch.linalg.pinv(covariance + 1e-3 * covariance.diagonal().mean() * torch.eye(len(covariance),
+                                                                                                      dtype=torch.float64))
+
+    def relative_mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
+        """Higher: closer to some class than to the background (the sign of a known-score)."""
+        features = features.double()
+        to_classes = features[:, None, :] - self.means[None]
+        per_class = torch.einsum("bcd,de,bce->bc", to_classes, self.precision, to_classes)
+        to_background = features - self.background
+        background = torch.einsum("bd,de,be->b", to_background, self.precision, to_background)
+        return -(per_class - background[:, None]).min(dim=1).values.float()
+
+
+def scores(features: torch.Tensor, logits: torch.Tensor, bank: torch.Tensor, gaussians: Gaussians) -> dict[str, np.ndarray]:
     knn = (F.normalize(features, dim=1) @ bank.T).max(dim=1).values
     return {"msp": F.softmax(logits, 1).max(1).values.numpy(), "max_logit": logits.max(1).values.numpy(),
-            "energy": torch.logsumexp(logits, 1).numpy(), "knn": knn.numpy()}
+            "energy": torch.logsumexp(logits, 1).numpy(), "knn": knn.numpy(),
+            "rel_mahalanobis": gaussians.relative_mahalanobis(features).numpy()}
 
 
 def unknown_sets(negatives: list[str]) -> dict[str, list[Path]]:
@@ -94,16 +119,18 @@ def measure(export: Path) -> dict:
     train_paths = [train_folder.paths[i] for i in train_indices]
     valid_paths = [train_folder.paths[i] for i in valid_indices]
     print(f"{export}: features of {len(train_paths)} training, {len(valid_paths)} validation and {len(test_folder)} test photos")
-    bank = F.normalize(features_and_logits(model, train_paths)[0], dim=1)
-    valid = scores(*features_and_logits(model, valid_paths), bank)
+    train_features = features_and_logits(model, train_paths)[0]
+    bank = F.normalize(train_features, dim=1)
+    gaussians = Gaussians(train_features, torch.tensor([train_folder.targets[i] for i in train_indices]))
+    valid = scores(*features_and_logits(model, valid_paths), bank, gaussians)
     test_features, test_logits = features_and_logits(model, test_folder.paths)
-    known = scores(test_features, test_logits, bank)
+    known = scores(test_features, test_logits, bank, gaussians)
     top1 = float((test_logits.argmax(1).numpy() == np.asarray(test_folder.targets)).mean())
     thresholds = {name: unknown_threshold(valid[name]) for name in SCORES}
     assert abs(thresholds["msp"] - float(model.unknown_threshold)) < 1e-4, "the shipped threshold is chosen the same way"
     rows = []
     for set_name, paths in unknown_sets(negatives).items():
-        unknown = scores(*features_and_logits(model, paths), bank)
+        unknown = scores(*features_and_logits(model, paths), bank, gaussians)
         for name in SCORES:
             rows.append({"unknown": set_name, "score": name, "shipped": name == "msp",
                          **open_set_report(known[name], unknown[name], thresholds[name])})

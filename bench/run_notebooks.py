@@ -5,7 +5,8 @@
 Each notebook trains its shipped recipe on the whole dataset (``LANDMARK_DATA``, with the negatives
 of ``LANDMARK_NEGATIVES``), exports its model to ``checkpoints/`` and writes the metrics JSON
 beside it. Where ``../shared/data`` is present, ``transfer_learning.ipynb`` also measures unknown
-detection on the 9 other landmarks never trained on and on the full-size canonical photos. Progress-bar widgets are dropped
+detection on the 9 other landmarks never trained on and on the full-size canonical photos, and
+adds those 9 landmarks from a few photos each (section 10). Progress-bar widgets are dropped
 from the saved outputs: they only render in a live session and would show as raw text elsewhere.
 """
 
@@ -27,14 +28,16 @@ SHARED = REPO.parent / "shared" / "data"
 def parameters(name: str) -> dict:
     """The transfer notebook shows the backbone comparison of bench/results (``make bench`` or
     ``RUN_COMPARISON=True`` reruns it, 10 min) and, where ../shared/data is present, measures unknown
-    detection on photos never trained on in section 9 (see the Makefile's negatives)."""
+    detection on photos never trained on in section 9 (see the Makefile's negatives) and adds the
+    landmarks never trained against in section 10."""
     if name != "transfer_learning.ipynb":
         return {}
     unseen = {} if not (SHARED / "new_landmarks").is_dir() else {
         "other landmarks (never trained on)": [str(p) for p in sorted((SHARED / "new_landmarks").glob("1?.*"))],
         "Haleakala (full-size, canonical class 0)": [str(SHARED / "landmark_images_sample")],
     }
-    return {"RUN_COMPARISON": False, "UNSEEN_UNKNOWN": unseen}
+    new = [str(p) for p in sorted((SHARED / "new_landmarks").glob("1?.*"))]  # never negatives (see the Makefile)
+    return {"RUN_COMPARISON": False, "UNSEEN_UNKNOWN": unseen, "NEW_LANDMARKS": new}
 
 
 def drop_progress_widgets(path: Path) -> None:

@@ -247,3 +247,26 @@ def plot_tagged_photos(paths: Sequence[str | Path], verdicts: Sequence[str], n_c
         ax.set_title(verdict, fontsize=8, wrap=True)
     fig.tight_layout()
     return fig
+
+
+def plot_few_shot(rows: Sequence[dict[str, Any]]):
+    """Accuracy after adding landmarks against the photos given per new landmark (``few_shot_draw`` rows,
+    with a ``photos`` key): mean and spread over draws of new-landmark top-1 and share accepted as
+    known, and of the original landmarks' top-1."""
+    import matplotlib.pyplot as plt
+
+    shots = sorted({row["photos"] for row in rows})
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for key, label in (("new_top1", "new landmarks: top-1"), ("new_accepted", "new landmarks: accepted as known"),
+                       ("original_top1", "original landmarks: top-1")):
+        values = [[row[key] for row in rows if row["photos"] == n] for n in shots]
+        mean = np.array([np.mean(v) for v in values])
+        ax.errorbar(shots, mean, yerr=[mean - [min(v) for v in values], [max(v) for v in values] - mean],
+                    marker="o", capsize=3, label=label)
+    ax.set(xscale="log", xticks=shots, xticklabels=[str(n) for n in shots], ylim=(0, 1.02),
+           xlabel="photos per new landmark", ylabel="share of photos",
+           title="Adding landmarks without retraining (mean, min-max over draws)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

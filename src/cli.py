@@ -1,4 +1,4 @@
-"""Command line: ``python -m src {train,evaluate,export,predict,models} ...``.
+"""Command line: ``python -m src {train,evaluate,export,add-landmarks,predict,tag,models} ...``.
 
 ``train`` runs the whole job on a dataset folder: split, train with the best-validation
 weights kept, test, export a TorchScript predictor and write its metrics JSON beside it.
@@ -28,6 +28,7 @@ from .finish import calibrated_predictor, finish_run
 from .helpers import get_device, seed_everything, setup_env
 from .images import ImageReadError
 from .location import DataNotFoundError, get_data_location, negatives_from_env
+from .new_landmarks import add_landmarks_command
 from .optimization import get_loss, get_optimizer
 from .predictor import (export_predictor, load_exported, model_threshold, predict_photo, predict_photos,
                         predictor_from_checkpoint)
@@ -105,6 +106,19 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid-size", type=float, default=0.2, help="as given to train (default: 0.2)")
     p.add_argument("--seed", type=int, default=42, help="as given to train (default: 42)")
     p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (see train --places)")
+    p.add_argument("--negatives", type=Path, action="append", metavar="DIR",
+                   help="negatives folders it was trained with, kept in its feature memory for adding landmarks "
+                        "(repeatable; default: the folders in $LANDMARK_NEGATIVES)")
+    p.add_argument("--workers", type=workers_count, default=-1)
+
+    p = sub.add_parser("add-landmarks", help="add landmarks to an exported model from a few photos each (seconds, no retraining)",
+                       description="PHOTOS_DIR holds one folder per new landmark (NN.Name/ or Name/) with a few photos "
+                                   "each (1 to ~50). Writes a new exported model and a JSON record beside it.")
+    p.add_argument("model", type=Path, help="exported model to start from")
+    p.add_argument("photos_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the new exported model (.pt)")
+    p.add_argument("--places", type=Path, metavar="CSV", help="places of the new landmarks (see train --places)")
+    p.add_argument("--replace", action="store_true", help="learn a landmark added earlier again from these photos")
     p.add_argument("--workers", type=workers_count, default=-1)
 
     p = sub.add_parser("predict", help="top-k landmarks for photos")
@@ -132,7 +146,7 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark classification: train, evaluate, export, predict, tag.")
+    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark classification: train, evaluate, export, add landmarks, predict, tag.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -238,8 +252,23 @@ def _export(args: argparse.Namespace) -> None:
                                  config=checkpoint_config(checkpoint, args.checkpoint))["valid"].dataset
     if valid_set.class_names != list(checkpoint["class_names"]):
         raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
-    path = export_predictor(calibrated_predictor(model, valid_set, args.places, args.workers), args.out)
+    negatives = args.negatives if args.negatives is not None else negatives_from_env()
+    path = export_predictor(calibrated_predictor(model, valid_set, args.places, args.workers, negatives), args.out)
     print(f"Exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _add_landmarks(args: argparse.Namespace) -> None:
+    if args.out.suffix == ".json":
+        raise ValueError(f"{args.out}: the new model is a TorchScript file (its record goes beside it as .json); name it .pt")
+    if args.out.resolve() == args.model.resolve():
+        raise ValueError(f"{args.out}: the new model would overwrite the one it starts from; give another --out")
+    check_outputs(**{"new model": args.out, "record": args.out.with_suffix(".json")})
+    record = add_landmarks_command(args.model, args.photos_dir, args.out, args.places, args.replace, args.workers)
+    for message in record["skipped"]:
+        print(message, file=sys.stderr)
+    added = ", ".join(f"{name} ({n} photos)" for name, n in record["added"].items())
+    print(f"Added {added} to {args.model} in {record['seconds']:.1f} s -> {args.out} "
+          f"({len(record['class_names'])} landmarks, unknown threshold {record['unknown_threshold']:.3f})")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -288,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "add-landmarks":
+            _add_landmarks(args)
         elif args.command == "predict":
             return _predict(args)
         elif args.command == "tag":

@@ -3,7 +3,8 @@
 ``finish_run`` steps:
 1. wrap the trained model in a :class:`~src.predictor.Predictor` with the run's preprocessing
    config and the places of its classes (:mod:`src.places`);
-2. choose its unknown threshold on the validation photos (:func:`~src.openset.unknown_threshold`);
+2. choose its unknown threshold on the validation photos (:func:`~src.openset.unknown_threshold`) and
+   keep the features that adding landmarks later needs (:mod:`src.new_landmarks`);
 3. export it with TorchScript (atomically) and reload the file, as the app will;
 4. predict every test photo once with it (from the files on disk, not the training tensors);
 5. compute top-1 / top-k / per-class accuracy, the share of test photos accepted as known and,
@@ -24,6 +25,7 @@ from torch import nn
 
 from .data import LandmarkDataset, held_out_negatives
 from .evaluation import classification_report, training_metrics, write_metrics
+from .new_landmarks import feature_memory
 from .openset import open_set_report, unknown_threshold
 from .places import places_for
 from .predictor import Predictor, export_predictor, load_exported, predict_photos
@@ -46,13 +48,17 @@ class RunResult:
 
 
 def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
-                         num_workers: int = -1) -> Predictor:
-    """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places and an unknown
-    threshold chosen on ``valid_set`` (what ``finish_run`` and the ``export`` command export)."""
+                         num_workers: int = -1, negatives: Sequence[str | Path] = ()) -> Predictor:
+    """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places, an unknown threshold
+    chosen on ``valid_set`` and the feature memory that adding landmarks needs (validation photos and
+    the training half of ``negatives``; :func:`~src.new_landmarks.feature_memory`). What ``finish_run``
+    and the ``export`` command export."""
     names = valid_set.class_names
     predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
     valid = predict_photos(predictor, valid_set.paths, valid_set.targets, num_workers=num_workers)
     predictor.unknown_threshold = unknown_threshold(valid.known_scores)
+    predictor.memory_features, predictor.memory_targets = feature_memory(predictor, valid_set.paths, valid_set.targets,
+                                                                         negatives, num_workers)
     return predictor
 
 
@@ -67,7 +73,7 @@ def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, 
     metrics JSON (stage-1 figures, the checkpoint path, ...).
     """
     export = Path(export)
-    export_predictor(calibrated_predictor(model, valid_set, places_csv, num_workers), export)
+    export_predictor(calibrated_predictor(model, valid_set, places_csv, num_workers, negatives), export)
     exported = load_exported(export)
     truth, probabilities, known_scores = predict_photos(exported, test_set.paths, test_set.targets, num_workers=num_workers)
     report = classification_report(truth, probabilities, exported.class_names)

@@ -30,7 +30,28 @@ from .places import Place
 from .preprocessing import PreprocessConfig, resize_and_crop, square_uint8
 
 
-class Predictor(nn.Module):
+class ExportedModel(nn.Module):
+    """What every exported model answers from its ``features_and_logits`` (and its ``detector``):
+    ``classify`` (probabilities and known score from one pass), ``known_score`` and ``forward``.
+    :class:`Predictor` and :class:`~src.new_landmarks.AddedLandmarksPredictor` share it."""
+
+    def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.jit.export
+    def classify(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        features, logits = self.features_and_logits(x)
+        return F.softmax(logits, dim=1), self.detector(features, logits)
+
+    @torch.jit.export
+    def known_score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(x)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(x)[0]
+
+
+class Predictor(ExportedModel):
     """Raw image batch -> class probabilities and a known-landmark score, scriptable with ``torch.jit.script``.
 
     Every method takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8``
@@ -43,10 +64,12 @@ class Predictor(nn.Module):
       ``unknown_threshold`` shows none of them (:mod:`src.openset`);
     - ``classify``: both from one pass through the network (batch tagging and testing use it);
     - ``features_and_logits``: the network's feature vectors ``(B, D)`` and logits (benchmarks
-      of other unknown-detection scores, adding landmarks).
+      of other unknown-detection scores, adding landmarks); ``logits_from_features``: the head alone.
 
     ``places_json`` holds ``{class name: {"latitude", "longitude", "country", "city", "wikidata"}}``
-    for the classes with a known place. These attribute names are the exported file's interface;
+    for the classes with a known place. ``memory_features`` (fp16, ``(M, D)``) and ``memory_targets``
+    (``(M,)``, -1 for photos of no known landmark) are features of validation and negative photos,
+    kept so that landmarks can be added later without the training data (:mod:`src.new_landmarks`). These attribute names are the exported file's interface;
     ``image_size``/``resize_size`` hold ``config.eval_crop`` and ``config.resize``.
     """
 
@@ -63,6 +86,8 @@ class Predictor(nn.Module):
         self.unknown_threshold: float = float(unknown_threshold)
         self.places_json: str = json.dumps({name: place.to_dict() for name, place in (places or {}).items()
                                             if name in self.class_names}, sort_keys=True)
+        self.register_buffer("memory_features", torch.zeros(0, 0, dtype=torch.float16))
+        self.register_buffer("memory_targets", torch.zeros(0, dtype=torch.long))
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -79,20 +104,15 @@ class Predictor(nn.Module):
             return features, self.model.head(features)
 
     @torch.jit.export
-    def classify(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        features, logits = self.features_and_logits(x)
-        return F.softmax(logits, dim=1), self.detector(features, logits)
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.head(features)
 
-    @torch.jit.export
-    def known_score(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(x)[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(x)[0]
 
 
 EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
-                       "features_and_logits", "classify", "known_score"]
+                       "memory_features", "memory_targets", "features_and_logits", "logits_from_features", "classify",
+                       "known_score"]
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:

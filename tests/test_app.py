@@ -23,14 +23,17 @@ FOREST = next(iter(sorted((LANDMARKS10.parent / "non_landmarks" / "forest").glob
 STRIP = (20_000, 2)  # a 200-byte PNG that added 0.7 GB to the app's memory before its aspect ratio was checked
 
 
-def run_app(workdir: Path, models_dir: Path, code: str) -> dict:
-    """Execute app.ipynb in a fresh kernel in ``workdir`` (no ``src`` there), then ``code``; return what it prints as JSON."""
+def run_app(workdir: Path, models_dir: Path, code: str, project_dir: Path | None = None) -> dict:
+    """Execute app.ipynb in a fresh kernel in ``workdir`` (no ``src`` there, unless ``project_dir`` gives the
+    project for teaching landmarks), then ``code``; return what it prints as JSON."""
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     parameters = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
-    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(f"MODELS_DIR = {str(models_dir)!r}"))
+    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
+        f"MODELS_DIR = {str(models_dir)!r}\nPROJECT_DIR = {str(project_dir or workdir)!r}"))
     notebook.cells.append(nbformat.v4.new_code_cell("import json, datetime\n" + code))
     NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
-    printed = "".join(output.get("text", "") for output in notebook.cells[-1].outputs if output.output_type == "stream")
+    printed = "".join(output.get("text", "") for output in notebook.cells[-1].outputs
+                      if output.output_type == "stream" and output.name == "stdout")
     return json.loads(printed.strip().splitlines()[-1])
 
 
@@ -219,3 +222,73 @@ def test_the_app_needs_nothing_from_src() -> None:
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
     assert "src" not in {line.split()[1].split(".")[0] for line in code.splitlines() if line.startswith(("import ", "from "))}
+
+
+TEACH_PHOTOS = sorted((LANDMARKS10.parent / "new_landmarks" / "10.India_Gate").glob("*.jpg"))[:8]
+
+
+def teach_uploads(folder: Path) -> list[str]:
+    """7 photos of a landmark the shipped model does not know, and a file that is not a photo."""
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(7):
+        data = TEACH_PHOTOS[i].read_bytes() if len(TEACH_PHOTOS) == 8 else \
+            encoded(Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)), "JPEG")
+        (folder / f"gate{i}.jpg").write_bytes(data)
+        names.append(f"gate{i}.jpg")
+    (folder / "notes.jpg").write_bytes(b"not a photo")
+    return names + ["notes.jpg"]
+
+
+def test_teach_a_landmark_saves_a_new_model_with_its_place_and_switches_to_it(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO / "checkpoints" / "transfer_exported.pt", models / "transfer_exported.pt")
+    names = teach_uploads(tmp_path)
+    probe = TEACH_PHOTOS[7] if len(TEACH_PHOTOS) == 8 else tmp_path / "gate0.jpg"
+    code = f"""
+now = datetime.datetime.now(datetime.timezone.utc)
+upload = lambda names: [{{"name": n, "type": "", "size": 0, "content": memoryview(open(n, "rb").read()), "last_modified": now}}
+                        for n in names]
+answers = {{}}
+teach.name.value = "India Gate"
+teach.latitude.value = "95"
+teach.teach()
+answers["bad_latitude"] = teach.status.value
+teach.latitude.value, teach.longitude.value, teach.city.value, teach.country.value = "28.6129", "77.2295", "New Delhi", "India"
+teach.teach()
+answers["no_photos"] = teach.status.value
+teach.photos.value = upload({names!r})
+teach.teach()
+answers["status"] = teach.status.value
+answers["picker"], answers["options"] = app.picker.value, list(app.picker.options)
+answers["names"], answers["place"] = list(app.model.class_names), model_places(app.model).get("India Gate")
+answers["probe"] = identify(app.model, read_photo("probe.jpg", open({str(probe)!r}, "rb").read()))[0][0][0]
+answers["known"] = app.known.get_title(0)
+print(json.dumps(answers))
+"""
+    answers = run_app(tmp_path, models, code, project_dir=REPO)
+    assert "Latitude 95.0 is outside -90 to 90" in answers["bad_latitude"]
+    assert "Choose a few photos of India Gate" in answers["no_photos"]
+    assert "Learned <b>India Gate</b> from 7 photo(s)" in answers["status"] and "notes.jpg" in answers["status"]
+    assert answers["picker"] == "transfer_exported+india_gate.pt" and answers["options"] == sorted(answers["options"])
+    assert (models / "transfer_exported+india_gate.pt").is_file() and (models / "transfer_exported+india_gate.json").is_file()
+    assert answers["names"][-1] == "India Gate" and answers["known"] == f"Landmarks I know ({len(answers['names'])})"
+    assert answers["place"]["latitude"] == 28.6129 and answers["place"]["city"] == "New Delhi"
+    if len(TEACH_PHOTOS) == 8:
+        assert answers["probe"] == "India Gate"  # a photo of it that was not taught
+
+
+def test_without_the_package_teaching_says_what_it_needs(tmp_path: Path) -> None:
+    names = teach_uploads(tmp_path)
+    code = f"""
+now = datetime.datetime.now(datetime.timezone.utc)
+teach.name.value = "India Gate"
+teach.photos.value = [{{"name": n, "type": "", "size": 0, "content": memoryview(open(n, "rb").read()), "last_modified": now}}
+                      for n in {names[:2]!r}]
+teach.teach()
+print(json.dumps({{"status": teach.status.value, "tabs": [app_widget.get_title(i) for i in range(2)]}}))
+"""
+    answers = run_app(tmp_path, REPO / "checkpoints", code.replace("app_widget", "app.widget()"))
+    assert "Teaching needs the project&#x27;s src package" in answers["status"]
+    assert answers["tabs"] == ["Identify photos", "Teach a landmark"]

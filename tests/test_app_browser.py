@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import LANDMARKS10, REPO
@@ -35,13 +37,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Voilà serving app.ipynb on a free local port, as `make app` does."""
+def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of app.ipynb whose models folder is a temporary copy of the shipped ones (teaching a
+    landmark saves a model there, never in the repository), with the project's src for teaching."""
+    folder = tmp_path_factory.mktemp("served")
+    shutil.copytree(REPO / "checkpoints", folder / "models", ignore=shutil.ignore_patterns("*.last.pt", ".gitkeep"))
+    notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
+    parameters = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
+    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
+        f"MODELS_DIR = {str(folder / 'models')!r}\nPROJECT_DIR = {str(REPO)!r}"))
+    nbformat.write(notebook, folder / "app.ipynb")
+    shutil.copy(REPO / "voila.json", folder / "voila.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_url(served: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Voilà serving the app on a free local port, as `make app` does."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
     with log_path.open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
-                                   "--Voila.ip=127.0.0.1"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                                   "--Voila.ip=127.0.0.1"], cwd=served, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     try:
@@ -73,15 +90,15 @@ def page(app_url: str):
                                              args=["--no-sandbox", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(app_url, timeout=90_000)
-        page.locator(".widget-upload").wait_for(timeout=90_000)  # the kernel ran the notebook
+        page.locator(".widget-upload", has_text="Upload photos").wait_for(timeout=90_000)  # the kernel ran the notebook
         yield page
         browser.close()
 
 
-def upload(page, *files: Path) -> None:
+def upload(page, *files: Path, button: str = "Upload photos") -> None:
     """Click the upload button and pick files in the dialog it opens, as a person does."""
     with page.expect_file_chooser() as chooser:
-        page.locator(".widget-upload").click()
+        page.locator(".widget-upload", has_text=button).click()
     chooser.value.set_files([str(f) for f in files])
 
 
@@ -123,3 +140,28 @@ def test_a_non_image_gets_a_message_and_the_app_keeps_working(page, tmp_path: Pa
     upload(page, PHOTOS[0])
     page.locator(".landmark-result").wait_for(timeout=60_000)
     assert page.locator(".landmark-error").count() == 0
+
+
+TEACH = sorted((LANDMARKS10.parent / "new_landmarks" / "13.Lotus_Temple").glob("*.jpg"))
+
+
+@pytest.mark.skipif(len(TEACH) < 9, reason="../shared/data/new_landmarks is absent")
+def test_teaching_a_landmark_switches_to_a_model_that_knows_it(page, served: Path) -> None:
+    page.get_by_role("tab", name="Teach a landmark").click()
+    page.get_by_placeholder("e.g. India Gate").fill("Lotus Temple")
+    page.get_by_placeholder("optional, e.g. 28.6129").fill("28.5535")
+    page.get_by_placeholder("optional, e.g. 77.2295").fill("77.2588")
+    upload(page, *TEACH[:8], button="Choose 5-20 photos")
+    page.get_by_text("8 photo(s) chosen").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Teach").click()
+    page.get_by_text("Learned Lotus Temple from 8 photo(s)").wait_for(timeout=90_000)
+    assert (served / "models" / "transfer_exported+lotus_temple.pt").is_file()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_teach.png"), full_page=True)
+    page.get_by_role("tab", name="Identify photos").click()
+    upload(page, TEACH[8])
+    result = page.locator(".landmark-result", has_text=TEACH[8].name)  # not the earlier photo, reclassified on the switch
+    result.wait_for(timeout=60_000)
+    assert page.get_by_text("classified by transfer_exported+lotus_temple.pt").count() == 1
+    assert top5(result)[0][0] == "Lotus Temple"
+    assert page.get_by_text("Landmarks I know (11)").count() == 1

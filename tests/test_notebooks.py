@@ -20,11 +20,15 @@ QUICK = {
                                 "COMPARISON_ARGS": "--limit 200 --epochs 1 --head-epochs 2",
                                 # section 9: outlier exposure on one scene folder, another one never trained on
                                 "NEGATIVES": [str(LANDMARKS10.parent / "non_landmarks" / "forest")],
-                                "UNSEEN_UNKNOWN": {"sea": [str(LANDMARKS10.parent / "non_landmarks" / "sea")]}},
+                                "UNSEEN_UNKNOWN": {"sea": [str(LANDMARKS10.parent / "non_landmarks" / "sea")]},
+                                # section 10: two landmarks added from 1-20 photos, one draw each
+                                "NEW_LANDMARKS": [str(LANDMARKS10.parent / "new_landmarks" / name)
+                                                  for name in ("10.India_Gate", "13.Lotus_Temple")],
+                                "FEW_SHOT_DRAWS": 1},
 }
 # scratch: class counts, photo sizes, batch, augmentations, live plot, confusion matrix, per class, mistakes;
-# transfer: comparison, batch, live plot, confusion matrix, per class, mistakes, known scores, tagged photos
-FIGURES = {"cnn_from_scratch.ipynb": 8, "transfer_learning.ipynb": 8}
+# transfer: comparison, batch, live plot, confusion matrix, per class, mistakes, known scores, tagged photos, few-shot
+FIGURES = {"cnn_from_scratch.ipynb": 8, "transfer_learning.ipynb": 9}
 
 
 def figures(notebook: nbformat.NotebookNode) -> int:
@@ -50,6 +54,8 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pyt
         assert metrics["negatives"] == QUICK[name]["NEGATIVES"] and metrics["test"]["held_out_negatives"]["unknown_photos"] > 50
         section = "".join(output.get("data", {}).get("text/markdown", "") for cell in executed.cells for output in cell.get("outputs", []))
         assert "| held-out negatives |" in section and "| sea | 237 |" in section
+    if "NEW_LANDMARKS" in QUICK[name]:
+        assert "2 new landmarks at once" in section and section.count("\n| ") >= 5 + 3  # 5 rows of photos per landmark
     assert metrics["preprocess"]["eval_crop"] == 128  # the rule: landmarks10's 128 px photos used whole
     assert metrics["command"].startswith(name)
     if name == "transfer_learning.ipynb":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_without_src
-from src.data import split_negatives
+from src.data import display_name, split_negatives
 
 SHIPPED = ["original_exported.pt", "transfer_exported.pt"]
 MAX_SCENES_ACCEPTED = {"original_exported.pt": 8, "transfer_exported.pt": 3}  # of 21 (bench/openset.py: all of them)
@@ -79,3 +79,25 @@ def test_shipped_model_says_unknown_for_scene_photos_and_knows_its_places(name: 
     answer = json.loads(result.stdout)
     assert answer["scenes"] <= MAX_SCENES_ACCEPTED[name] and answer["landmarks"] >= 18
     assert len(answer["places"]) == 10 and answer["places"]["Colosseum"]["city"] == "Rome"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_learns_a_new_landmark_from_a_few_photos(name: str, landmarks10: Path) -> None:
+    """Every shipped export keeps its feature memory: 8 photos of a landmark it does not know teach it,
+    and other photos of that landmark are then named, while its own landmarks keep their names."""
+    folder = landmarks10.parent / "new_landmarks" / "13.Lotus_Temple"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    from src.new_landmarks import add_landmarks
+    from src.predictor import load_exported, predict_photos
+
+    base = load_exported(REPO / "checkpoints" / name)
+    assert len(base.memory_features) == len(base.memory_targets) > 1000
+    photos = sorted(folder.glob("*.jpg"))
+    model, _ = add_landmarks(base, {"Lotus Temple": photos[:8]}, num_workers=0)
+    query = photos[8::4]
+    known = sorted(landmarks10.glob("test/*/*.jpg"))[::100]
+    targets = [10] * len(query) + [list(base.class_names).index(display_name(p.parent.name)) for p in known]
+    truth, probabilities, _ = predict_photos(model, query + known, targets, num_workers=0)
+    correct = probabilities.argmax(1) == truth
+    assert correct[:len(query)].mean() >= 0.6 and correct[len(query):].mean() >= 0.9, correct

@@ -1,0 +1,120 @@
+"""Adding landmarks from a few photos: accuracy on new and original landmarks, unknown detection, seconds.
+
+    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3]
+
+New landmarks: the folders of ``../shared/data/new_landmarks``, in two settings:
+
+- ``never trained against``: the landmarks the base model did not see as negatives (its metrics
+  JSON lists the negatives folders it trained with): the honest case;
+- ``all at once``: every folder (for those trained against as negatives, only their held-out half,
+  :func:`src.data.split_negatives`, so no photo trained on is used).
+
+For each number of photos per landmark and each random draw, ``add_landmarks`` gets that many
+photos of every new landmark (the *support*); the others (the *query*) measure it. Reported
+(mean over draws): new-landmark top-1 among all classes and share accepted as known, original
+top-1 and share accepted on the base's test split, and unknown detection against the held-out
+everyday scenes of ``non_landmarks`` (AUROC, FPR@95TPR and the share accepted) before and after
+adding, plus the seconds ``add_landmarks`` took (read, features, fit, script); see
+:func:`src.new_landmarks.few_shot_draw`. Predictions come from each photo's features, computed once
+(``logits_from_features`` of the new model, checked equal to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set).
+Writes ``bench/results/add_landmarks.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import REPO, write_result
+from src.data import PhotoFolder, display_name, split_negatives
+from src.decoding import square_batches
+from src.location import list_images
+from src.new_landmarks import add_landmarks, few_shot_draw, photo_features
+from src.openset import open_set_report
+from src.predictor import load_exported
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def new_landmark_photos(trained_negatives: list[str]) -> dict[str, dict[str, list[Path]]]:
+    """``{setting: {landmark: photos never trained on}}``."""
+    trained = {Path(folder).resolve() for folder in trained_negatives}
+    folders = sorted(p for p in (SHARED / "new_landmarks").iterdir() if p.is_dir())
+    photos = {display_name(f.name): (split_negatives(f)[1] if f.resolve() in trained else list_images(f)) for f in folders}
+    never = {display_name(f.name): photos[display_name(f.name)] for f in folders if f.resolve() not in trained}
+    return {"never trained against": never, "all at once": photos}
+
+
+def check_features_route(base: torch.jit.ScriptModule, photos: dict[str, list[Path]], sample: list[Path]) -> None:
+    """The figures come from ``logits_from_features`` of features computed once: check it is ``classify``."""
+    model, _ = add_landmarks(base, {name: paths[:3] for name, paths in photos.items()})
+    with torch.inference_mode():
+        routed = F.softmax(model.logits_from_features(photo_features(model, sample)[0]), 1)
+        direct = model.classify(next(iter(square_batches(sample, int(model.resize_size), len(sample))))[1])[0]
+    assert torch.allclose(routed, direct, atol=1e-5), "logits_from_features differs from classify"
+
+
+def command_seconds(model_path: Path, photos: dict[str, list[Path]], shots: int) -> float:
+    """Wall-clock seconds of the whole ``add-landmarks`` command (interpreter start included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, paths in photos.items():
+            folder = Path(tmp, "photos", name.replace(" ", "_"))
+            folder.mkdir(parents=True)
+            for path in paths[:shots]:
+                (folder / path.name).symlink_to(path)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "src", "add-landmarks", str(model_path), f"{tmp}/photos", "--out",
+                        f"{tmp}/added.pt"], cwd=REPO, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"))
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--draws", type=int, default=3)
+    args = parser.parse_args()
+    base = load_exported(args.model)
+    metrics = json.loads(args.model.with_suffix(".json").read_text())
+    test_folder = PhotoFolder(Path(metrics["data"]) / "test")
+    settings = new_landmark_photos(metrics.get("negatives", []))
+    everything = sorted({p for photos in settings.values() for paths in photos.values() for p in paths})
+    print(f"Features of {len(test_folder)} test, {len(everything)} new-landmark and the held-out scene photos")
+    test_features, kept, _ = photo_features(base, test_folder.paths)
+    test = (test_features, np.asarray(test_folder.targets)[kept])
+    new_features, kept, _ = photo_features(base, everything)
+    features = {everything[i]: f for i, f in zip(kept, new_features)}
+    scenes = photo_features(base, split_negatives(SHARED / "non_landmarks")[1])[0]
+    base_probabilities = F.softmax(base.logits_from_features(test[0]), 1)
+    before = open_set_report(base_probabilities.max(1).values.numpy(),
+                             F.softmax(base.logits_from_features(scenes), 1).max(1).values.numpy(), float(base.unknown_threshold))
+    check_features_route(base, settings["never trained against"], test_folder.paths[:20])
+    rows = []
+    for setting, photos in settings.items():
+        for shots in args.shots:
+            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes) for seed in range(args.draws)]
+            row = {"setting": setting, "new_landmarks": len(photos), "photos_per_landmark": shots, "draws": args.draws,
+                   **{key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}}
+            rows.append(row)
+            print(f"{setting:22s} {len(photos):2d} new x {shots:2d} photos: new top-1 {row['new_top1']:.1%} (accepted "
+                  f"{row['new_accepted']:.1%}), original top-1 {row['original_top1']:.2%} (accepted {row['original_accepted']:.1%}), "
+                  f"scenes accepted {row['unknown_accepted']:.1%} (AUROC {row['unknown_auroc']:.4f}), {row['seconds']:.1f} s", flush=True)
+    never = settings["never trained against"]
+    command = command_seconds(args.model, never, 10)
+    print(f"Whole add-landmarks command, {len(never)} landmarks x 10 photos: {command:.1f} s")
+    write_result("add_landmarks", {"model": str(args.model),
+                                   "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
+                                   "scenes_before": before, "command_seconds_10_photos": round(command, 1), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

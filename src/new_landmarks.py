@@ -1,0 +1,312 @@
+"""New landmarks from a handful of photos each, added to an exported model without retraining it.
+
+Every export keeps a *feature memory* (:func:`feature_memory`): the network's features of up to
+:data:`MEMORY_PER_CLASS` validation photos per class and :data:`MEMORY_NEGATIVES` photos of no known
+landmark. ``add_landmarks`` needs only that export and the new photos:
+
+1. read each new landmark's photos (bad ones skipped with a warning) and take :data:`VIEWS` views of
+   each (the photo, mirrored, two corner crops, a mirrored centre crop);
+2. compute their features with the export's own (frozen) network;
+3. fit one new linear row per new landmark on top of the export's unchanged head
+   (:func:`fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
+   the new views, and outlier exposure on the memory's negatives so that photos of no landmark
+   stay unknown. The old classes' logits are the export's own, so what it knew is kept;
+4. choose the unknown threshold again on the memory's validation features (the same rule as
+   training: :func:`~src.openset.unknown_threshold`);
+5. script an :class:`AddedLandmarksPredictor` (the original export + the new rows + the memory with
+   the new views), which has the interface of every export and loads with ``torch.jit.load`` alone.
+
+Adding again to such a model refits all added rows from its memory, so models never nest.
+Measured by ``bench/add_landmarks.py`` (README, "Adding landmarks").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import display_name, split_negatives
+from .decoding import square_batches
+from .files import atomic_write
+from .location import list_images
+from .openset import MaxSoftmax, open_set_report, unknown_threshold
+from .places import Place, places_for
+from .predictor import ExportedModel, load_exported
+
+MEMORY_PER_CLASS = 100  # validation photos per class whose features an export keeps
+MEMORY_NEGATIVES = 500  # negative photos whose features an export keeps
+VIEWS = 5  # views per new photo: the photo, mirrored, two corner crops, a mirrored centre crop
+OUTLIER_WEIGHT = 0.5  # as the training recipes (src/recipes.py)
+FIT_STEPS = 300  # full-batch AdamW steps: under a second for a few thousand features
+FIT_LR = 1e-2
+FIT_WEIGHT_DECAY = 1e-4
+
+
+class AddedLandmarksPredictor(ExportedModel):
+    """An exported predictor with landmarks added: the original export, untouched, and one linear row
+    per added landmark on its features. Same interface as :class:`~src.predictor.Predictor`."""
+
+    def __init__(self, base: torch.jit.ScriptModule, added: nn.Linear, class_names: List[str], unknown_threshold: float,
+                 places_json: str, memory_features: torch.Tensor, memory_targets: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.added = added
+        self.class_names: List[str] = list(class_names)
+        self.image_size: int = int(base.image_size)
+        self.resize_size: int = int(base.resize_size)
+        self.register_buffer("mean", base.mean.clone())
+        self.register_buffer("std", base.std.clone())
+        self.unknown_threshold: float = float(unknown_threshold)
+        self.places_json: str = places_json
+        self.register_buffer("memory_features", memory_features.half())
+        self.register_buffer("memory_targets", memory_targets.long())
+        self.detector = MaxSoftmax()
+
+    @torch.jit.export
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.base.logits_from_features(features), self.added(features)], dim=1)
+
+    @torch.jit.export
+    def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        features, _ = self.base.features_and_logits(x)
+        return features, self.logits_from_features(features)
+
+
+def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -1, batch_size: int = 64
+                   ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
+    """The features of photos on disk (``model.features_and_logits``), the indices of the readable ones, and
+    ``{index: error}`` for the others."""
+    features, kept, errors = [], [], {}
+    with torch.inference_mode():
+        for indices, images, batch_errors in square_batches(list(paths), int(model.resize_size), batch_size, num_workers):
+            errors.update(batch_errors)
+            if images is not None:
+                features.append(model.features_and_logits(images)[0])
+                kept += indices
+    return (torch.cat(features) if features else torch.zeros(0, 0)), kept, errors
+
+
+def _evenly(items: Sequence, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[math.floor(i * len(items) / n)] for i in range(n)]
+
+
+def feature_memory(model: nn.Module, valid_paths: Sequence[Path], valid_targets: Sequence[int],
+                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an export keeps to add landmarks later: features of up to :data:`MEMORY_PER_CLASS` validation
+    photos per class and of :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1)."""
+    chosen: list[tuple[Path, int]] = []
+    for target in sorted(set(valid_targets)):
+        chosen += _evenly([(p, t) for p, t in zip(valid_paths, valid_targets) if t == target], MEMORY_PER_CLASS)
+    trained_negatives = [path for folder in negatives for path in split_negatives(folder)[0]]
+    chosen += [(path, -1) for path in _evenly(trained_negatives, MEMORY_NEGATIVES)]
+    features, kept, _ = photo_features(model, [p for p, _ in chosen], num_workers)
+    return features.half(), torch.tensor([chosen[i][1] for i in kept], dtype=torch.long)
+
+
+def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
+    """``{landmark name: photos}`` of a folder with one sub-folder per landmark (``NN.Name/`` or ``Name/``)."""
+    photos_dir = Path(photos_dir)
+    if not photos_dir.is_dir():
+        raise FileNotFoundError(f"{photos_dir}: folder of new landmarks not found")
+    landmarks: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in photos_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = display_name(folder.name)
+        if name in landmarks:
+            raise ValueError(f"{folder}: two folders of {photos_dir} are both named {name!r}")
+        landmarks[name] = list_images(folder)
+        if not landmarks[name]:
+            raise ValueError(f"{folder}: no photos in this landmark folder")
+    if not landmarks:
+        raise ValueError(f"{photos_dir}: no landmark folders in it (one sub-folder of photos per new landmark)")
+    return landmarks
+
+
+def _views(squares: torch.Tensor, size: int) -> torch.Tensor:
+    """:data:`VIEWS` views of ``(B, 3, S, S)`` uint8 squares (S > size), each ``(size, size)``, grouped by view."""
+    full = F.interpolate(squares.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    full = full.round().clamp(0, 255).to(torch.uint8)
+    margin = (squares.shape[-1] - size) // 2
+    return torch.cat([full, full.flip(-1), squares[..., :size, :size], squares[..., -size:, -size:],
+                      squares[..., margin:margin + size, margin:margin + size].flip(-1)])
+
+
+def support_features(model: nn.Module, photos: Mapping[str, Sequence[Path]], num_workers: int = -1
+                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``{name: (photos * VIEWS, D) features}`` of each new landmark's readable photos, and the warnings of the
+    unreadable ones. A landmark with no readable photo is refused, naming its photos."""
+    size = int(model.resize_size)
+    big = round(size * 9 / 8)  # the corner crops keep 8/9 of the photo's sides
+    features: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
+    for name, paths in photos.items():
+        views = []
+        for indices, squares, errors in square_batches(list(paths), big, 32, num_workers):
+            skipped += [f"skipped unreadable photo of {name!r}: {message}" for message in errors.values()]
+            if squares is not None:
+                with torch.inference_mode():
+                    views.append(model.features_and_logits(_views(squares, size))[0])
+        if not views:
+            where = Path(paths[0]).parent if paths else "its folder"
+            raise ValueError(f"{where}: no readable photo of {name!r} ({len(paths)} file(s) tried)")
+        features[name] = torch.cat(views)
+    return features, skipped
+
+
+def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: torch.Tensor, num_added: int,
+                   seed: int = 0) -> nn.Linear:
+    """New class rows ``W f + b`` beside fixed ``base_logits`` (class-balanced cross-entropy over all classes;
+    rows with target -1 are pulled to the uniform distribution: outlier exposure)."""
+    torch.manual_seed(seed)
+    num_classes = base_logits.shape[1] + num_added
+    added = nn.Linear(features.shape[1], num_added)
+    nn.init.zeros_(added.weight)
+    nn.init.constant_(added.bias, -5.0)  # new classes start improbable, so the old ones are not disturbed
+    known = targets >= 0
+    counts = torch.bincount(targets[known], minlength=num_classes).float()
+    weights = torch.where(counts > 0, known.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    optimizer = torch.optim.AdamW(added.parameters(), lr=FIT_LR, weight_decay=FIT_WEIGHT_DECAY)
+    for _ in range(FIT_STEPS):
+        logits = torch.cat([base_logits, added(features)], dim=1)
+        loss = F.cross_entropy(logits[known], targets[known], weight=weights)
+        if (~known).any():
+            loss = loss - OUTLIER_WEIGHT * F.log_softmax(logits[~known], dim=1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return added.eval().requires_grad_(False)
+
+
+def _without_lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave out the negatives whose nearest labelled photo (cosine) is one of an added landmark: a
+    negatives folder may well hold photos of the very landmark being added."""
+    negative = targets < 0
+    if not negative.any():
+        return features, targets
+    normalised = F.normalize(features, dim=1)
+    labelled = (~negative).nonzero().flatten()
+    nearest = targets[labelled[(normalised[negative] @ normalised[labelled].T).argmax(dim=1)]]
+    keep = torch.ones_like(negative)
+    keep[negative.nonzero().flatten()[nearest >= base_classes]] = False
+    return features[keep], targets[keep]
+
+
+def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]],
+                  places: Mapping[str, Place] | None = None, replace: bool = False, num_workers: int = -1
+                  ) -> tuple[torch.jit.ScriptModule, list[str]]:
+    """``model`` with the landmarks of ``photos`` (``{name: photo paths}``) added (the steps of the module
+    docstring), and the warnings about skipped photos. ``places`` gives places of new (or any) classes."""
+    base = model.base if hasattr(model, "base") else model  # adding to an added-landmarks model refits its rows
+    memory_features = getattr(model, "memory_features", torch.zeros(0, 0)).float()
+    memory_targets = getattr(model, "memory_targets", torch.zeros(0, dtype=torch.long)).clone()
+    if memory_features.numel() == 0:
+        raise ValueError("this export keeps no feature memory (it predates adding landmarks): export it again from "
+                         "its checkpoint with `python -m src export CHECKPOINT --out FILE --data DATASET`")
+    names = list(model.class_names)
+    base_names = list(base.class_names)
+    for name in photos:
+        if name in base_names:
+            raise ValueError(f"{name!r} is one of the landmarks the model was trained on; a few photos cannot replace "
+                             "it (train again with them, or give the new landmark another name)")
+        if name in names and not replace:
+            raise ValueError(f"{name!r} is already a landmark of this model; pass --replace to learn it again from these photos")
+    for name in [n for n in names[len(base_names):] if n in photos]:  # replaced: its memory rows go
+        index = names.index(name)
+        keep = memory_targets != index
+        memory_features, memory_targets = memory_features[keep], memory_targets[keep]
+        memory_targets[memory_targets > index] -= 1
+        names.remove(name)
+    new_features, skipped = support_features(base, photos, num_workers)
+    for name, features in new_features.items():
+        memory_features = torch.cat([memory_features, features])
+        memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
+        names.append(name)
+    fit_features, fit_targets = _without_lookalike_negatives(memory_features, memory_targets, len(base_names))
+    added = fit_added_rows(base.logits_from_features(fit_features), fit_features, fit_targets, len(names) - len(base_names))
+    validation = memory_features[(memory_targets >= 0) & (memory_targets < len(base_names))]  # the base rows are fixed
+    logits = torch.cat([base.logits_from_features(validation), added(validation)], dim=1)
+    threshold = unknown_threshold(F.softmax(logits, dim=1).max(dim=1).values.numpy())
+    known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
+    known_places.update({name: place for name, place in (places or {}).items() if name in names})
+    places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        scripted = torch.jit.script(AddedLandmarksPredictor(base, added, names, threshold, places_json,
+                                                            memory_features, memory_targets))
+    return scripted, skipped
+
+
+def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]], shots: int, seed: int,
+                  features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor
+                  ) -> dict[str, float]:
+    """One measurement of adding landmarks: ``shots`` random photos of each landmark of ``photos`` are added
+    to ``base``; the others (their ``features``, computed once by :func:`photo_features`) measure it.
+
+    ``known`` is ``(features, targets)`` of the base's test photos, ``unknown`` the features of photos of
+    no landmark. Returns new-landmark top-1 among all classes and share accepted as known, the same for
+    the original test photos, unknown detection against ``unknown`` (:func:`~src.openset.open_set_report`)
+    and the seconds ``add_landmarks`` took.
+    """
+    rng = random.Random(seed)
+    support: dict[str, list[Path]] = {}
+    query: list[Path] = []
+    query_targets: list[int] = []
+    for index, (name, paths) in enumerate(photos.items()):
+        support[name] = rng.sample(list(paths), min(shots, len(paths) - 1))
+        rest = [p for p in paths if p not in set(support[name]) and p in features]
+        query += rest
+        query_targets += [len(base.class_names) + index] * len(rest)
+    start = time.perf_counter()
+    model, _ = add_landmarks(base, support)
+    seconds = time.perf_counter() - start
+
+    def predicted(features_: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        probabilities = F.softmax(model.logits_from_features(features_), dim=1)
+        return probabilities.argmax(1).numpy(), probabilities.max(1).values.numpy()
+
+    threshold = float(model.unknown_threshold)
+    query_pred, query_score = predicted(torch.stack([features[p] for p in query]))
+    test_pred, test_score = predicted(known[0])
+    after = open_set_report(test_score, predicted(unknown)[1], threshold)
+    return {"new_top1": float((query_pred == np.asarray(query_targets)).mean()), "new_accepted": float((query_score >= threshold).mean()),
+            "original_top1": float((test_pred == known[1]).mean()), "original_accepted": after["known_accepted"],
+            "unknown_auroc": after["auroc"], "unknown_fpr95": after["fpr95"], "unknown_accepted": after["unknown_accepted"],
+            "unknown_threshold": threshold, "seconds": seconds, "query_photos": len(query)}
+
+
+def save_added(model: torch.jit.ScriptModule, path: str | Path, record: dict) -> Path:
+    """Save an added-landmarks model atomically, with ``record`` (what was added, how long it took) as JSON beside it."""
+    path = atomic_write(path, lambda tmp: model.save(str(tmp)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    return path
+
+
+def add_landmarks_command(base_path: Path, photos_dir: Path, out: Path, places_csv: Path | None, replace: bool,
+                          num_workers: int = -1) -> dict:
+    """The ``add-landmarks`` command: read, add, save, and return the record written beside the new model
+    (``skipped`` lists the photos that could not be read)."""
+    start = time.perf_counter()
+    model = load_exported(base_path)
+    photos = read_new_landmarks(photos_dir)
+    new_model, skipped = add_landmarks(model, photos, places_for(list(photos), places_csv), replace, num_workers)
+    seconds = time.perf_counter() - start
+    record = {"base": str(base_path), "photos_dir": str(photos_dir), "added": {name: len(paths) for name, paths in photos.items()},
+              "skipped": skipped, "class_names": list(new_model.class_names),
+              "unknown_threshold": float(new_model.unknown_threshold), "seconds": round(seconds, 1)}
+    save_added(new_model, out, record)
+    return record

@@ -1,0 +1,178 @@
+"""Adding landmarks to an exported model from a few photos (src/new_landmarks.py, `add-landmarks`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_CLASSES, run_without_src, tiny_config
+from src.cli import main
+from src.factory import create_model, list_models
+from src.new_landmarks import MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory, read_new_landmarks
+from src.places import Place
+from src.predictor import Predictor, export_predictor, load_exported
+
+BASE_NAMES = ["Red Fort", "Green Gate"]
+
+
+def _photos(folder: Path, name: str) -> list[Path]:
+    return sorted((folder / name).iterdir())
+
+
+def _negatives(root: Path, n: int = 8) -> Path:
+    """Grey noise photos: no landmark at all."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(90, 160, (40, 48, 3), dtype=np.uint8)).save(root / f"noise{i}.jpg")
+    return root
+
+
+def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size: int = 32, memory: bool = True) -> Path:
+    """A two-landmark export (Red Fort, Green Gate) with its feature memory, as finish_run writes it."""
+    torch.manual_seed(0)
+    kwargs = {"widths": (8, 16)} if name == "scratch" else {}
+    predictor = Predictor(create_model(name, 2, pretrained=False, **kwargs), BASE_NAMES, tiny_config(image_size),
+                          unknown_threshold=0.5, places={"Red Fort": Place(28.6562, 77.2410, "India", "Delhi")})
+    if memory:
+        paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
+        targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
+        predictor.memory_features, predictor.memory_targets = feature_memory(
+            predictor, paths, targets, [_negatives(path.parent / "negatives")], num_workers=0)
+    return export_predictor(predictor, path)
+
+
+@pytest.fixture(scope="module")
+def base_path(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _base_export(tiny_data, tmp_path_factory.mktemp("base") / "base.pt")
+
+
+@pytest.fixture
+def new_dir(tiny_data: Path, tmp_path: Path) -> Path:
+    """One new landmark, Blue Tower: 6 of its photos and a damaged file."""
+    folder = tmp_path / "new" / "02.Blue_Tower"
+    folder.mkdir(parents=True)
+    for photo in _photos(tiny_data / "train", TINY_CLASSES[2])[:6]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "damaged.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return tmp_path / "new"
+
+
+def test_an_export_keeps_features_of_validation_photos_and_negatives(base_path: Path) -> None:
+    model = load_exported(base_path)
+    targets = model.memory_targets
+    assert model.memory_features.dtype == torch.float16 and len(model.memory_features) == len(targets)
+    assert (targets == 0).sum() == 12 and (targets == 1).sum() == 12 and 0 < (targets == -1).sum() <= MEMORY_NEGATIVES
+
+
+def test_a_new_landmark_is_learned_and_the_old_ones_are_untouched(base_path: Path, new_dir: Path, tiny_data: Path) -> None:
+    base = load_exported(base_path)
+    add_landmarks_command(base_path, new_dir, new_dir.parent / "added.pt", None, False, num_workers=0)
+    model = load_exported(new_dir.parent / "added.pt")
+    assert list(model.class_names) == BASE_NAMES + ["Blue Tower"]
+    record = json.loads((new_dir.parent / "added.json").read_text())
+    assert record["added"] == {"Blue Tower": 7} and len(record["skipped"]) == 1 and "damaged.jpg" in record["skipped"][0]
+    query = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[:, :40, :40]
+                         for p in _photos(tiny_data / "test", TINY_CLASSES[2])])
+    probabilities, scores = model.classify(query)
+    assert (probabilities.argmax(1) == 2).all(), probabilities  # held-out photos of the new landmark
+    features, logits = model.features_and_logits(query)
+    assert torch.allclose(logits[:, :2], base.features_and_logits(query)[1], atol=1e-5)  # the old head as it was
+    assert scores.shape == (len(query),) and torch.allclose(model.known_score(query), scores)
+    assert 0 < float(model.unknown_threshold) < 1
+
+
+def test_the_new_model_reloads_without_src_with_names_places_and_outputs(base_path: Path, new_dir: Path, tmp_path: Path) -> None:
+    model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir),
+                             {"Blue Tower": Place(28.5245, 77.1855, "India", "Delhi")}, num_workers=0)
+    model.save(str(tmp_path / "added.pt"))
+    images = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    torch.save({"images": images, "expected": model(images)}, tmp_path / "io.pt")
+    result = run_without_src(f"""
+        import json, torch
+        model = torch.jit.load({str(tmp_path / 'added.pt')!r})
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        assert list(model.class_names) == ["Red Fort", "Green Gate", "Blue Tower"], model.class_names
+        places = json.loads(model.places_json)
+        assert places["Blue Tower"]["latitude"] == 28.5245 and places["Red Fort"]["city"] == "Delhi", places
+        assert torch.allclose(model(io["images"]), io["expected"], atol=1e-5)
+        probabilities, scores = model.classify(io["images"])
+        print("ok", float(model.unknown_threshold), model.image_size, model.resize_size, tuple(scores.shape))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok") and result.stdout.strip().endswith("(2,)")
+
+
+def test_adding_twice_keeps_every_landmark_and_replace_learns_one_again(base_path: Path, tiny_data: Path) -> None:
+    blue = _photos(tiny_data / "train", TINY_CLASSES[2])
+    once, _ = add_landmarks(load_exported(base_path), {"Blue Tower": blue[:4]}, num_workers=0)
+    twice, _ = add_landmarks(once, {"Sky Gate": blue[4:8]}, num_workers=0)
+    assert list(twice.class_names) == BASE_NAMES + ["Blue Tower", "Sky Gate"]
+    assert not hasattr(twice.base, "base")  # the original export, never a model inside a model inside a model
+    assert (twice.memory_targets == 2).sum() == 4 * 5 and (twice.memory_targets == 3).sum() == 4 * 5  # 5 views a photo
+    with pytest.raises(ValueError, match="'Blue Tower' is already a landmark of this model; pass --replace"):
+        add_landmarks(twice, {"Blue Tower": blue[:2]}, num_workers=0)
+    again, _ = add_landmarks(twice, {"Blue Tower": blue[8:10]}, replace=True, num_workers=0)
+    assert list(again.class_names) == BASE_NAMES + ["Sky Gate", "Blue Tower"]
+    assert (again.memory_targets == 3).sum() == 2 * 5 and (again.memory_targets == 2).sum() == 4 * 5
+    with pytest.raises(ValueError, match="'Red Fort' is one of the landmarks the model was trained on"):
+        add_landmarks(again, {"Red Fort": blue[:2]}, replace=True, num_workers=0)
+
+
+def test_bad_folders_are_refused_naming_them(base_path: Path, tmp_path: Path) -> None:
+    unreadable = tmp_path / "unreadable" / "Ghost_Gate"
+    unreadable.mkdir(parents=True)
+    (unreadable / "a.jpg").write_bytes(b"nothing")
+    with pytest.raises(ValueError, match=f"{unreadable}: no readable photo of 'Ghost Gate'"):
+        add_landmarks(load_exported(base_path), read_new_landmarks(unreadable.parent), num_workers=0)
+    empty = tmp_path / "empty" / "Empty_Gate"
+    empty.mkdir(parents=True)
+    (empty / "notes.txt").write_text("no photos here")
+    with pytest.raises(ValueError, match=f"{empty}: no photos in this landmark folder"):
+        read_new_landmarks(empty.parent)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no landmark folders"):
+        read_new_landmarks(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_new_landmarks(tmp_path / "missing")
+
+
+def test_an_export_without_feature_memory_says_how_to_get_one(tiny_data: Path, tmp_path: Path) -> None:
+    old = load_exported(_base_export(tiny_data, tmp_path / "old.pt", memory=False))
+    with pytest.raises(ValueError, match="keeps no feature memory.*python -m src export"):
+        add_landmarks(old, {"Blue Tower": _photos(tiny_data / "train", TINY_CLASSES[2])[:2]}, num_workers=0)
+
+
+def test_the_command_writes_a_model_that_predict_and_tag_use(base_path: Path, new_dir: Path, tmp_path: Path, capsys) -> None:
+    places = tmp_path / "places.csv"
+    places.write_text("landmark,latitude,longitude,country,city\nBlue Tower,28.5245,77.1855,India,Delhi\n")
+    out = tmp_path / "models" / "added.pt"
+    assert main(["add-landmarks", str(base_path), str(new_dir), "--out", str(out), "--places", str(places), "--workers", "0"]) == 0
+    printed = capsys.readouterr()
+    assert "Added Blue Tower (7 photos)" in printed.out and "damaged.jpg" in printed.err
+    photo = next(p for p in (new_dir / "02.Blue_Tower").iterdir() if p.suffix == ".jpg" and p.stat().st_size > 100)
+    assert main(["predict", str(photo), "--model", str(out)]) == 0
+    assert "Blue Tower" in capsys.readouterr().out
+    assert main(["tag", str(new_dir), "--model", str(out), "--out", str(tmp_path / "tags.csv"), "--workers", "0"]) == 0
+    tags = (tmp_path / "tags.csv").read_text()
+    assert "Blue Tower" in tags and "28.5245" in tags
+    assert main(["add-landmarks", str(out), str(new_dir), "--out", str(tmp_path / "again.pt")]) == 2
+    assert "already a landmark of this model; pass --replace" in capsys.readouterr().err
+    assert main(["add-landmarks", str(out), str(new_dir), "--out", str(out)]) == 2
+    assert "would overwrite the one it starts from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_can_learn_a_landmark_and_stay_scriptable(name: str, tiny_data: Path, tmp_path: Path) -> None:
+    base = load_exported(_base_export(tiny_data, tmp_path / f"{name}.pt", name, image_size=64))
+    model, _ = add_landmarks(base, {"Blue Tower": _photos(tiny_data / "train", TINY_CLASSES[2])[:3]}, num_workers=0)
+    model.save(str(tmp_path / "added.pt"))
+    reloaded = torch.jit.load(str(tmp_path / "added.pt"))
+    probabilities = reloaded(torch.randint(0, 256, (2, 3, 70, 90), dtype=torch.uint8))
+    assert probabilities.shape == (2, 3) and torch.allclose(probabilities.sum(1), torch.ones(2))
