@@ -27,8 +27,9 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt
 setup: $(VENV)/.installed
 
 # The photo app (app.ipynb) served by Voilà on http://localhost:8866 with the shipped models; no dataset needed.
+# Its template (share/jupyter/voila/templates/landmarks) keeps the page from asking a CDN for anything.
 app: setup
-	$(PY) -m voila app.ipynb --port=8866
+	JUPYTER_PATH=$(CURDIR)/share/jupyter $(PY) -m voila app.ipynb --template=landmarks --port=8866
 
 # The main job, short: a frozen MobileNetV2 head on 3,000 photos -> test -> export, then the
 # shipped transfer model's top-5 for one test photo.

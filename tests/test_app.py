@@ -16,20 +16,23 @@ from nbclient import NotebookClient
 from PIL import Image
 
 from conftest import LANDMARKS10, REPO
+from src.images import load_rgb
 from src.preprocessing import square_uint8
 
 PHOTO = next(iter(sorted(LANDMARKS10.glob("test/07.*/*.jpg"))), None)  # Petronas Towers
 FOREST = next(iter(sorted((LANDMARKS10.parent / "non_landmarks" / "forest").glob("*.jpg"))), None)  # no landmark at all
+PARITY = ["photo.jpg", "gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png", "phone.jpg", "panorama.jpg"]
 STRIP = (20_000, 2)  # a 200-byte PNG that added 0.7 GB to the app's memory before its aspect ratio was checked
 
 
-def run_app(workdir: Path, models_dir: Path, code: str, project_dir: Path | None = None) -> dict:
+def run_app(workdir: Path, models_dir: Path, code: str, project_dir: Path | None = None, examples_dir: Path | None = None) -> dict:
     """Execute app.ipynb in a fresh kernel in ``workdir`` (no ``src`` there, unless ``project_dir`` gives the
     project for teaching landmarks), then ``code``; return what it prints as JSON."""
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     parameters = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
     notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
-        f"MODELS_DIR = {str(models_dir)!r}\nPROJECT_DIR = {str(project_dir or workdir)!r}"))
+        f"MODELS_DIR = {str(models_dir)!r}\nPROJECT_DIR = {str(project_dir or workdir)!r}\n"
+        f"EXAMPLES_DIR = {str(examples_dir or workdir / 'no_examples')!r}"))
     notebook.cells.append(nbformat.v4.new_code_cell("import json, datetime\n" + code))
     NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     printed = "".join(output.get("text", "") for output in notebook.cells[-1].outputs
@@ -82,7 +85,8 @@ now = datetime.datetime.now(datetime.timezone.utc)
 app.upload.value = [{{"name": n, "type": "", "size": 0, "content": memoryview(open(n, "rb").read()), "last_modified": now}}
                     for n in names]
 answers = {{}}
-for name, child in zip(names, app.results.children):
+answers["summary"] = [child.value for child in app.results.children if "landmark-summary" in child._dom_classes]
+for name, child in zip(names, [c for c in app.results.children if "landmark-summary" not in c._dom_classes]):
     if "landmark-error" in child._dom_classes:
         answers[name] = {{"error": child.value}}
     else:
@@ -92,7 +96,7 @@ for name, child in zip(names, app.results.children):
                          "verdict": child.children[1].value, "classes": sorted(child._dom_classes)}}
 answers["status"] = app.status.value
 answers["known"] = [app.known.get_title(0), app.known.children[0].value]
-answers["models"] = list(app.picker.options)
+answers["models"] = [value for _, value in app.picker.options]
 
 import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -107,11 +111,14 @@ for size in [(1600, 1200), (300, 1333), (1500, 100), (100, 77)]:  # up to 16:1, 
     views[f"image_{{size[0]}}x{{size[1]}}"] = np.asarray(image)
     views[f"view_{{size[0]}}x{{size[1]}}"] = np.asarray(model_view(app.model, image))
 np.savez("views.npz", **views)
+np.savez("read.npz", **{{n: np.asarray(read_photo(n, open(n, "rb").read())) for n in {PARITY!r}}})
 answers["view_size"] = int(app.model.resize_size)
 print(json.dumps(answers))
 """
     answers = run_app(workdir, REPO / "checkpoints", code)
     answers["views"] = dict(np.load(workdir / "views.npz"))
+    answers["read"] = dict(np.load(workdir / "read.npz"))
+    answers["workdir"] = workdir
     return answers
 
 
@@ -184,10 +191,17 @@ def test_the_model_view_matches_the_package_resize_and_crop(app_answers: dict) -
         assert np.abs(views[key.replace("image_", "view_")].astype(int) - expected).max() <= 1, key
 
 
+@pytest.mark.parametrize("name", PARITY)
+def test_the_app_reads_every_awkward_photo_as_the_package_does(app_answers: dict, name: str) -> None:
+    """Parity: the app's reading (it cannot import src) and src.images.load_rgb give the same pixels."""
+    expected = np.asarray(load_rgb(app_answers["workdir"] / name))
+    assert app_answers["read"][name].shape == expected.shape and np.array_equal(app_answers["read"][name], expected), name
+
+
 @pytest.mark.parametrize("name, message", [
     ("truncated.jpg", "damaged or truncated"),
     ("notes.jpg", "not an image"),
-    ("empty.png", "not an image"),
+    ("empty.png", "the file is empty"),
     ("bomb.png", "too large"),
     ("huge_bomb.png", "too large"),
     ("strip.png", "aspect ratio"),
@@ -207,7 +221,7 @@ def test_the_model_picker_lists_exported_models_only(tmp_path: Path) -> None:
     shutil.copy(REPO / "checkpoints" / "original_exported.pt", models / "mine_exported.pt")
     torch.save({"state_dict": {}}, models / "training_checkpoint.pt")
     (models / "broken.pt").write_bytes(b"junk")
-    answer = run_app(tmp_path, models, 'print(json.dumps({"models": list(app.picker.options), "status": app.status.value}))')
+    answer = run_app(tmp_path, models, 'print(json.dumps({"models": [v for _, v in app.picker.options], "status": app.status.value}))')
     assert answer["models"] == ["mine_exported.pt"]
     assert "10 landmarks" in answer["status"]
 
@@ -261,7 +275,7 @@ answers["no_photos"] = teach.status.value
 teach.photos.value = upload({names!r})
 teach.teach()
 answers["status"] = teach.status.value
-answers["picker"], answers["options"] = app.picker.value, list(app.picker.options)
+answers["picker"], answers["options"] = app.picker.value, [value for _, value in app.picker.options]
 answers["names"], answers["place"] = list(app.model.class_names), model_places(app.model).get("India Gate")
 answers["probe"] = identify(app.model, read_photo("probe.jpg", open({str(probe)!r}, "rb").read()))[0][0][0]
 answers["known"] = app.known.get_title(0)
@@ -292,3 +306,22 @@ print(json.dumps({{"status": teach.status.value, "tabs": [app_widget.get_title(i
     answers = run_app(tmp_path, REPO / "checkpoints", code.replace("app_widget", "app.widget()"))
     assert "Teaching needs the project&#x27;s src package" in answers["status"]
     assert answers["tabs"] == ["Identify photos", "Teach a landmark"]
+
+
+def test_example_photos_are_one_click_away_and_named_after_their_files(tmp_path: Path) -> None:
+    code = """
+buttons = [child for child in app.examples.children if isinstance(child, widgets.Button)]
+buttons[0].click()
+result = [c for c in app.results.children if "landmark-result" in c._dom_classes][0]
+print(json.dumps({"buttons": [b.description for b in buttons], "verdict": result.children[1].value, "status": app.status.value}))
+"""
+    answer = run_app(tmp_path, REPO / "checkpoints", code, examples_dir=REPO / "static_images" / "examples")
+    assert answer["buttons"] == ["Colosseum", "Haleakala", "Petronas Towers"]
+    assert "<b>Colosseum</b>" in answer["verdict"] and "colosseum.jpg" in answer["verdict"]
+    assert "1 photo(s) classified by transfer_exported.pt" in answer["status"]
+    sources = (REPO / "static_images" / "examples" / "README.md").read_text()
+    assert all(f"| `{photo.name}` |" in sources for photo in (REPO / "static_images" / "examples").glob("*.jpg"))
+
+
+def test_the_app_page_has_a_title() -> None:
+    assert nbformat.read(REPO / "app.ipynb", as_version=4).metadata["title"] == "Which landmark is this?"

@@ -6,6 +6,7 @@ Screenshots are saved in ``test-artifacts/``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,8 +17,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
+import psutil
 import pytest
 
 from conftest import LANDMARKS10, REPO
@@ -28,6 +31,11 @@ ARTIFACTS = REPO / "test-artifacts"
 PHOTOS = sorted(LANDMARKS10.glob("test/00.*/*.jpg"))[:1] + sorted(LANDMARKS10.glob("test/07.*/*.jpg"))[:1]
 
 pytestmark = pytest.mark.skipif(not PHOTOS, reason=f"real photos not found in {LANDMARKS10}")
+
+
+# voila.json stops the kernels of closed pages after 40 s idle (checked every 10 s); the test server does it
+# faster with the same mechanism (command-line values take precedence over voila.json).
+CULLING = ["--MappingKernelManager.cull_idle_timeout=6", "--MappingKernelManager.cull_interval=2"]
 
 
 def _free_port() -> int:
@@ -45,20 +53,28 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     parameters = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
     notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
-        f"MODELS_DIR = {str(folder / 'models')!r}\nPROJECT_DIR = {str(REPO)!r}"))
+        f"MODELS_DIR = {str(folder / 'models')!r}\nPROJECT_DIR = {str(REPO)!r}\n"
+        f"EXAMPLES_DIR = {str(REPO / 'static_images' / 'examples')!r}"))
     nbformat.write(notebook, folder / "app.ipynb")
     shutil.copy(REPO / "voila.json", folder / "voila.json")
     return folder
 
 
+class Server(NamedTuple):
+    url: str
+    process: subprocess.Popen
+
+
 @pytest.fixture(scope="module")
-def app_url(served: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def voila_server(served: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Voilà serving the app on a free local port, as `make app` does."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
     with log_path.open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
-                                   "--Voila.ip=127.0.0.1"], cwd=served, stdout=log, stderr=subprocess.STDOUT)
+                                   "--Voila.ip=127.0.0.1", "--template=landmarks", *CULLING], cwd=served,
+                                  env={**os.environ, "JUPYTER_PATH": str(REPO / "share" / "jupyter")},
+                                  stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     try:
@@ -70,10 +86,15 @@ def app_url(served: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"Voilà did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        yield Server(url, server)
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def app_url(voila_server: Server) -> str:
+    return voila_server.url
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +110,9 @@ def page(app_url: str):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
                                              args=["--no-sandbox", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.requests_elsewhere = []  # nothing may be fetched from outside this server
+        page.on("request", lambda request: request.url.startswith((app_url, "data:", "blob:"))
+                or page.requests_elsewhere.append(request.url))
         page.goto(app_url, timeout=90_000)
         page.locator(".widget-upload", has_text="Upload photos").wait_for(timeout=90_000)  # the kernel ran the notebook
         yield page
@@ -128,6 +152,15 @@ def test_uploaded_photos_get_their_landmark_on_top(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "app_top5.png"), full_page=True)
 
 
+def test_the_page_has_its_title_fetches_nothing_from_the_internet_and_an_example_is_one_click_away(page) -> None:
+    assert page.title() == "Which landmark is this?"
+    assert page.requests_elsewhere == []
+    page.get_by_role("button", name="Colosseum").click()
+    result = page.locator(".landmark-result", has_text="colosseum.jpg")
+    result.wait_for(timeout=60_000)
+    assert result.locator(".lm-verdict").inner_text().startswith("Colosseum")
+
+
 def test_a_non_image_gets_a_message_and_the_app_keeps_working(page, tmp_path: Path) -> None:
     fake = tmp_path / "holiday.jpg"
     fake.write_bytes(b"these are not the pixels you are looking for")
@@ -140,6 +173,31 @@ def test_a_non_image_gets_a_message_and_the_app_keeps_working(page, tmp_path: Pa
     upload(page, PHOTOS[0])
     page.locator(".landmark-result").wait_for(timeout=60_000)
     assert page.locator(".landmark-error").count() == 0
+
+
+SCENE = next(iter(sorted((LANDMARKS10.parent / "non_landmarks" / "forest").glob("*.jpg"))), None)
+SAW_BUSY = """() => { window.sawBusy = false;
+    new MutationObserver(() => { if (document.querySelector('.lm-busy')) window.sawBusy = true; })
+        .observe(document.body, {childList: true, subtree: true}); }"""
+
+
+@pytest.mark.skipif(SCENE is None, reason="../shared/data/non_landmarks is absent")
+def test_several_photos_show_a_busy_state_then_a_summary_and_a_verdict_each(page) -> None:
+    page.evaluate(SAW_BUSY)
+    upload(page, *PHOTOS, SCENE)
+    page.get_by_text(f"{len(PHOTOS) + 1} photo(s) classified by transfer_exported.pt").wait_for(timeout=60_000)
+    assert page.evaluate("window.sawBusy") and page.locator(".lm-busy").count() == 0  # shown, then replaced
+    summary = page.locator(".lm-summary tr")
+    assert summary.count() == len(PHOTOS) + 2 and "Unknown" in summary.last.inner_text()  # header + a row each
+    results = page.locator(".landmark-result")
+    assert results.count() == len(PHOTOS) + 1
+    for index in range(results.count()):  # the verdict comes first, the model that gave it is named
+        text = results.nth(index).inner_text()
+        assert results.nth(index).locator(".lm-verdict").count() == 1 and "by transfer_exported.pt" in text
+        assert "removes all of it" in text and results.nth(index).locator(".lm-legend").count() == 1
+    assert "Unknown: not one of the 10 landmarks I know" in results.last.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_desktop.png"), full_page=True)
 
 
 TEACH = sorted((LANDMARKS10.parent / "new_landmarks" / "13.Lotus_Temple").glob("*.jpg"))
@@ -165,3 +223,50 @@ def test_teaching_a_landmark_switches_to_a_model_that_knows_it(page, served: Pat
     assert page.get_by_text("classified by transfer_exported+lotus_temple.pt").count() == 1
     assert top5(result)[0][0] == "Lotus Temple"
     assert page.get_by_text("Landmarks I know (11)").count() == 1
+
+
+@pytest.mark.parametrize("width", [360, 390])
+def test_the_page_fits_a_phone_screen(page, app_url: str, width: int) -> None:
+    phone = page.context.browser.new_page(viewport={"width": width, "height": 800})
+    try:
+        phone.goto(app_url, timeout=90_000)
+        button = phone.locator(".widget-upload", has_text="Upload photos")
+        button.wait_for(timeout=90_000)
+        upload(phone, *PHOTOS)
+        phone.get_by_text(f"{len(PHOTOS)} photo(s) classified").wait_for(timeout=60_000)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= width + 1  # nothing wider than the screen
+        box = button.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width and "Upload photos" in button.inner_text()
+        for element in phone.locator(".landmark-result img, .lm-verdict, .lm-track").all():
+            right = element.bounding_box()
+            assert right["x"] + right["width"] <= width + 1, element.inner_html()[:80]
+        ARTIFACTS.mkdir(exist_ok=True)
+        phone.screenshot(path=str(ARTIFACTS / f"app_phone_{width}.png"), full_page=True)
+    finally:
+        phone.close()
+
+
+def kernels(server: subprocess.Popen) -> int:
+    """The Jupyter kernels the Voilà server runs (one per open page, until culled)."""
+    return sum("ipykernel" in " ".join(child.cmdline()) for child in psutil.Process(server.pid).children(recursive=True))
+
+
+def test_kernels_of_closed_pages_are_stopped_and_an_open_page_keeps_its_own(page, app_url: str, voila_server: Server) -> None:
+    for _ in range(3):
+        visit = page.context.browser.new_page()
+        visit.goto(app_url, timeout=90_000)
+        visit.locator(".widget-upload", has_text="Upload photos").wait_for(timeout=90_000)
+        visit.close()
+    assert kernels(voila_server.process) >= 2
+    deadline = time.monotonic() + 60
+    while kernels(voila_server.process) > 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert kernels(voila_server.process) == 1  # the page still open
+    upload(page, PHOTOS[0])
+    page.locator(".landmark-result", has_text=PHOTOS[0].name).wait_for(timeout=60_000)
+
+
+def test_voila_json_stops_idle_kernels_of_closed_pages_within_a_minute() -> None:
+    culling = json.loads((REPO / "voila.json").read_text())["MappingKernelManager"]
+    assert culling["cull_connected"] is False  # an open page's kernel is never culled
+    assert culling["cull_idle_timeout"] + culling["cull_interval"] <= 60
