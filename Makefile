@@ -26,6 +26,11 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt
 
 setup: $(VENV)/.installed
 
+# Ray, for `tag --engine ray` (optional for everything else; the tests need it)
+$(VENV)/.installed-scale: $(VENV)/.installed requirements-scale.txt
+	$(PY) -m pip install -r requirements-scale.txt
+	touch $@
+
 # The photo app (app.ipynb) served by Voilà on http://localhost:8866 with the shipped models; no dataset needed.
 # Its template (share/jupyter/voila/templates/landmarks) keeps the page from asking a CDN for anything.
 app: setup
@@ -40,7 +45,7 @@ demo: setup
 	$(PY) -m src predict "$$(find "$${LANDMARK_DATA:-landmark_images}/test" -type f -name '*.jpg' | sort | head -n 1)" \
 		--model checkpoints/transfer_exported.pt
 
-test: setup
+test: setup $(VENV)/.installed-scale
 	$(PY) -m pytest -q
 
 # The committed notebooks: both trained on the whole dataset, outputs saved in place (about 70 min on 2 CPU cores).

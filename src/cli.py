@@ -139,6 +139,12 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--geotag", type=Path, metavar="DIR", help="write a copy of each photo of a known landmark here "
                    "(same relative path) with EXIF GPS set; originals are never modified")
     p.add_argument("--overwrite-gps", action="store_true", help="with --geotag: replace the GPS a photo already has")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: decode in processes of this "
+                   "machine; ray: decode and score on Ray Data (pip install -r requirements-scale.txt)")
+    p.add_argument("--address", help="with --engine ray: join this Ray cluster (ray://HOST:10001 or HOST:6379) instead "
+                   "of starting a local Ray")
+    p.add_argument("--from-list", type=Path, metavar="FILE", help="tag the photos this text file names (one path per "
+                   "line, relative to photos_dir or inside it) instead of walking photos_dir")
     p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core)")
 
@@ -291,9 +297,12 @@ def _predict(args: argparse.Namespace) -> int:
 def _tag(args: argparse.Namespace) -> None:
     if args.overwrite_gps and args.geotag is None:
         raise ValueError("--overwrite-gps only applies with --geotag DIR")
+    if args.address is not None and args.engine != "ray":
+        raise ValueError("--address only applies with --engine ray")
     model = load_exported(args.model)
     summary = tag_photos(model, args.photos_dir, args.out, args.topk, args.threshold, args.batch_size, args.workers,
-                         model_path=args.model, places_csv=args.places, geotag_dir=args.geotag, overwrite_gps=args.overwrite_gps)
+                         model_path=args.model, places_csv=args.places, geotag_dir=args.geotag, overwrite_gps=args.overwrite_gps,
+                         from_list=args.from_list, engine=args.engine, address=args.address)
     for message in summary.unreadable:
         print(f"skipped unreadable photo: {message}", file=sys.stderr)
     threshold = model_threshold(model) if args.threshold is None else args.threshold

@@ -39,6 +39,7 @@ from .geotag import GeotagError, write_geotagged_copy
 from .location import list_images
 from .places import Place, place_key, read_places_csv
 from .predictor import model_threshold, scored
+from .ray_tagging import ray_scored_batches
 
 UNKNOWN = "unknown"
 GEOTAGGED = ("geotagged", "kept")  # what write_geotagged_copy reports for a copy written
@@ -271,10 +272,46 @@ def _check_geotag_dir(geotag_dir: Path, photos_dir: Path) -> Path:
     return geotag_dir
 
 
+ScoredBatch = tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]
+ENGINES = ("local", "ray")
+
+
+def local_scored_batches(model: torch.jit.ScriptModule, paths: list[Path], batch_size: int, num_workers: int
+                         ) -> Iterator[ScoredBatch]:
+    """``(indices, probabilities, known scores, {index: error})`` per batch of ``paths``: decoded in worker
+    processes of this machine, scored here."""
+    for indices, images, errors in square_batches(paths, int(model.resize_size), batch_size, num_workers):
+        if images is None:
+            yield [], torch.zeros(0), torch.zeros(0), errors
+            continue
+        with torch.inference_mode():
+            probabilities, known_scores = scored(model, images)
+        yield indices, probabilities, known_scores, errors
+
+
+def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path]:
+    """The photos a text file names, one path per line (blank lines and ``#`` comments skipped): relative
+    paths are below ``photos_dir``, absolute ones must lie inside it (geotagged copies keep the path
+    below it). Duplicates are dropped; a listed file that does not exist gets an error row when tagged."""
+    list_file, root = Path(list_file), Path(photos_dir).resolve()
+    photos: dict[Path, None] = {}
+    with list_file.open(encoding="utf-8", errors="surrogateescape") as lines:
+        for number, line in enumerate(lines, 1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            path = Path(entry) if Path(entry).is_absolute() else root / entry
+            if root != Path(os.path.normpath(path)) and root not in Path(os.path.normpath(path)).parents:
+                raise ValueError(f"{list_file}:{number}: {entry!r} is not inside the photo folder {photos_dir}")
+            photos[Path(os.path.normpath(path))] = None
+    return list(photos)
+
+
 def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str | Path, k: int = 5,
                threshold: float | None = None, batch_size: int = 50, num_workers: int = -1, *,
                model_path: str | Path | None = None, places_csv: str | Path | None = None,
-               geotag_dir: str | Path | None = None, overwrite_gps: bool = False) -> TagSummary:
+               geotag_dir: str | Path | None = None, overwrite_gps: bool = False,
+               from_list: str | Path | None = None, engine: str = "local", address: str | None = None) -> TagSummary:
     """Tag every photo below ``photos_dir`` into ``out`` (``.csv`` or ``.jsonl``), resuming a previous run.
 
     A photo whose known score is below ``threshold`` (default: the model's ``unknown_threshold``)
@@ -283,8 +320,15 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
     place (photos that already have GPS keep it unless ``overwrite_gps``). Unreadable files are
     written with their error and listed in the summary. ``model_path`` (the exported file ``model``
     was loaded from) is hashed into ``<out>.settings.json``, so resuming with another model is
-    refused; without it the class names stand for the model.
+    refused; without it the class names stand for the model. ``from_list`` names the photos in a
+    text file (:func:`photos_from_list`) instead of walking ``photos_dir``. ``engine="ray"`` decodes and
+    scores on Ray Data (:mod:`src.ray_tagging`; ``address`` joins an existing cluster): same records,
+    same output and resume, in the order batches complete.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray" and model_path is None:
+        raise ValueError("the Ray engine loads the model from its file in every worker: give model_path")
     photos_dir, out = Path(photos_dir), Path(out)
     if out.suffix not in FORMATS:
         raise ValueError(f"{out}: the output must end in .csv or .jsonl")
@@ -305,17 +349,18 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
     with _exclusive_run(out):
         done = done_paths(out)  # refuses a foreign file before anything is written
         _start_or_resume(out, settings)
-        photos = list_images(photos_dir)
+        photos = photos_from_list(from_list, photos_dir) if from_list is not None else list_images(photos_dir)
         todo = [path for path in photos if str(path.resolve()) not in done]
         summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
         writer = _Writer(out)
         start = time.perf_counter()
         try:
-            with torch.inference_mode(), tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
-                for indices, images, errors in square_batches(todo, int(model.resize_size), batch_size, num_workers):
+            batches = (ray_scored_batches(model_path, todo, int(model.resize_size), batch_size, address) if engine == "ray"
+                       else local_scored_batches(model, todo, batch_size, num_workers))
+            with tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
+                for indices, probabilities, known_scores, errors in batches:
                     records = [_error_record(todo[i], message) for i, message in errors.items()]
-                    if images is not None:
-                        probabilities, known_scores = scored(model, images)
+                    if indices:
                         records += _tag_records(probabilities, known_scores, [todo[i] for i in indices], names, k,
                                                 threshold, places)
                     if geotag_dir is not None:

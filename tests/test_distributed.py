@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,27 @@ def test_torchrun_with_two_cpu_processes_trains_and_exports_once(tiny_data: Path
     metrics = json.loads((tmp_path / "ddp_exported.json").read_text())
     assert metrics["epochs"] == 2 and metrics["test"]["photos"] == 12
     assert len(load_checkpoint(tmp_path / "ddp.last.pt")["history"]) == 2
+
+
+def test_two_machines_meet_through_the_c10d_rendezvous(tiny_data: Path, tmp_path: Path) -> None:
+    """The multi-node path of the README: two torchrun agents (one process each, as two machines would run
+    them) find each other through `--rdzv-backend c10d` on one endpoint, not `--standalone`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    agents = []
+    for node in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "landmarks-test",
+                   "-m", "src", "train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "1",
+                   "--eval-crop", "32", "--batch-size", "4", "--workers", "0",
+                   "--checkpoint", str(tmp_path / f"node{node}.pt"), "--export", str(tmp_path / f"node{node}_exported.pt")]
+        agents.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [agent.communicate(timeout=600) for agent in agents]
+    for agent, (_, stderr) in zip(agents, outputs):
+        assert agent.returncode == 0, stderr[-3000:]
+    printed = "".join(stdout for stdout, _ in outputs)
+    assert "rank 0 of 2" in printed and "rank 1 of 2" in printed and printed.count("Summary") == 1
+    exported = [path for path in tmp_path.glob("node*_exported.json")]
+    assert len(exported) == 1 and json.loads(exported[0].read_text())["epochs"] == 1

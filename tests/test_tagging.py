@@ -285,3 +285,25 @@ def test_a_photo_that_cannot_carry_gps_is_reported_in_its_geotag_column(tmp_path
     gif = next(json.loads(line) for line in out.read_text().splitlines() if line.startswith('{"path": "' + str(photos / "holiday" / "animated.gif")))
     assert gif["landmark"] in NAMES and gif["geotag"].startswith("failed:") and "GIF" in gif["geotag"]
     assert summary.geotagged == 12 and not (tmp_path / "gps" / "holiday" / "animated.gif").exists()
+
+
+def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    listed = sorted((photos / "holiday").rglob("*.jpg"))[:4]
+    list_file = tmp_path / "photos.txt"
+    list_file.write_text("# four photos, one twice, one missing, one absolute\n\n"
+                         + "\n".join(str(p.relative_to(photos)) for p in listed[:3])
+                         + f"\n{listed[3]}\n{listed[0].relative_to(photos)}\nholiday/gone.jpg\n")
+    out = tmp_path / "tags.csv"
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(out), "--from-list", str(list_file),
+                 "--workers", "0"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(Path(r["path"]).relative_to(photos.resolve()) for r in rows) == \
+        sorted([p.relative_to(photos) for p in listed] + [Path("holiday/gone.jpg")])  # each once, the missing one too
+    assert [r for r in rows if r["error"]][0]["error"].endswith("file not found")
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(out), "--from-list", str(list_file),
+                 "--workers", "0"]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 5 and "5 already done" in capsys.readouterr().out
+    list_file.write_text(f"{tmp_path / 'elsewhere.jpg'}\n")
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "other.csv"),
+                 "--from-list", str(list_file)]) == 2
+    assert f"{list_file}:1:" in capsys.readouterr().err

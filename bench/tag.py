@@ -1,0 +1,101 @@
+"""Tagging throughput: photos/s of `tag` with the local engine and with Ray, and where the time goes.
+
+    python bench/tag.py [--model checkpoints/transfer_exported.pt] [--full-size 40]
+
+Two photo sets: the 2,500 unlabelled ``landmarks10`` photos (128 px) and ``--full-size`` (default 250) 12-megapixel
+JPEGs (4000×3000, quality 90) made in a temporary folder from ``landmark_images_sample`` (its 125
+photos, then mirrored copies). For each:
+the whole ``tag_photos`` run with ``engine="local"`` and ``engine="ray"`` (a local Ray on this
+machine, started before the clock), and the two parts alone: decoding (``square_batches``, all
+cores, no model) and the model (``scored`` on already decoded batches, one process). The decode
+ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
+draft mode + the model's square, 40 photos, no process start-up). Writes ``bench/results/tag.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from utils import REPO, write_result
+from src.decoding import square_batches
+from src.images import read_image
+from src.location import list_images
+from src.predictor import load_exported, scored
+from src.preprocessing import square_uint8
+from src.tagging import tag_photos
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def rate(photos: int, seconds: float) -> float:
+    return round(photos / seconds, 1)
+
+
+def full_size_photos(folder: Path, count: int) -> list[Path]:
+    """``count`` 12 MP JPEGs: the canonical sample's photos scaled up (each used again, mirrored, past 125)."""
+    sources = list_images(SHARED / "landmark_images_sample")
+    for index in range(count):
+        image = Image.open(sources[index % len(sources)]).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+        if index >= len(sources):
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image.save(folder / f"{index:03d}.jpg", quality=90)
+    return list_images(folder)
+
+
+def measure(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work: Path) -> dict:
+    photos = list_images(folder)
+    size = int(model.resize_size)
+    sample = photos[:: max(1, len(photos) // 40)]  # the decode ceiling: one core, no process start-up
+    start = time.perf_counter()
+    for path in sample:
+        square_uint8(read_image(path, size), size)
+    one_core = (time.perf_counter() - start) / len(sample)
+    start = time.perf_counter()
+    batches = [images for _, images, _ in square_batches(photos, size, 50) if images is not None]
+    decode = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for images in batches:
+            scored(model, images)
+    network = time.perf_counter() - start
+    figures = {"photos": len(photos), "decode_ms_per_photo_one_core": round(one_core * 1000, 1),
+               "decode_ceiling_photos_per_s": round((os.cpu_count() or 1) / one_core, 1),
+               "decode_only_photos_per_s": rate(len(photos), decode),
+               "model_only_photos_per_s": rate(len(photos), network)}
+    for engine in ("local", "ray"):
+        out = work / f"{folder.name}_{engine}.csv"
+        summary = tag_photos(model, folder, out, model_path=model_path, engine=engine)
+        figures[f"{engine}_photos_per_s"] = rate(summary.tagged + len(summary.unreadable), summary.seconds)
+        print(f"{folder.name}: {engine} {figures[f'{engine}_photos_per_s']} photos/s", flush=True)
+    figures["local_share_of_decode_ceiling"] = round(figures["local_photos_per_s"] / figures["decode_ceiling_photos_per_s"], 2)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
+    parser.add_argument("--full-size", type=int, default=250, help="how many 12 MP JPEGs to make and tag")
+    args = parser.parse_args()
+    model = load_exported(args.model)
+    from src.ray_tagging import start_ray
+
+    start_ray(None)  # Ray's start-up (seconds) is not tagging time
+    with tempfile.TemporaryDirectory() as tmp:
+        work, big = Path(tmp), Path(tmp) / "full_size_12mp"
+        big.mkdir()
+        full_size_photos(big, args.full_size)
+        results = {"unlabelled_128px": measure(model, args.model, SHARED / "landmarks10" / "unlabeled", work),
+                   "full_size_12mp": measure(model, args.model, big, work)}
+    write_result("tag", {"model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
+                         **results})
+
+
+if __name__ == "__main__":
+    main()
