@@ -9,12 +9,15 @@ the whole ``tag_photos`` run with ``engine="local"`` and ``engine="ray"`` (a loc
 machine, started before the clock), and the two parts alone: decoding (``square_batches``, all
 cores, no model) and the model (``scored`` on already decoded batches, one process). The decode
 ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
-draft mode + the model's square, 40 photos, no process start-up). Writes ``bench/results/tag.json``.
+draft mode + the model's square, 40 photos, no process start-up). The two engines' outputs are
+compared photo by photo (each photo once, same landmark, largest probability difference).
+Writes ``bench/results/tag.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -69,11 +72,20 @@ def measure(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work:
                "decode_ceiling_photos_per_s": round((os.cpu_count() or 1) / one_core, 1),
                "decode_only_photos_per_s": rate(len(photos), decode),
                "model_only_photos_per_s": rate(len(photos), network)}
+    tags = {}
     for engine in ("local", "ray"):
-        out = work / f"{folder.name}_{engine}.csv"
+        out = work / f"{folder.name}_{engine}.jsonl"
         summary = tag_photos(model, folder, out, model_path=model_path, engine=engine)
         figures[f"{engine}_photos_per_s"] = rate(summary.tagged + len(summary.unreadable), summary.seconds)
         print(f"{folder.name}: {engine} {figures[f'{engine}_photos_per_s']} photos/s", flush=True)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        tags[engine] = {row["path"]: row for row in rows}
+        figures[f"{engine}_rows"] = len(rows)
+    local, ray = tags["local"], tags["ray"]
+    figures["ray_same_photos_each_once"] = set(local) == set(ray) and figures["ray_rows"] == len(ray) == len(photos)
+    figures["ray_same_landmark"] = sum(local[p]["landmark"] == ray[p]["landmark"] for p in local if p in ray)
+    figures["ray_max_probability_difference"] = max((abs(local[p]["probability"] - ray[p]["probability"]) for p in local
+                                                     if p in ray and local[p]["probability"] is not None), default=0.0)
     figures["local_share_of_decode_ceiling"] = round(figures["local_photos_per_s"] / figures["decode_ceiling_photos_per_s"], 2)
     return figures
 
