@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .decoding import square_batches
 from .geotag import GeotagError, write_geotagged_copy
+from .images import photo_sizes
 from .location import list_images
 from .places import Place, place_key, read_places_csv
 from .predictor import model_threshold, scored
@@ -276,17 +278,37 @@ ScoredBatch = tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]
 ENGINES = ("local", "ray")
 
 
+LARGE_PHOTO_PIXELS = 2_000_000  # above this (median of a sample), decoding costs several times the model
+
+
+def model_threads(paths: list[Path], num_workers: int) -> int:
+    """Threads for the model while worker processes decode: all of torch's for small photos (the model is
+    the bound), the cores the decode workers leave free (at least one) for large ones (decoding is the
+    bound). On 2 cores: 128 px photos 405 vs 290 photos/s with 2 threads vs 1; 12 MP JPEGs 89 vs 105."""
+    cores = os.cpu_count() or 1
+    workers = cores if num_workers < 0 else num_workers
+    sizes = photo_sizes(paths[:: max(1, len(paths) // 20)][:20])
+    if workers == 0 or len(sizes) == 0 or np.median(sizes.prod(axis=1)) < LARGE_PHOTO_PIXELS:
+        return torch.get_num_threads()
+    return max(1, cores - workers)
+
+
 def local_scored_batches(model: torch.jit.ScriptModule, paths: list[Path], batch_size: int, num_workers: int
                          ) -> Iterator[ScoredBatch]:
     """``(indices, probabilities, known scores, {index: error})`` per batch of ``paths``: decoded in worker
-    processes of this machine, scored here."""
-    for indices, images, errors in square_batches(paths, int(model.resize_size), batch_size, num_workers):
-        if images is None:
-            yield [], torch.zeros(0), torch.zeros(0), errors
-            continue
-        with torch.inference_mode():
-            probabilities, known_scores = scored(model, images)
-        yield indices, probabilities, known_scores, errors
+    processes of this machine, scored here with :func:`model_threads` threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads(paths, num_workers))
+    try:
+        for indices, images, errors in square_batches(paths, int(model.resize_size), batch_size, num_workers):
+            if images is None:
+                yield [], torch.zeros(0), torch.zeros(0), errors
+                continue
+            with torch.inference_mode():
+                probabilities, known_scores = scored(model, images)
+            yield indices, probabilities, known_scores, errors
+    finally:
+        torch.set_num_threads(threads)
 
 
 def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path]:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from conftest import tiny_config
@@ -307,3 +308,15 @@ def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, 
     assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "other.csv"),
                  "--from-list", str(list_file)]) == 2
     assert f"{list_file}:1:" in capsys.readouterr().err
+
+
+def test_the_model_leaves_the_cores_to_decoding_only_for_large_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
+    Image.new("RGB", (640, 480)).save(small)
+    Image.new("RGB", (2000, 1500)).save(large)  # 3 MP
+    threads = tagging.torch.get_num_threads()
+    assert tagging.model_threads([small] * 5, num_workers=-1) == threads  # the model is the bound
+    assert tagging.model_threads([large] * 5, num_workers=-1) == 1  # 4 decode workers on 4 cores: one thread left
+    assert tagging.model_threads([large] * 5, num_workers=2) == 2
+    assert tagging.model_threads([large] * 5, num_workers=0) == threads  # no workers: this process decodes too
