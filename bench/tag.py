@@ -10,7 +10,9 @@ machine, started before the clock), and the two parts alone: decoding (``square_
 cores, no model) and the model (``scored`` on already decoded batches, one process). The decode
 ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
 draft mode + the model's square, 40 photos, no process start-up). The two engines' outputs are
-compared photo by photo (each photo once, same landmark, largest probability difference).
+compared photo by photo (each photo once, same landmark, largest probability difference). Last, the
+unlabelled photos go through ``--address``, joining a 2-node Ray cluster simulated on this machine
+(``ray.cluster_utils.Cluster``, one CPU per node: the same two cores, split).
 Writes ``bench/results/tag.json``.
 """
 
@@ -31,6 +33,7 @@ from src.decoding import square_batches
 from src.images import read_image
 from src.location import list_images
 from src.predictor import load_exported, scored
+from src.ray_tagging import start_ray
 from src.preprocessing import square_uint8
 from src.tagging import tag_photos
 
@@ -90,14 +93,33 @@ def measure(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work:
     return figures
 
 
+def simulated_cluster(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work: Path) -> dict:
+    """``tag --engine ray --address`` joining a 2-node cluster simulated on this machine (one CPU each)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        start_ray(cluster.address)  # joining is not tagging time
+        summary = tag_photos(model, folder, work / f"{folder.name}_cluster.csv", model_path=model_path, engine="ray",
+                             address=cluster.address)
+        nodes = len(ray.nodes())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(f"{folder.name}: simulated {nodes}-node cluster {rate(summary.tagged, summary.seconds)} photos/s", flush=True)
+    return {"nodes": nodes, "photos_per_s": rate(summary.tagged + len(summary.unreadable), summary.seconds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
     parser.add_argument("--full-size", type=int, default=250, help="how many 12 MP JPEGs to make and tag")
     args = parser.parse_args()
     model = load_exported(args.model)
-    from src.ray_tagging import start_ray
-
     start_ray(None)  # Ray's start-up (seconds) is not tagging time
     with tempfile.TemporaryDirectory() as tmp:
         work, big = Path(tmp), Path(tmp) / "full_size_12mp"
@@ -105,6 +127,8 @@ def main() -> None:
         full_size_photos(big, args.full_size)
         results = {"unlabelled_128px": measure(model, args.model, SHARED / "landmarks10" / "unlabeled", work),
                    "full_size_12mp": measure(model, args.model, big, work)}
+        results["unlabelled_128px"]["ray_simulated_2_node_cluster"] = simulated_cluster(
+            model, args.model, SHARED / "landmarks10" / "unlabeled", work)
     write_result("tag", {"model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
                          **results})
 
