@@ -25,7 +25,7 @@ from torch import nn
 
 from .data import LandmarkDataset, held_out_negatives
 from .evaluation import classification_report, training_metrics, write_metrics
-from .new_landmarks import feature_memory
+from .new_landmarks import feature_memory, photo_features
 from .openset import open_set_report, unknown_threshold
 from .places import places_for
 from .predictor import Predictor, export_predictor, load_exported, predict_photos
@@ -55,10 +55,12 @@ def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_cs
     and the ``export`` command export."""
     names = valid_set.class_names
     predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
-    valid = predict_photos(predictor, valid_set.paths, valid_set.targets, num_workers=num_workers)
-    predictor.unknown_threshold = unknown_threshold(valid.known_scores)
-    predictor.memory_features, predictor.memory_targets = feature_memory(predictor, valid_set.paths, valid_set.targets,
-                                                                         negatives, num_workers)
+    features, kept, _ = photo_features(predictor, valid_set.paths, num_workers)  # one pass: threshold and memory
+    with torch.inference_mode():
+        known_scores = predictor.detector(features, predictor.logits_from_features(features))
+    predictor.unknown_threshold = unknown_threshold(known_scores.numpy())
+    predictor.memory_features, predictor.memory_targets = feature_memory(
+        predictor, features, [valid_set.targets[i] for i in kept], negatives, num_workers)
     return predictor
 
 

@@ -105,17 +105,18 @@ def _evenly(items: Sequence, n: int) -> list:
     return [items[math.floor(i * len(items) / n)] for i in range(n)]
 
 
-def feature_memory(model: nn.Module, valid_paths: Sequence[Path], valid_targets: Sequence[int],
+def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_targets: Sequence[int],
                    negatives: Sequence[str | Path] = (), num_workers: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """What an export keeps to add landmarks later: features of up to :data:`MEMORY_PER_CLASS` validation
-    photos per class and of :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1)."""
-    chosen: list[tuple[Path, int]] = []
-    for target in sorted(set(valid_targets)):
-        chosen += _evenly([(p, t) for p, t in zip(valid_paths, valid_targets) if t == target], MEMORY_PER_CLASS)
+    """What an export keeps to add landmarks later: up to :data:`MEMORY_PER_CLASS` of the validation photos'
+    features per class (computed once by the caller, who chose the threshold on them) and the features
+    of :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1)."""
+    rows = [row for target in sorted(set(valid_targets))
+            for row in _evenly([i for i, t in enumerate(valid_targets) if t == target], MEMORY_PER_CLASS)]
     trained_negatives = [path for folder in negatives for path in split_negatives(folder)[0]]
-    chosen += [(path, -1) for path in _evenly(trained_negatives, MEMORY_NEGATIVES)]
-    features, kept, _ = photo_features(model, [p for p, _ in chosen], num_workers)
-    return features.half(), torch.tensor([chosen[i][1] for i in kept], dtype=torch.long)
+    negative_features, kept, _ = photo_features(model, _evenly(trained_negatives, MEMORY_NEGATIVES), num_workers)
+    features = torch.cat([valid_features[rows], negative_features.reshape(-1, valid_features.shape[1])])
+    targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
+    return features.half(), torch.tensor(targets, dtype=torch.long)
 
 
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:

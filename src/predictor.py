@@ -69,8 +69,9 @@ class Predictor(ExportedModel):
     ``places_json`` holds ``{class name: {"latitude", "longitude", "country", "city", "wikidata"}}``
     for the classes with a known place. ``memory_features`` (fp16, ``(M, D)``) and ``memory_targets``
     (``(M,)``, -1 for photos of no known landmark) are features of validation and negative photos,
-    kept so that landmarks can be added later without the training data (:mod:`src.new_landmarks`). These attribute names are the exported file's interface;
-    ``image_size``/``resize_size`` hold ``config.eval_crop`` and ``config.resize``.
+    kept so that landmarks can be added later without the training data (:mod:`src.new_landmarks`).
+    These attribute names are the exported file's interface; ``image_size``/``resize_size`` hold
+    ``config.eval_crop`` and ``config.resize``.
     """
 
     def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig,
@@ -107,7 +108,6 @@ class Predictor(ExportedModel):
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.model.head(features)
-
 
 
 EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",

@@ -19,22 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import ImageReadError, read_image
-from .preprocessing import square_uint8
+from .decoding import SquarePhotos
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install -r requirements-scale.txt"
 
 
 def _decode(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Ray task: each photo of the batch as a ``size`` square (zeros and its error message when unreadable)."""
-    images = np.zeros((len(batch["path"]), 3, size, size), dtype=np.uint8)
+    """Ray task: each photo of the batch as a ``size`` square (:class:`~src.decoding.SquarePhotos`; zeros and
+    its error message when unreadable)."""
+    photos = SquarePhotos([Path(path) for path in batch["path"]], size)
+    images = np.zeros((len(photos), 3, size, size), dtype=np.uint8)
     errors = []
-    for row, path in enumerate(batch["path"]):
-        try:
-            images[row] = square_uint8(read_image(str(path), size), size).numpy()
+    for row in range(len(photos)):
+        _, item = photos[row]
+        if isinstance(item, str):
+            errors.append(item)
+        else:
+            images[row] = item.numpy()
             errors.append("")
-        except ImageReadError as error:
-            errors.append(str(error))
     return {"index": batch["index"], "image": images, "error": np.array(errors, dtype=object)}
 
 

@@ -313,8 +313,9 @@ def local_scored_batches(model: torch.jit.ScriptModule, paths: list[Path], batch
 
 def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path]:
     """The photos a text file names, one path per line (blank lines and ``#`` comments skipped): relative
-    paths are below ``photos_dir``, absolute ones must lie inside it (geotagged copies keep the path
-    below it). Duplicates are dropped; a listed file that does not exist gets an error row when tagged."""
+    paths are below ``photos_dir``, absolute ones must lie inside it. Paths come back below ``photos_dir``
+    as given, like :func:`~src.location.list_images` (geotagged copies keep the path below it).
+    Duplicates are dropped; a listed file that does not exist gets an error row when tagged."""
     list_file, root = Path(list_file), Path(photos_dir).resolve()
     photos: dict[Path, None] = {}
     with list_file.open(encoding="utf-8", errors="surrogateescape") as lines:
@@ -322,10 +323,10 @@ def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
-            path = Path(entry) if Path(entry).is_absolute() else root / entry
-            if root != Path(os.path.normpath(path)) and root not in Path(os.path.normpath(path)).parents:
+            path = Path(os.path.normpath(root / entry))  # an absolute entry replaces root
+            if path != root and root not in path.parents:
                 raise ValueError(f"{list_file}:{number}: {entry!r} is not inside the photo folder {photos_dir}")
-            photos[Path(os.path.normpath(path))] = None
+            photos[Path(photos_dir) / path.relative_to(root)] = None
     return list(photos)
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 from conftest import TINY_CLASSES, run_without_src, tiny_config
 from src.cli import main
 from src.factory import create_model, list_models
-from src.new_landmarks import MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory, read_new_landmarks
+from src.new_landmarks import (MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory,
+                                photo_features, read_new_landmarks)
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
 
@@ -43,8 +44,9 @@ def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size:
     if memory:
         paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
         targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
+        features, kept, _ = photo_features(predictor, paths, num_workers=0)
         predictor.memory_features, predictor.memory_targets = feature_memory(
-            predictor, paths, targets, [_negatives(path.parent / "negatives")], num_workers=0)
+            predictor, features, [targets[i] for i in kept], [_negatives(path.parent / "negatives")], num_workers=0)
     return export_predictor(predictor, path)
 
 

@@ -320,3 +320,17 @@ def test_the_model_leaves_the_cores_to_decoding_only_for_large_photos(tmp_path: 
     assert tagging.model_threads([large] * 5, num_workers=-1) == 1  # 4 decode workers on 4 cores: one thread left
     assert tagging.model_threads([large] * 5, num_workers=2) == 2
     assert tagging.model_threads([large] * 5, num_workers=0) == threads  # no workers: this process decodes too
+
+
+def test_from_list_with_a_relative_photo_folder_geotags_below_it(tmp_path: Path, photos: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    places = {name: Place(10.0, -20.0, "Somewhere", "Town") for name in NAMES}
+    model_path = _export(tmp_path / "m.pt", threshold=0.0, places=places)
+    monkeypatch.chdir(photos.parent)
+    listed = sorted((photos / "holiday").rglob("*.jpg"))[:3]
+    list_file = tmp_path / "photos.txt"
+    list_file.write_text("\n".join([str(listed[0])] + [str(p.relative_to(photos)) for p in listed[1:]]))
+    summary = tag_photos(load_exported(model_path), Path(photos.name), tmp_path / "tags.csv", num_workers=0,
+                         geotag_dir=tmp_path / "gps", model_path=model_path, from_list=list_file)
+    assert summary.geotagged == 3
+    assert all((tmp_path / "gps" / p.relative_to(photos)).is_file() for p in listed)
