@@ -222,7 +222,7 @@ def plot_known_scores(known_scores: ArrayLike, unknown: dict[str, ArrayLike], th
         unknown_accepted, known_accepted = roc_curve(known_scores, scores)
         roc.plot(unknown_accepted, known_accepted, label=name)
     hist.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
-    hist.set(xlabel="known score (top probability)", ylabel="density", title="Known score: known vs unknown photos")
+    hist.set(xlabel="known score", ylabel="density", title="Known score: known vs unknown photos")
     hist.legend(fontsize=8)
     roc.axhline(0.95, color="grey", linestyle=":", label="95 % of known photos accepted")
     roc.set(xlabel="unknown photos accepted", ylabel="known photos accepted", title="ROC", xlim=(0, 0.3), ylim=(0.7, 1.0))

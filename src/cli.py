@@ -143,8 +143,9 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
                    "machine; ray: decode and score on Ray Data (pip install -r requirements-scale.txt)")
     p.add_argument("--address", help="with --engine ray: join this Ray cluster (ray://HOST:10001 or HOST:6379) instead "
                    "of starting a local Ray")
-    p.add_argument("--from-list", type=Path, metavar="FILE", help="tag the photos this text file names (one path per "
-                   "line, relative to photos_dir or inside it) instead of walking photos_dir")
+    p.add_argument("--from-list", type=Path, metavar="FILE", help="tag the photos this text file names (one per "
+                   "line: a path relative to photos_dir or inside it, or a URI such as s3://bucket/photo.jpg, gs://, "
+                   "hdfs://, file://, read with pyarrow) instead of walking photos_dir")
     p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core)")
 

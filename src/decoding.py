@@ -28,7 +28,7 @@ class SquarePhotos(Dataset):
     so a bad file is reported by name instead of stopping a worker process.
     """
 
-    def __init__(self, paths: list[Path], size: int) -> None:
+    def __init__(self, paths: list[Path | str], size: int) -> None:
         self.paths, self.size = paths, size
 
     def __len__(self) -> int:
@@ -41,7 +41,7 @@ class SquarePhotos(Dataset):
             return index, str(error)
 
 
-def square_batches(paths: list[Path], size: int, batch_size: int = 64, num_workers: int = -1
+def square_batches(paths: list[Path | str], size: int, batch_size: int = 64, num_workers: int = -1
                    ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
     """Decode ``paths`` as :class:`SquarePhotos` in parallel worker processes, in order.
 

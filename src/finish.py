@@ -3,8 +3,9 @@
 ``finish_run`` steps:
 1. wrap the trained model in a :class:`~src.predictor.Predictor` with the run's preprocessing
    config and the places of its classes (:mod:`src.places`);
-2. choose its unknown threshold on the validation photos (:func:`~src.openset.unknown_threshold`) and
-   keep the features that adding landmarks later needs (:mod:`src.new_landmarks`);
+2. keep the features that adding landmarks later needs (:mod:`src.new_landmarks`), calibrate the
+   unknown detector on them and the validation photos and choose its threshold there
+   (:func:`~src.openset.nearest_detector`, :func:`~src.openset.unknown_threshold`);
 3. export it with TorchScript (atomically) and reload the file, as the app will;
 4. predict every test photo once with it (from the files on disk, not the training tensors);
 5. compute top-1 / top-k / per-class accuracy, the share of test photos accepted as known and,
@@ -26,7 +27,7 @@ from torch import nn
 from .data import LandmarkDataset, held_out_negatives
 from .evaluation import classification_report, training_metrics, write_metrics
 from .new_landmarks import feature_memory, photo_features
-from .openset import open_set_report, unknown_threshold
+from .openset import nearest_detector, open_set_report, unknown_threshold
 from .places import places_for
 from .predictor import Predictor, export_predictor, load_exported, predict_photos
 
@@ -49,18 +50,20 @@ class RunResult:
 
 def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
                          num_workers: int = -1, negatives: Sequence[str | Path] = ()) -> Predictor:
-    """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places, an unknown threshold
-    chosen on ``valid_set`` and the feature memory that adding landmarks needs (validation photos and
-    the training half of ``negatives``; :func:`~src.new_landmarks.feature_memory`). What ``finish_run``
-    and the ``export`` command export."""
+    """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places, the feature memory that
+    adding landmarks needs (validation photos and the training half of ``negatives``;
+    :func:`~src.new_landmarks.feature_memory`), an unknown detector that compares photos with that memory,
+    and its threshold chosen on ``valid_set``. What ``finish_run`` and the ``export`` command export."""
     names = valid_set.class_names
     predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
     features, kept, _ = photo_features(predictor, valid_set.paths, num_workers)  # one pass: threshold and memory
+    memory_features, memory_targets, rows = feature_memory(predictor, features, [valid_set.targets[i] for i in kept],
+                                                           negatives, num_workers)
     with torch.inference_mode():
-        known_scores = predictor.detector(features, predictor.logits_from_features(features))
-    predictor.unknown_threshold = unknown_threshold(known_scores.numpy())
-    predictor.memory_features, predictor.memory_targets = feature_memory(
-        predictor, features, [valid_set.targets[i] for i in kept], negatives, num_workers)
+        predictor.detector, known_scores = nearest_detector(memory_features[memory_targets >= 0], torch.tensor(rows),
+                                                            features, predictor.logits_from_features(features))
+    predictor.unknown_threshold = unknown_threshold(known_scores)
+    predictor.memory_features, predictor.memory_targets = memory_features, memory_targets
     return predictor
 
 

@@ -4,11 +4,14 @@ Photo collections are messy: grayscale scans, palette GIF-like PNGs, RGBA screen
 prints, 16-bit PNGs, phone photos stored sideways with an EXIF orientation tag, truncated
 downloads, strips a few pixels high and files that are not images at all. Every reader in the
 package goes through :func:`load_rgb` (or :func:`read_image`, its tensor form) so they all behave
-the same way; :func:`photo_sizes` reads sizes from the headers alone.
+the same way; :func:`photo_sizes` reads sizes from the headers alone. A photo may also be a URI
+(``s3://bucket/key.jpg``, ``gs://…``, ``hdfs://…``, ``file:///…``), read through pyarrow's
+filesystems as Ray Data reads them (:func:`read_uri`).
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +32,34 @@ MAX_ASPECT_RATIO = 50
 _BAND_PIXELS = 1 << 20
 
 
+# URI schemes pyarrow.fs.FileSystem.from_uri reads (credentials and endpoints from the usual environment
+# variables, e.g. AWS_ENDPOINT_URL); http(s) is not one of them.
+URI_SCHEMES: tuple[str, ...] = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
 class ImageReadError(ValueError):
     """A file could not be read as an image; the message starts with the file's path."""
+
+
+def is_uri(path: str | Path) -> bool:
+    """True for ``scheme://…`` strings (a :class:`~pathlib.Path` would fold the ``//`` away, so URIs stay strings)."""
+    return isinstance(path, str) and "://" in path
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of a photo on object storage or HDFS, or :class:`ImageReadError` naming the URI."""
+    try:
+        from pyarrow import fs
+    except ImportError as error:
+        raise ImageReadError(f"{uri}: reading URIs needs pyarrow: pip install -r requirements-scale.txt") from error
+    try:
+        filesystem, location = fs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(location) as stream:
+            return stream.read()
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{uri}: file not found") from error
+    except (OSError, ValueError) as error:  # no access, no such bucket, unknown scheme (pyarrow's ArrowInvalid)
+        raise ImageReadError(f"{uri}: cannot read it ({error})") from error
 
 
 def _deep_grey_to_l(image: Image.Image) -> Image.Image:
@@ -68,7 +97,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_aspect_ratio(path: Path, size: tuple[int, int]) -> None:
+def _check_aspect_ratio(path: str | Path, size: tuple[int, int]) -> None:
     """Refuse a strip from its header, before decoding: see :data:`MAX_ASPECT_RATIO`."""
     width, height = size
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
@@ -77,18 +106,19 @@ def _check_aspect_ratio(path: Path, size: tuple[int, int]) -> None:
 
 
 def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open ``path`` as an upright RGB image.
+    """Open ``path`` (a file, or a URI: :func:`read_uri`) as an upright RGB image.
 
     ``draft_size`` lets the JPEG decoder skip detail that a later resize would throw away
     (a large speed-up for full-size photos); the result is still at least that big.
     Raises :class:`ImageReadError` naming the file for anything that is not a readable image,
     including decompression bombs, strips (:data:`MAX_ASPECT_RATIO`) and truncated files.
     """
-    path = Path(path)
+    path = path if is_uri(path) else Path(path)
+    source = io.BytesIO(read_uri(path)) if is_uri(path) else path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 _check_aspect_ratio(path, image.size)
                 if draft_size is not None and image.format == "JPEG":
                     image.draft("RGB", draft_size)

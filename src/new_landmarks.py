@@ -11,8 +11,9 @@ landmark. ``add_landmarks`` needs only that export and the new photos:
    (:func:`fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
    the new views, and outlier exposure on the memory's negatives so that photos of no landmark
    stay unknown. The old classes' logits are the export's own, so what it knew is kept;
-4. choose the unknown threshold again on the memory's validation features (the same rule as
-   training: :func:`~src.openset.unknown_threshold`);
+4. calibrate the unknown detector again on the memory's validation features, now comparing photos
+   with the new views too, and choose its threshold there (the same rule as training:
+   :func:`~src.openset.nearest_detector`, :func:`~src.openset.unknown_threshold`);
 5. script an :class:`AddedLandmarksPredictor` (the original export + the new rows + the memory with
    the new views), which has the interface of every export and loads with ``torch.jit.load`` alone.
 
@@ -40,7 +41,7 @@ from .data import display_name, split_negatives
 from .decoding import square_batches
 from .files import atomic_write
 from .location import list_images
-from .openset import MaxSoftmax, open_set_report, unknown_threshold
+from .openset import nearest_detector, open_set_report, unknown_threshold
 from .places import Place, places_for
 from .predictor import ExportedModel, load_exported
 
@@ -57,8 +58,9 @@ class AddedLandmarksPredictor(ExportedModel):
     """An exported predictor with landmarks added: the original export, untouched, and one linear row
     per added landmark on its features. Same interface as :class:`~src.predictor.Predictor`."""
 
-    def __init__(self, base: torch.jit.ScriptModule, added: nn.Linear, class_names: List[str], unknown_threshold: float,
-                 places_json: str, memory_features: torch.Tensor, memory_targets: torch.Tensor) -> None:
+    def __init__(self, base: torch.jit.ScriptModule, added: nn.Linear, class_names: List[str], detector: nn.Module,
+                 unknown_threshold: float, places_json: str, memory_features: torch.Tensor, memory_targets: torch.Tensor
+                 ) -> None:
         super().__init__()
         self.base = base
         self.added = added
@@ -71,7 +73,7 @@ class AddedLandmarksPredictor(ExportedModel):
         self.places_json: str = places_json
         self.register_buffer("memory_features", memory_features.half())
         self.register_buffer("memory_targets", memory_targets.long())
-        self.detector = MaxSoftmax()
+        self.detector = detector
 
     @torch.jit.export
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -106,17 +108,18 @@ def _evenly(items: Sequence, n: int) -> list:
 
 
 def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_targets: Sequence[int],
-                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """What an export keeps to add landmarks later: up to :data:`MEMORY_PER_CLASS` of the validation photos'
-    features per class (computed once by the caller, who chose the threshold on them) and the features
-    of :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1)."""
+                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """What an export keeps to add landmarks later (and to detect unknown photos with): up to
+    :data:`MEMORY_PER_CLASS` of the validation photos' features per class (computed once by the caller,
+    who calibrates on them) and the features of :data:`MEMORY_NEGATIVES` training photos of the
+    negatives folders (target -1, after them), and the validation indices of the memory's first rows."""
     rows = [row for target in sorted(set(valid_targets))
             for row in _evenly([i for i, t in enumerate(valid_targets) if t == target], MEMORY_PER_CLASS)]
     trained_negatives = [path for folder in negatives for path in split_negatives(folder)[0]]
     negative_features, kept, _ = photo_features(model, _evenly(trained_negatives, MEMORY_NEGATIVES), num_workers)
     features = torch.cat([valid_features[rows], negative_features.reshape(-1, valid_features.shape[1])])
     targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
-    return features.half(), torch.tensor(targets, dtype=torch.long)
+    return features.half(), torch.tensor(targets, dtype=torch.long), rows
 
 
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
@@ -239,15 +242,21 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
         names.append(name)
     fit_features, fit_targets = _without_lookalike_negatives(memory_features, memory_targets, len(base_names))
     added = fit_added_rows(base.logits_from_features(fit_features), fit_features, fit_targets, len(names) - len(base_names))
-    validation = memory_features[(memory_targets >= 0) & (memory_targets < len(base_names))]  # the base rows are fixed
-    logits = torch.cat([base.logits_from_features(validation), added(validation)], dim=1)
-    threshold = unknown_threshold(F.softmax(logits, dim=1).max(dim=1).values.numpy())
+    known = memory_targets >= 0
+    in_validation = known & (memory_targets < len(base_names))  # the remembered validation photos (base rows are fixed)
+    validation = memory_features[in_validation]
+    bank_rows = torch.full((int(known.sum()),), -1, dtype=torch.long)
+    bank_rows[in_validation[known]] = torch.arange(len(validation))
+    with torch.inference_mode():
+        logits = torch.cat([base.logits_from_features(validation), added(validation)], dim=1)
+        detector, known_scores = nearest_detector(memory_features[known], bank_rows, validation, logits)
+    threshold = unknown_threshold(known_scores)
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
-        scripted = torch.jit.script(AddedLandmarksPredictor(base, added, names, threshold, places_json,
+        scripted = torch.jit.script(AddedLandmarksPredictor(base, added, names, detector, threshold, places_json,
                                                             memory_features, memory_targets))
     return scripted, skipped
 
@@ -277,8 +286,7 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     seconds = time.perf_counter() - start
 
     def predicted(features_: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probabilities = F.softmax(model.logits_from_features(features_), dim=1)
-        return probabilities.argmax(1).numpy(), probabilities.max(1).values.numpy()
+        return model.logits_from_features(features_).argmax(1).numpy(), model.known_score_from_features(features_).numpy()
 
     threshold = float(model.unknown_threshold)
     query_pred, query_score = predicted(torch.stack([features[p] for p in query]))

@@ -47,6 +47,10 @@ class ExportedModel(nn.Module):
     def known_score(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(x)[1]
 
+    @torch.jit.export
+    def known_score_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.detector(features, self.logits_from_features(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(x)[0]
 
@@ -83,7 +87,7 @@ class Predictor(ExportedModel):
         self.resize_size: int = config.resize
         self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.detector = MaxSoftmax()  # the known score, chosen by measurement (src/openset.py)
+        self.detector: nn.Module = MaxSoftmax()  # calibrated_predictor puts the measured choice here (src/openset.py)
         self.unknown_threshold: float = float(unknown_threshold)
         self.places_json: str = json.dumps({name: place.to_dict() for name, place in (places or {}).items()
                                             if name in self.class_names}, sort_keys=True)
@@ -112,7 +116,7 @@ class Predictor(ExportedModel):
 
 EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
                        "memory_features", "memory_targets", "features_and_logits", "logits_from_features", "classify",
-                       "known_score"]
+                       "known_score", "known_score_from_features"]
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:

@@ -6,7 +6,8 @@ TorchScript model in an actor pool sized to the cluster (one actor per GPU where
 GPUs). Scored batches come back to the driver in the order they complete, where
 :func:`src.tagging.tag_photos` writes, geotags and resumes exactly as with the local engine.
 Without ``address`` a local Ray starts; with it (``ray://host:10001`` or ``host:6379``) the run
-joins that cluster, which must see the photo paths at the same place (shared storage). Ray is an
+joins that cluster, which must see the photo paths at the same place (shared storage, or URIs of
+object storage: :func:`src.images.read_uri`). Ray is an
 optional install: ``pip install -r requirements-scale.txt``.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .decoding import SquarePhotos
+from .images import is_uri
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install -r requirements-scale.txt"
 
@@ -27,7 +29,7 @@ INSTALL_HINT = "the Ray engine needs Ray: pip install -r requirements-scale.txt"
 def _decode(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """Ray task: each photo of the batch as a ``size`` square (:class:`~src.decoding.SquarePhotos`; zeros and
     its error message when unreadable)."""
-    photos = SquarePhotos([Path(path) for path in batch["path"]], size)
+    photos = SquarePhotos([path if is_uri(path) else Path(path) for path in batch["path"]], size)
     images = np.zeros((len(photos), 3, size, size), dtype=np.uint8)
     errors = []
     for row in range(len(photos)):
@@ -81,7 +83,7 @@ def start_ray(address: str | None):
     return ray
 
 
-def ray_scored_batches(model_path: str | Path, paths: list[Path], size: int, batch_size: int, address: str | None = None
+def ray_scored_batches(model_path: str | Path, paths: list[Path | str], size: int, batch_size: int, address: str | None = None
                        ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]]:
     """``(indices, probabilities, known scores, {index: error})`` per batch of ``paths``, decoded and scored on
     Ray Data, in the order batches complete (the same tuples as ``tagging.local_scored_batches``)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .decoding import square_batches
 from .geotag import GeotagError, write_geotagged_copy
-from .images import photo_sizes
+from .images import URI_SCHEMES, is_uri, photo_sizes
 from .location import list_images
 from .places import Place, place_key, read_places_csv
 from .predictor import model_threshold, scored
@@ -154,7 +155,12 @@ def done_paths(out: Path) -> set[str]:
         return set()
     with _open_text(out, "r") as handle:
         read = _csv_paths if out.suffix == ".csv" else _jsonl_paths
-        return {str(Path(p).resolve()) for p in read(iter(handle), out)}  # the same photo however the folder was named
+        return {photo_key(p) for p in read(iter(handle), out)}
+
+
+def photo_key(path: str | Path) -> str:
+    """What identifies a photo across runs: its absolute path (the same photo however the folder was named), or its URI."""
+    return path if is_uri(path) else str(Path(path).resolve())
 
 
 def _settings(model: torch.jit.ScriptModule, k: int, threshold: float, model_path: str | Path | None,
@@ -234,7 +240,7 @@ class _Writer:
         self.handle.close()
 
 
-def _tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths: list[Path], names: list[str], k: int,
+def _tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths: list[Path | str], names: list[str], k: int,
                  threshold: float, places: dict[str, Place]) -> list[dict[str, Any]]:
     """One record per photo: its top-k, its landmark (``unknown`` below ``threshold``) and that landmark's place."""
     values, classes = probabilities.topk(min(k, len(names)), dim=1)
@@ -248,7 +254,7 @@ def _tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths:
     return records
 
 
-def _error_record(path: Path, message: str) -> dict[str, Any]:
+def _error_record(path: Path | str, message: str) -> dict[str, Any]:
     return {"path": str(path), "landmark": None, "probability": None, "known_score": None,
             **dict.fromkeys(PLACE_FIELDS), "top_k": [], "geotag": None, "error": message}
 
@@ -311,22 +317,33 @@ def local_scored_batches(model: torch.jit.ScriptModule, paths: list[Path], batch
         torch.set_num_threads(threads)
 
 
-def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path]:
-    """The photos a text file names, one path per line (blank lines and ``#`` comments skipped): relative
-    paths are below ``photos_dir``, absolute ones must lie inside it. Paths come back below ``photos_dir``
-    as given, like :func:`~src.location.list_images` (geotagged copies keep the path below it).
-    Duplicates are dropped; a listed file that does not exist gets an error row when tagged."""
+def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path | str]:
+    """The photos a text file names, one per line (blank lines and ``#`` comments skipped): relative
+    paths are below ``photos_dir``, absolute ones must lie inside it, and URIs (``s3://bucket/key.jpg``;
+    :data:`~src.images.URI_SCHEMES`) are read from where they are, so that a library on shared storage
+    need not be walked from one machine. Paths come back below ``photos_dir`` as given, like
+    :func:`~src.location.list_images` (geotagged copies keep the path below it); URIs as strings.
+    Duplicates are dropped; a listed photo that does not exist gets an error row when tagged."""
     list_file, root = Path(list_file), Path(photos_dir).resolve()
-    photos: dict[Path, None] = {}
+    photos: dict[Path | str, None] = {}
     with list_file.open(encoding="utf-8", errors="surrogateescape") as lines:
         for number, line in enumerate(lines, 1):
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
+            if is_uri(entry):
+                scheme = entry.split("://", 1)[0].lower()
+                if scheme not in URI_SCHEMES:
+                    raise ValueError(f"{list_file}:{number}: {entry!r}: {scheme}:// is not a storage this reads "
+                                     f"(one of {', '.join(s + '://' for s in URI_SCHEMES)})")
+                photos[entry] = None
+                continue
             path = Path(os.path.normpath(root / entry))  # an absolute entry replaces root
             if path != root and root not in path.parents:
                 raise ValueError(f"{list_file}:{number}: {entry!r} is not inside the photo folder {photos_dir}")
             photos[Path(photos_dir) / path.relative_to(root)] = None
+    if any(is_uri(photo) for photo in photos) and importlib.util.find_spec("pyarrow") is None:
+        raise ValueError(f"{list_file} names URIs; reading them needs pyarrow: pip install -r requirements-scale.txt")
     return list(photos)
 
 
@@ -368,12 +385,15 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
     places = model_places(model, places_csv)
     settings = _settings(model, k, threshold, model_path, places, geotag_dir, overwrite_gps)
     names = settings["class_names"]
+    photos = photos_from_list(from_list, photos_dir) if from_list is not None else list_images(photos_dir)
+    if geotag_dir is not None and any(is_uri(photo) for photo in photos):
+        raise ValueError(f"{from_list}: --geotag writes copies below the photo folder; photos given by URI have no "
+                         "place there (tag them without --geotag)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_run(out):
         done = done_paths(out)  # refuses a foreign file before anything is written
         _start_or_resume(out, settings)
-        photos = photos_from_list(from_list, photos_dir) if from_list is not None else list_images(photos_dir)
-        todo = [path for path in photos if str(path.resolve()) not in done]
+        todo = [path for path in photos if photo_key(path) not in done]
         summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
         writer = _Writer(out)
         start = time.perf_counter()

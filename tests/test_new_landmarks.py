@@ -45,7 +45,7 @@ def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size:
         paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
         targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
         features, kept, _ = photo_features(predictor, paths, num_workers=0)
-        predictor.memory_features, predictor.memory_targets = feature_memory(
+        predictor.memory_features, predictor.memory_targets, _ = feature_memory(
             predictor, features, [targets[i] for i in kept], [_negatives(path.parent / "negatives")], num_workers=0)
     return export_predictor(predictor, path)
 

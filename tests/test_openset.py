@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import make_photo, run_without_src, tiny_config
 from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
 from src.factory import create_model
-from src.openset import MaxSoftmax, open_set_report, unknown_threshold
+from src.openset import MaxSoftmax, nearest_detector, open_set_report, percentile, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
@@ -82,6 +82,8 @@ def test_known_score_threshold_and_places_survive_export_and_reload_without_src(
     model = create_model(model_name, 2, **kwargs)
     colosseum = Place(41.8903, 12.4922, "Italy", "Rome", "Q10285")
     predictor = Predictor(model, names, tiny_config(32), unknown_threshold=0.6, places={"Colosseum": colosseum})
+    valid_features, valid_logits = predictor.features_and_logits(torch.randint(0, 255, (6, 3, 40, 52), dtype=torch.uint8))
+    predictor.detector, _ = nearest_detector(valid_features[:4], torch.arange(4), valid_features, valid_logits)
     images = torch.randint(0, 255, (3, 3, 40, 52), dtype=torch.uint8)
     expected = predictor.classify(images)
     path = export_predictor(predictor, tmp_path / "m.pt")
@@ -98,13 +100,46 @@ def test_known_score_threshold_and_places_survive_export_and_reload_without_src(
         images = torch.randint(0, 255, (3, 3, 40, 52), dtype=torch.uint8)
         probabilities, scores = model.classify(images)
         assert scores.shape == (3,) and torch.allclose(model.known_score(images), scores)
-        assert torch.allclose(scores, probabilities.max(1).values)  # the shipped detector: top probability after OE
+        assert torch.allclose(model.known_score_from_features(model.features_and_logits(images)[0]), scores)
+        assert bool(((scores >= 0) & (scores <= 1)).all())
         print(json.dumps({"threshold": model.unknown_threshold, "places": json.loads(model.places_json)}))
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     carried = json.loads(result.stdout)
     assert carried["threshold"] == pytest.approx(0.6)
     assert carried["places"] == {"Colosseum": colosseum.to_dict()}  # a class without a place has none
+
+
+def test_percentile_ranks_values_among_the_reference_and_keeps_their_order() -> None:
+    reference = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    ranks = percentile(reference, torch.tensor([0.0, 0.1, 0.15, 0.4, 0.9]))
+    assert torch.allclose(ranks, torch.tensor([0.0, 0.125, 0.25, 0.875, 1.0]))  # mid-ranks, 0 and 1 beyond the ends
+    dense = percentile(reference, torch.linspace(0, 1, 101))
+    assert bool((dense[1:] >= dense[:-1]).all())
+    assert torch.allclose(percentile(torch.ones(4), torch.ones(1)), torch.tensor([0.5]))  # a saturated softmax: ties
+
+
+def test_softmax_and_nearest_accepts_photos_confident_and_close_to_a_known_photo() -> None:
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(2, 16), dim=1) * 5
+    targets = torch.arange(40) % 2
+    features = centres[targets] + torch.randn(40, 16) * 0.5
+    logits = F.one_hot(targets, 2).float() * 4 + torch.randn(40, 2) * 0.3
+    bank_rows = torch.arange(0, 40, 2)  # half the validation photos are remembered
+    detector, valid_scores = nearest_detector(features[bank_rows], bank_rows, features, logits)
+    assert valid_scores.shape == (40,) and 0 <= valid_scores.min() and valid_scores.max() <= 1
+    threshold = unknown_threshold(valid_scores)
+    assert (valid_scores >= threshold).mean() >= 0.95
+    confident = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
+    close_and_confident = detector(centres, confident)
+    far_and_unsure = detector(-centres, torch.zeros(2, 2))
+    one_of_two = torch.cat([detector(-centres, confident), detector(centres, torch.zeros(2, 2))])
+    assert (close_and_confident >= threshold).all() and (far_and_unsure < threshold).all()
+    assert far_and_unsure.max() < one_of_two.min()  # either score alone lifts a photo
+    # leave one out: a remembered photo is scored as a new photo would be, not as its own nearest neighbour
+    assert valid_scores[0] < float(detector(features[:1], logits[:1]))
+    with pytest.raises(ValueError, match="remembered and validation"):
+        nearest_detector(features[:0], bank_rows[:0], features, logits)
 
 
 def test_max_softmax_scores_the_top_probability() -> None:

@@ -334,3 +334,34 @@ def test_from_list_with_a_relative_photo_folder_geotags_below_it(tmp_path: Path,
                          geotag_dir=tmp_path / "gps", model_path=model_path, from_list=list_file)
     assert summary.geotagged == 3
     assert all((tmp_path / "gps" / p.relative_to(photos)).is_file() for p in listed)
+
+
+def test_from_list_reads_uris_like_paths_and_refuses_what_it_cannot_read(exported: Path, photos: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    pytest.importorskip("pyarrow", reason="URIs are read with pyarrow: pip install -r requirements-scale.txt")
+    listed = sorted((photos / "holiday").rglob("*.jpg"))[:3]
+    uris = [p.resolve().as_uri() for p in listed] + [(photos / "holiday" / "gone.jpg").resolve().as_uri()]
+    list_file = tmp_path / "photos.txt"
+    list_file.write_text("\n".join(uris + [str(listed[0].relative_to(photos))]) + "\n")
+    by_uri, by_path = tmp_path / "uris.jsonl", tmp_path / "paths.jsonl"
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(by_uri), "--from-list", str(list_file),
+                 "--workers", "0"]) == 0
+    rows = {row["path"]: row for row in map(json.loads, by_uri.read_text().splitlines())}
+    assert len(rows) == 5 and set(uris) <= set(rows)  # a URI and the path of the same photo are two entries
+    assert rows[uris[-1]]["error"] == f"{uris[-1]}: file not found"
+    tag_photos(load_exported(exported), photos, by_path, num_workers=0, model_path=exported)
+    same = {row["path"]: row for row in map(json.loads, by_path.read_text().splitlines())}
+    for uri, path in zip(uris, listed):
+        assert rows[uri]["landmark"] == same[str(path)]["landmark"]
+        assert rows[uri]["known_score"] == pytest.approx(same[str(path)]["known_score"], abs=1e-6)
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(by_uri), "--from-list", str(list_file),
+                 "--workers", "0"]) == 0
+    assert "5 already done" in capsys.readouterr().out and len(by_uri.read_text().splitlines()) == 5
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "gps.csv"), "--from-list",
+                 str(list_file), "--geotag", str(tmp_path / "gps")]) == 2
+    assert "URI" in capsys.readouterr().err and not list(tmp_path.glob("gps.csv*"))  # refused before writing anything
+    list_file.write_text("# from the web\nhttps://example.org/photo.jpg\n")
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "web.csv"),
+                 "--from-list", str(list_file)]) == 2
+    error = capsys.readouterr().err
+    assert f"{list_file}:2:" in error and "https:// is not a storage" in error
