@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO
 from src.cli import main
@@ -58,3 +59,15 @@ def test_run_notebooks_drops_progress_widgets_only(tmp_path: Path, monkeypatch: 
     saved = nbformat.read(path, as_version=4)
     assert [o.output_type for o in saved.cells[0].outputs] == ["stream", "display_data"]
     assert "widgets" not in saved.metadata
+
+
+def test_nearest_mean_names_well_separated_landmarks_and_not_shuffled_ones() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from new_landmark_features import nearest_mean_top1
+
+    torch.manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(20)
+    centres = torch.eye(3, 8) * 10
+    features = centres[labels] + torch.randn(60, 8)
+    assert nearest_mean_top1(features, labels, shots=5, draws=3) == 1.0
+    assert nearest_mean_top1(features, labels[torch.randperm(60)], shots=5, draws=3) < 0.7  # labels unrelated to features
