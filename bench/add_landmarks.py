@@ -94,9 +94,10 @@ def main() -> None:
     new_features, kept, _ = photo_features(base, everything)
     features = {everything[i]: f for i, f in zip(kept, new_features)}
     scenes = photo_features(base, split_negatives(SHARED / "non_landmarks")[1])[0]
-    base_probabilities = F.softmax(base.logits_from_features(test[0]), 1)
-    before = open_set_report(base_probabilities.max(1).values.numpy(),
-                             F.softmax(base.logits_from_features(scenes), 1).max(1).values.numpy(), float(base.unknown_threshold))
+    with torch.inference_mode():
+        base_probabilities = F.softmax(base.logits_from_features(test[0]), 1)
+        before = open_set_report(base.known_score_from_features(test[0]).numpy(), base.known_score_from_features(scenes).numpy(),
+                                 float(base.unknown_threshold))
     check_features_route(base, settings["never trained against"], test_folder.paths[:20])
     rows = []
     for setting, photos in settings.items():

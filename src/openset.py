@@ -83,7 +83,8 @@ def nearest_detector(bank: torch.Tensor, bank_rows: torch.Tensor, valid_features
     threshold on). ``bank_rows[i]`` is the validation photo bank row ``i`` holds (-1: none): a photo is never
     its own nearest neighbour, or the validation scores would be too high and the threshold too strict."""
     if len(bank) == 0 or len(valid_features) < 2:
-        raise ValueError(f"need remembered and validation photos of known landmarks, got {len(bank)} and {len(valid_features)}")
+        raise ValueError(f"need remembered and validation photos of known landmarks, got {len(bank)} and "
+                         f"{len(valid_features)}: train with a larger validation split (--valid-size)")
     similarity = F.normalize(valid_features.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
     own = bank_rows >= 0
     similarity[bank_rows[own], own.nonzero().flatten()] = -2.0  # leave one out

@@ -164,7 +164,7 @@ class PhotoPrediction(NamedTuple):
         """One line a person reads: the landmark and where it is, or "unknown" with the closest guess."""
         best, probability = self.ranking[0]
         if not self.known:
-            return f"unknown: none of the landmarks I know (closest: {best} {probability:.0%}, known score {self.known_score:.2f})"
+            return f"unknown: none of the landmarks I know (closest: {best} {probability:.0%}, known score {self.known_score:.3f})"
         place = places.get(best)
         where = ", ".join(part for part in (place.city, place.country) if part) if place else ""
         return f"{best} ({probability:.0%})" + (f": {where} ({place.latitude:.4f}, {place.longitude:.4f})" if place else "")
