@@ -88,9 +88,9 @@ def nearest_detector(bank: torch.Tensor, bank_rows: torch.Tensor, valid_features
     similarity = F.normalize(valid_features.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
     own = bank_rows >= 0
     similarity[bank_rows[own], own.nonzero().flatten()] = -2.0  # leave one out
-    top = F.softmax(valid_logits.float(), dim=1).max(dim=1).values
-    detector = SoftmaxAndNearest(bank, top, similarity.max(dim=1).values)
-    scores = (percentile(detector.softmax_reference, top) + percentile(detector.nearest_reference, similarity.max(dim=1).values)) / 2
+    top, nearest = F.softmax(valid_logits.float(), dim=1).max(dim=1).values, similarity.max(dim=1).values
+    detector = SoftmaxAndNearest(bank, top, nearest)
+    scores = (percentile(detector.softmax_reference, top) + percentile(detector.nearest_reference, nearest)) / 2
     return detector, scores.numpy()
 
 
