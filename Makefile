@@ -26,7 +26,8 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt
 
 setup: $(VENV)/.installed
 
-# Ray, for `tag --engine ray` (optional for everything else; the tests need it)
+# Ray and pyarrow, for `tag --engine ray` and URIs in `tag --from-list` (optional for everything else;
+# the tests need them, and moto, a local S3 server for the object-storage test)
 $(VENV)/.installed-scale: $(VENV)/.installed requirements-scale.txt
 	$(PY) -m pip install -r requirements-scale.txt
 	touch $@

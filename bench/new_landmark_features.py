@@ -27,6 +27,7 @@ from utils import REPO, write_result
 from src.decoding import square_batches
 from src.factory import create_model, data_defaults
 from src.location import list_images
+from src.new_landmarks import photo_features
 from src.predictor import load_exported
 
 SHARED = REPO.parent / "shared" / "data"
@@ -42,16 +43,6 @@ def imagenet_features(name: str, size: int, paths: list[Path]) -> torch.Tensor:
         for _, images, errors in square_batches(paths, size, 64):
             assert not errors, errors
             features.append(model.forward_features((images.float() / 255 - mean) / std))
-    return torch.cat(features)
-
-
-def export_features(export: Path, paths: list[Path]) -> torch.Tensor:
-    model = load_exported(export)
-    features = []
-    with torch.inference_mode():
-        for _, images, errors in square_batches(paths, int(model.resize_size), 64):
-            assert not errors, errors
-            features.append(model.features_and_logits(images)[0])
     return torch.cat(features)
 
 
@@ -89,7 +80,11 @@ def main() -> None:
     rows = []
     for name, size in [("export", None), *EXTRACTORS]:
         start = time.perf_counter()
-        features = export_features(args.model, paths) if name == "export" else imagenet_features(name, size, paths)
+        if name == "export":
+            features, _, errors = photo_features(load_exported(args.model), paths)
+            assert not errors, errors  # a photo left out would shift the labels
+        else:
+            features = imagenet_features(name, size, paths)
         seconds = time.perf_counter() - start
         top1 = nearest_mean_top1(features, labels, args.shots, args.draws)
         label = f"{args.model.name} (its own features)" if name == "export" else f"{name} ImageNet, {size} px"

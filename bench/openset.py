@@ -83,8 +83,8 @@ class Gaussians:
 def scores(model: torch.jit.ScriptModule, features: torch.Tensor, logits: torch.Tensor, bank: torch.Tensor,
            gaussians: Gaussians) -> dict[str, np.ndarray]:
     knn = (F.normalize(features, dim=1) @ bank.T).max(dim=1).values
-    return {"msp_nearest": model.known_score_from_features(features).numpy(), "msp": F.softmax(logits, 1).max(1).values.numpy(), "max_logit": logits.max(1).values.numpy(),
-            "energy": torch.logsumexp(logits, 1).numpy(), "knn": knn.numpy(),
+    return {"msp_nearest": model.known_score_from_features(features).numpy(), "msp": F.softmax(logits, 1).max(1).values.numpy(),
+            "max_logit": logits.max(1).values.numpy(), "energy": torch.logsumexp(logits, 1).numpy(), "knn": knn.numpy(),
             "rel_mahalanobis": gaussians.relative_mahalanobis(features).numpy()}
 
 

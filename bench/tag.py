@@ -110,8 +110,9 @@ def simulated_cluster(model: torch.jit.ScriptModule, model_path: Path, folder: P
     finally:
         ray.shutdown()
         cluster.shutdown()
-    print(f"{folder.name}: simulated {nodes}-node cluster {rate(summary.tagged, summary.seconds)} photos/s", flush=True)
-    return {"nodes": nodes, "photos_per_s": rate(summary.tagged + len(summary.unreadable), summary.seconds)}
+    photos_per_s = rate(summary.tagged + len(summary.unreadable), summary.seconds)
+    print(f"{folder.name}: simulated {nodes}-node cluster {photos_per_s} photos/s", flush=True)
+    return {"nodes": nodes, "photos_per_s": photos_per_s}
 
 
 def main() -> None:

@@ -113,8 +113,7 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Ima
     Raises :class:`ImageReadError` naming the file for anything that is not a readable image,
     including decompression bombs, strips (:data:`MAX_ASPECT_RATIO`) and truncated files.
     """
-    path = path if is_uri(path) else Path(path)
-    source = io.BytesIO(read_uri(path)) if is_uri(path) else path
+    source = io.BytesIO(read_uri(path)) if is_uri(path) else Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -278,7 +278,8 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     query_targets: list[int] = []
     for index, (name, paths) in enumerate(photos.items()):
         support[name] = rng.sample(list(paths), min(shots, len(paths) - 1))
-        rest = [p for p in paths if p not in set(support[name]) and p in features]
+        given = set(support[name])
+        rest = [p for p in paths if p not in given and p in features]
         query += rest
         query_targets += [len(base.class_names) + index] * len(rest)
     start = time.perf_counter()

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from .decoding import SquarePhotos
-from .images import is_uri
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install -r requirements-scale.txt"
 
@@ -29,7 +28,7 @@ INSTALL_HINT = "the Ray engine needs Ray: pip install -r requirements-scale.txt"
 def _decode(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """Ray task: each photo of the batch as a ``size`` square (:class:`~src.decoding.SquarePhotos`; zeros and
     its error message when unreadable)."""
-    photos = SquarePhotos([path if is_uri(path) else Path(path) for path in batch["path"]], size)
+    photos = SquarePhotos(list(batch["path"]), size)  # paths and URIs alike (src.images.load_rgb)
     images = np.zeros((len(photos), 3, size, size), dtype=np.uint8)
     errors = []
     for row in range(len(photos)):

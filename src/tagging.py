@@ -52,6 +52,9 @@ CSV_FIELDS = ["path", "landmark", "probability", "known_score", *PLACE_FIELDS, "
 CSV_HEADER = ",".join(CSV_FIELDS) + "\r\n"  # as csv.DictWriter writes it
 JSONL_START = '{"path": '  # how json.dumps writes every record (path is its first key)
 SETTINGS_FORMAT = "landmark-tags/2"
+ENGINES = ("local", "ray")
+LARGE_PHOTO_PIXELS = 2_000_000  # above this (median of a sample), decoding costs several times the model
+ScoredBatch = tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]  # indices, probabilities, known scores, errors
 
 
 @dataclass
@@ -147,7 +150,7 @@ def _jsonl_paths(lines: Iterator[str], out: Path) -> Iterator[str]:
 
 
 def done_paths(out: Path) -> set[str]:
-    """Absolute paths of the photos already in an output file of a previous run (tagged or unreadable).
+    """The :func:`photo_key` of every photo already in an output file of a previous run (tagged or unreadable).
 
     Only reads, and raises ValueError for a file that is not our output, so a wrong ``--out`` is never damaged.
     """
@@ -278,13 +281,6 @@ def _check_geotag_dir(geotag_dir: Path, photos_dir: Path) -> Path:
     if geotag_dir == photos or photos in geotag_dir.parents or geotag_dir in photos.parents:
         raise ValueError(f"--geotag {geotag_dir} and the photo folder {photos} overlap: choose a folder outside it")
     return geotag_dir
-
-
-ScoredBatch = tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]
-ENGINES = ("local", "ray")
-
-
-LARGE_PHOTO_PIXELS = 2_000_000  # above this (median of a sample), decoding costs several times the model
 
 
 def model_threads(paths: list[Path], num_workers: int) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_without_src
+from conftest import REPO, run_without_src, shared_folder
 from src.data import display_name, split_negatives
 
 SHIPPED = ["original_exported.pt", "transfer_exported.pt"]
@@ -57,9 +57,7 @@ def test_shipped_model_names_real_landmarks(name: str, landmarks10: Path, tmp_pa
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_says_unknown_for_scene_photos_and_knows_its_places(name: str, landmarks10: Path, tmp_path: Path) -> None:
     """With torch alone: held-out scene photos (never trained on) fall under the threshold, test photos do not."""
-    scenes_folder = landmarks10.parent / "non_landmarks"
-    if not scenes_folder.is_dir():
-        pytest.skip(f"{scenes_folder} is absent")
+    scenes_folder = shared_folder(landmarks10.parent / "non_landmarks")
     scenes = split_negatives(scenes_folder)[1][::33]
     landmarks = sorted(landmarks10.glob("test/*/*.jpg"))[::100]
     assert len(scenes) == 21 and len(landmarks) == 20
@@ -85,9 +83,7 @@ def test_shipped_model_says_unknown_for_scene_photos_and_knows_its_places(name: 
 def test_shipped_model_learns_a_new_landmark_from_a_few_photos(name: str, landmarks10: Path) -> None:
     """Every shipped export keeps its feature memory: 8 photos of a landmark it does not know teach it,
     and other photos of that landmark are then named, while its own landmarks keep their names."""
-    folder = landmarks10.parent / "new_landmarks" / "13.Lotus_Temple"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
+    folder = shared_folder(landmarks10.parent / "new_landmarks" / "13.Lotus_Temple")
     from src.new_landmarks import add_landmarks
     from src.predictor import load_exported, predict_photos
 
