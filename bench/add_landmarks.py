@@ -16,7 +16,8 @@ top-1 and share accepted on the base's test split, and unknown detection against
 everyday scenes of ``non_landmarks`` (AUROC, FPR@95TPR and the share accepted) before and after
 adding, plus the seconds ``add_landmarks`` took (read, features, fit, script); see
 :func:`src.new_landmarks.few_shot_draw`. Predictions come from each photo's features, computed once
-(``logits_from_features`` of the new model, checked equal to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set).
+(:func:`src.new_landmarks.combined_features`; ``logits_from_features`` of the new model, checked equal
+to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set).
 Writes ``bench/results/add_landmarks.json``.
 """
 
@@ -38,7 +39,7 @@ from utils import REPO, write_result
 from src.data import PhotoFolder, display_name, split_negatives
 from src.decoding import square_batches
 from src.location import list_images
-from src.new_landmarks import add_landmarks, few_shot_draw, photo_features
+from src.new_landmarks import add_landmarks, combined_features, few_shot_draw, photo_features
 from src.openset import open_set_report
 from src.predictor import load_exported
 
@@ -54,13 +55,25 @@ def new_landmark_photos(trained_negatives: list[str]) -> dict[str, dict[str, lis
     return {"never trained against": never, "all at once": photos}
 
 
-def check_features_route(base: torch.jit.ScriptModule, photos: dict[str, list[Path]], sample: list[Path]) -> None:
-    """The figures come from ``logits_from_features`` of features computed once: check it is ``classify``."""
+def check_features_route(base: torch.jit.ScriptModule, photos: dict[str, list[Path]], sample: list[Path]
+                         ) -> torch.jit.ScriptModule:
+    """The figures come from ``logits_from_features`` of features computed once: check it is ``classify``.
+    Returns the model with landmarks added that it checked."""
     model, _ = add_landmarks(base, {name: paths[:3] for name, paths in photos.items()})
     with torch.inference_mode():
         routed = F.softmax(model.logits_from_features(photo_features(model, sample)[0]), 1)
         direct = model.classify(next(iter(square_batches(sample, int(model.resize_size), len(sample))))[1])[0]
     assert torch.allclose(routed, direct, atol=1e-5), "logits_from_features differs from classify"
+    return model
+
+
+def photos_per_second(model: torch.jit.ScriptModule, paths: list[Path]) -> float:
+    """Photos a model classifies per second, decoding included (as ``tag`` and ``predict_photos`` run it)."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _, images, _ in square_batches(paths, int(model.resize_size), 50):
+            model.classify(images)
+    return len(paths) / (time.perf_counter() - start)
 
 
 def command_seconds(model_path: Path, photos: dict[str, list[Path]], shots: int) -> float:
@@ -89,16 +102,23 @@ def main() -> None:
     settings = new_landmark_photos(metrics.get("negatives", []))
     everything = sorted({p for photos in settings.values() for paths in photos.values() for p in paths})
     print(f"Features of {len(test_folder)} test, {len(everything)} new-landmark and the held-out scene photos")
-    test_features, kept, _ = photo_features(base, test_folder.paths)
+    extractor = combined_features(base)
+    test_features, kept, _ = photo_features(extractor, test_folder.paths)
     test = (test_features, np.asarray(test_folder.targets)[kept])
-    new_features, kept, _ = photo_features(base, everything)
+    new_features, kept, _ = photo_features(extractor, everything)
     features = {everything[i]: f for i, f in zip(kept, new_features)}
-    scenes = photo_features(base, split_negatives(SHARED / "non_landmarks")[1])[0]
+    scene_photos = split_negatives(SHARED / "non_landmarks")[1]
+    scenes = photo_features(extractor, scene_photos)[0]
+    base_test = photo_features(base, test_folder.paths)[0]  # before adding: the base as it runs alone
     with torch.inference_mode():
-        base_probabilities = F.softmax(base.logits_from_features(test[0]), 1)
-        before = open_set_report(base.known_score_from_features(test[0]).numpy(), base.known_score_from_features(scenes).numpy(),
+        base_probabilities = F.softmax(base.logits_from_features(base_test), 1)
+        before = open_set_report(base.known_score_from_features(base_test).numpy(),
+                                 base.known_score_from_features(photo_features(base, scene_photos)[0]).numpy(),
                                  float(base.unknown_threshold))
-    check_features_route(base, settings["never trained against"], test_folder.paths[:20])
+    added = check_features_route(base, settings["never trained against"], test_folder.paths[:20])
+    speed = {"base": round(photos_per_second(base, test_folder.paths[:500]), 1),
+             "with_added_landmarks": round(photos_per_second(added, test_folder.paths[:500]), 1)}
+    print(f"Photos classified per second: {speed['base']:.0f} by the base, {speed['with_added_landmarks']:.0f} with landmarks added")
     rows = []
     for setting, photos in settings.items():
         for shots in args.shots:
@@ -114,7 +134,8 @@ def main() -> None:
     print(f"Whole add-landmarks command, {len(never)} landmarks x 10 photos: {command:.1f} s")
     write_result("add_landmarks", {"model": str(args.model),
                                    "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
-                                   "scenes_before": before, "command_seconds_10_photos": round(command, 1), "rows": rows})
+                                   "scenes_before": before, "command_seconds_10_photos": round(command, 1),
+                                   "photos_per_second": speed, "rows": rows})
 
 
 if __name__ == "__main__":

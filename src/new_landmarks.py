@@ -1,21 +1,25 @@
 """New landmarks from a handful of photos each, added to an exported model without retraining it.
 
-Every export keeps a *feature memory* (:func:`feature_memory`): the network's features of up to
-:data:`MEMORY_PER_CLASS` validation photos per class and :data:`MEMORY_NEGATIVES` photos of no known
-landmark. ``add_landmarks`` needs only that export and the new photos:
+Every export keeps a *feature memory* (:func:`feature_memory`) of up to :data:`MEMORY_PER_CLASS`
+validation photos per class and :data:`MEMORY_NEGATIVES` photos of no known landmark: the network's
+own features of them, and plain ImageNet features (``general_memory``, :mod:`src.imagenet_features`),
+which tell apart landmarks the network never trained on. ``add_landmarks`` needs only that export and
+the new photos:
 
 1. read each new landmark's photos (bad ones skipped with a warning) and take :data:`VIEWS` views of
    each (the photo, mirrored, two corner crops, a mirrored centre crop);
-2. compute their features with the export's own (frozen) network;
-3. fit one new linear row per new landmark on top of the export's unchanged head
+2. compute their :class:`CombinedFeatures`: the export's own (frozen) features, then the ImageNet ones;
+3. fit one new linear row per new landmark on those features, beside the export's unchanged head
    (:func:`fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
    the new views, and outlier exposure on the memory's negatives so that photos of no landmark
    stay unknown. The old classes' logits are the export's own, so what it knew is kept;
-4. calibrate the unknown detector again on the memory's validation features, now comparing photos
-   with the new views too, and choose its threshold there (the same rule as training:
-   :func:`~src.openset.nearest_detector`, :func:`~src.openset.unknown_threshold`);
-5. script an :class:`AddedLandmarksPredictor` (the original export + the new rows + the memory with
-   the new views), which has the interface of every export and loads with ``torch.jit.load`` alone.
+4. calibrate the unknown detector again on the memory's validation photos, now comparing photos
+   with the new views too, on both kinds of features (each normalised apart), and choose its
+   threshold there (the same rule as training: :func:`~src.openset.nearest_detector`,
+   :func:`~src.openset.unknown_threshold`);
+5. script an :class:`AddedLandmarksPredictor` (the original export and the ImageNet extractor + the
+   new rows + the memory with the new views), which has the interface of every export and loads with
+   ``torch.jit.load`` alone. Carrying a second network makes it slower than its base (README).
 
 Adding again to such a model refits all added rows from its memory, so models never nest.
 Measured by ``bench/add_landmarks.py`` (README, "Adding landmarks").
@@ -30,7 +34,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -40,8 +44,9 @@ from torch import nn
 from .data import display_name, split_negatives
 from .decoding import square_batches
 from .files import atomic_write
+from .imagenet_features import ImageNetFeatures
 from .location import list_images
-from .openset import nearest_detector, open_set_report, unknown_threshold
+from .openset import nearest_detector, open_set_report, unit_features, unknown_threshold
 from .places import Place, places_for
 from .predictor import ExportedModel, load_exported
 
@@ -54,19 +59,36 @@ FIT_LR = 1e-2
 FIT_WEIGHT_DECAY = 1e-4
 
 
+class CombinedFeatures(nn.Module):
+    """Raw photos -> the features a model with added landmarks classifies: its ``base`` export's own
+    (the first ``base_size`` columns), then plain ImageNet ones (``general``)."""
+
+    def __init__(self, base: torch.jit.ScriptModule, general: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.general = general
+        self.base_size: int = int(base.memory_features.shape[1])
+        self.resize_size: int = max(int(base.resize_size), int(general.resize_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.base.features_and_logits(x)[0], self.general(x)], dim=1)
+
+
 class AddedLandmarksPredictor(ExportedModel):
     """An exported predictor with landmarks added: the original export, untouched, and one linear row
-    per added landmark on its features. Same interface as :class:`~src.predictor.Predictor`."""
+    per added landmark on :class:`CombinedFeatures`. Same interface as :class:`~src.predictor.Predictor`;
+    ``resize_size`` is the larger of the two networks' (the base sees its own size and crop of it)."""
 
-    def __init__(self, base: torch.jit.ScriptModule, added: nn.Linear, class_names: List[str], detector: nn.Module,
+    def __init__(self, combined: CombinedFeatures, added: nn.Linear, class_names: List[str], detector: nn.Module,
                  unknown_threshold: float, places_json: str, memory_features: torch.Tensor, memory_targets: torch.Tensor
                  ) -> None:
         super().__init__()
-        self.base = base
+        base = combined.base
+        self.combined = combined
         self.added = added
         self.class_names: List[str] = list(class_names)
-        self.image_size: int = int(base.image_size)
-        self.resize_size: int = int(base.resize_size)
+        self.resize_size: int = combined.resize_size
+        self.image_size: int = round(combined.resize_size * int(base.image_size) / int(base.resize_size))
         self.register_buffer("mean", base.mean.clone())
         self.register_buffer("std", base.std.clone())
         self.unknown_threshold: float = float(unknown_threshold)
@@ -78,24 +100,39 @@ class AddedLandmarksPredictor(ExportedModel):
     @torch.jit.export
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([self.base.logits_from_features(features), self.added(features)], dim=1)
+            base_logits = self.combined.base.logits_from_features(features[:, :self.combined.base_size])
+            return torch.cat([base_logits, self.added(features)], dim=1)
 
     @torch.jit.export
     def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        features, _ = self.base.features_and_logits(x)
-        return features, self.logits_from_features(features)
+        with torch.no_grad():
+            features = self.combined(x)
+            return features, self.logits_from_features(features)
+
+
+def combined_features(model: torch.jit.ScriptModule) -> CombinedFeatures:
+    """The :class:`CombinedFeatures` of the models that adding landmarks to ``model`` makes (its own, when it
+    has added landmarks already): they do not depend on which landmarks are added."""
+    if hasattr(model, "combined"):
+        return model.combined
+    if any(getattr(model, name, torch.zeros(0)).numel() == 0 for name in ("memory_features", "general_memory")):
+        raise ValueError("this export keeps no feature memory with ImageNet features (it predates adding landmarks as done "
+                         "now): export it again from its checkpoint with `python -m src export CHECKPOINT --out FILE --data DATASET`")
+    return CombinedFeatures(model, ImageNetFeatures(str(model.general_backbone), int(model.general_size)))
 
 
 def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -1, batch_size: int = 64
                    ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
-    """The features of photos on disk (``model.features_and_logits``), the indices of the readable ones, and
-    ``{index: error}`` for the others."""
+    """The features of photos on disk (an export's ``features_and_logits``, or ``model(images)`` for a feature
+    extractor such as :class:`CombinedFeatures`), the indices of the readable ones, and ``{index: error}`` for
+    the others."""
     features, kept, errors = [], [], {}
     with torch.inference_mode():
         for indices, images, batch_errors in square_batches(list(paths), int(model.resize_size), batch_size, num_workers):
             errors.update(batch_errors)
             if images is not None:
-                features.append(model.features_and_logits(images)[0])
+                features.append(model.features_and_logits(images)[0] if hasattr(model, "features_and_logits")
+                                else model(images))
                 kept += indices
     return (torch.cat(features) if features else torch.zeros(0, 0)), kept, errors
 
@@ -107,19 +144,32 @@ def _evenly(items: Sequence, n: int) -> list:
     return [items[math.floor(i * len(items) / n)] for i in range(n)]
 
 
-def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_targets: Sequence[int],
-                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+class FeatureMemory(NamedTuple):
+    """What an export keeps of photos it was calibrated on (:func:`feature_memory`)."""
+
+    features: torch.Tensor  # (M, D) fp16: the model's own features
+    general: torch.Tensor  # (M, G) fp16: the ImageNet features of the same photos
+    targets: torch.Tensor  # (M,) class indices, -1 for photos of no known landmark
+    rows: list[int]  # the validation indices of the first rows
+
+
+def feature_memory(model: nn.Module, general: ImageNetFeatures, valid_features: torch.Tensor, valid_paths: Sequence[Path],
+                   valid_targets: Sequence[int], negatives: Sequence[str | Path] = (), num_workers: int = -1) -> FeatureMemory:
     """What an export keeps to add landmarks later (and to detect unknown photos with): up to
-    :data:`MEMORY_PER_CLASS` of the validation photos' features per class (computed once by the caller,
-    who calibrates on them) and the features of :data:`MEMORY_NEGATIVES` training photos of the
-    negatives folders (target -1, after them), and the validation indices of the memory's first rows."""
+    :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
+    calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1,
+    after them); of each, the model's features and ``general``'s."""
     rows = [row for target in sorted(set(valid_targets))
             for row in _evenly([i for i, t in enumerate(valid_targets) if t == target], MEMORY_PER_CLASS)]
-    trained_negatives = [path for folder in negatives for path in split_negatives(folder)[0]]
-    negative_features, kept, _ = photo_features(model, _evenly(trained_negatives, MEMORY_NEGATIVES), num_workers)
+    trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
+    negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
+    remembered = [valid_paths[i] for i in rows] + [trained_negatives[i] for i in kept]
+    general_features, readable, errors = photo_features(general, remembered, num_workers)
+    if len(readable) != len(remembered):
+        raise RuntimeError(f"photos became unreadable while exporting: {'; '.join(errors.values())}")
     features = torch.cat([valid_features[rows], negative_features.reshape(-1, valid_features.shape[1])])
     targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
-    return features.half(), torch.tensor(targets, dtype=torch.long), rows
+    return FeatureMemory(features.half(), general_features.half(), torch.tensor(targets, dtype=torch.long), rows)
 
 
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
@@ -149,11 +199,11 @@ def _views(squares: torch.Tensor, size: int) -> torch.Tensor:
                       squares[..., margin:margin + size, margin:margin + size].flip(-1)])
 
 
-def support_features(model: nn.Module, photos: Mapping[str, Sequence[Path]], num_workers: int = -1
+def support_features(combined: CombinedFeatures, photos: Mapping[str, Sequence[Path]], num_workers: int = -1
                      ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``{name: (photos * VIEWS, D) features}`` of each new landmark's readable photos, and the warnings of the
     unreadable ones. A landmark with no readable photo is refused, naming its photos."""
-    size = int(model.resize_size)
+    size = int(combined.resize_size)
     big = round(size * 9 / 8)  # the corner crops keep 8/9 of the photo's sides
     features: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
@@ -163,7 +213,7 @@ def support_features(model: nn.Module, photos: Mapping[str, Sequence[Path]], num
             skipped += [f"skipped unreadable photo of {name!r}: {message}" for message in errors.values()]
             if squares is not None:
                 with torch.inference_mode():
-                    views.append(model.features_and_logits(_views(squares, size))[0])
+                    views.append(combined(_views(squares, size)))
         if not views:
             where = Path(paths[0]).parent if paths else "its folder"
             raise ValueError(f"{where}: no readable photo of {name!r} ({len(paths)} file(s) tried)")
@@ -195,14 +245,14 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
     return added.eval().requires_grad_(False)
 
 
-def _without_lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int
+def _without_lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave out the negatives whose nearest labelled photo (cosine) is one of an added landmark: a
     negatives folder may well hold photos of the very landmark being added."""
     negative = targets < 0
     if not negative.any():
         return features, targets
-    normalised = F.normalize(features, dim=1)
+    normalised = unit_features(features, split)
     labelled = (~negative).nonzero().flatten()
     nearest = targets[labelled[(normalised[negative] @ normalised[labelled].T).argmax(dim=1)]]
     keep = torch.ones_like(negative)
@@ -215,12 +265,12 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
                   ) -> tuple[torch.jit.ScriptModule, list[str]]:
     """``model`` with the landmarks of ``photos`` (``{name: photo paths}``) added (the steps of the module
     docstring), and the warnings about skipped photos. ``places`` gives places of new (or any) classes."""
-    base = model.base if hasattr(model, "base") else model  # adding to an added-landmarks model refits its rows
-    memory_features = getattr(model, "memory_features", torch.zeros(0, 0)).float()
-    memory_targets = getattr(model, "memory_targets", torch.zeros(0, dtype=torch.long)).clone()
-    if memory_features.numel() == 0:
-        raise ValueError("this export keeps no feature memory (it predates adding landmarks): export it again from "
-                         "its checkpoint with `python -m src export CHECKPOINT --out FILE --data DATASET`")
+    combined = combined_features(model)  # adding to an added-landmarks model refits its rows
+    base = combined.base
+    memory_features = model.memory_features.float()
+    if not hasattr(model, "combined"):
+        memory_features = torch.cat([memory_features, model.general_memory.float()], dim=1)
+    memory_targets = model.memory_targets.clone()
     names = list(model.class_names)
     base_names = list(base.class_names)
     for name in photos:
@@ -235,28 +285,30 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
         memory_features, memory_targets = memory_features[keep], memory_targets[keep]
         memory_targets[memory_targets > index] -= 1
         names.remove(name)
-    new_features, skipped = support_features(base, photos, num_workers)
+    new_features, skipped = support_features(combined, photos, num_workers)
     for name, features in new_features.items():
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
-    fit_features, fit_targets = _without_lookalike_negatives(memory_features, memory_targets, len(base_names))
-    added = fit_added_rows(base.logits_from_features(fit_features), fit_features, fit_targets, len(names) - len(base_names))
+    split = combined.base_size
+    fit_features, fit_targets = _without_lookalike_negatives(memory_features, memory_targets, len(base_names), split)
+    added = fit_added_rows(base.logits_from_features(fit_features[:, :split]), fit_features, fit_targets,
+                           len(names) - len(base_names))
     known = memory_targets >= 0
     in_validation = known & (memory_targets < len(base_names))  # the remembered validation photos (base rows are fixed)
     validation = memory_features[in_validation]
     bank_rows = torch.full((int(known.sum()),), -1, dtype=torch.long)
     bank_rows[in_validation[known]] = torch.arange(len(validation))
     with torch.inference_mode():
-        logits = torch.cat([base.logits_from_features(validation), added(validation)], dim=1)
-        detector, known_scores = nearest_detector(memory_features[known], bank_rows, validation, logits)
+        logits = torch.cat([base.logits_from_features(validation[:, :split]), added(validation)], dim=1)
+        detector, known_scores = nearest_detector(memory_features[known], bank_rows, validation, logits, split)
     threshold = unknown_threshold(known_scores)
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
-        scripted = torch.jit.script(AddedLandmarksPredictor(base, added, names, detector, threshold, places_json,
+        scripted = torch.jit.script(AddedLandmarksPredictor(combined, added, names, detector, threshold, places_json,
                                                             memory_features, memory_targets))
     return scripted, skipped
 
@@ -265,10 +317,11 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
                   features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor
                   ) -> dict[str, float]:
     """One measurement of adding landmarks: ``shots`` random photos of each landmark of ``photos`` are added
-    to ``base``; the others (their ``features``, computed once by :func:`photo_features`) measure it.
+    to ``base``; the others (their ``features``, computed once: :func:`photo_features` of
+    :func:`combined_features`) measure it.
 
     ``known`` is ``(features, targets)`` of the base's test photos, ``unknown`` the features of photos of
-    no landmark. Returns new-landmark top-1 among all classes and share accepted as known, the same for
+    no landmark (combined features too). Returns new-landmark top-1 among all classes and share accepted as known, the same for
     the original test photos, unknown detection against ``unknown`` (:func:`~src.openset.open_set_report`)
     and the seconds ``add_landmarks`` took.
     """

@@ -22,6 +22,8 @@ before it (and a bare :class:`~src.predictor.Predictor`) score with :class:`MaxS
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,21 +49,34 @@ class SoftmaxAndNearest(nn.Module):
     "Hofburg"), or sit near some known photo in feature space, but less often both. Percentiles put
     the two on one scale with nothing to tune (Sun et al., 2022 for the nearest-neighbour score): a
     photo that ranks low in one needs a high rank in the other to pass.
-    ``softmax_reference`` and ``nearest_reference`` are the sorted validation values.
+    ``softmax_reference`` and ``nearest_reference`` are the sorted validation values. ``split > 0``:
+    features are two vectors end to end (a model with added landmarks: its base's, then ImageNet
+    ones), each normalised on its own so that both count equally (:func:`unit_features`).
     """
 
-    def __init__(self, bank: torch.Tensor, softmax_reference: torch.Tensor, nearest_reference: torch.Tensor) -> None:
+    def __init__(self, bank: torch.Tensor, softmax_reference: torch.Tensor, nearest_reference: torch.Tensor,
+                 split: int = 0) -> None:
         super().__init__()
-        self.register_buffer("bank", F.normalize(bank.float(), dim=1).half())
+        self.split: int = int(split)
+        self.register_buffer("bank", unit_features(bank, self.split).half())
         self.register_buffer("softmax_reference", softmax_reference.float().sort().values)
         self.register_buffer("nearest_reference", nearest_reference.float().sort().values)
 
     def nearest(self, features: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(features.float(), dim=1) @ self.bank.float().T).max(dim=1).values
+        return (unit_features(features, self.split) @ self.bank.float().T).max(dim=1).values
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         top = F.softmax(logits.float(), dim=1).max(dim=1).values
         return (percentile(self.softmax_reference, top) + percentile(self.nearest_reference, self.nearest(features))) / 2
+
+
+def unit_features(features: torch.Tensor, split: int = 0) -> torch.Tensor:
+    """Features scaled to length 1 for cosine similarity; ``split > 0``: columns before and after it
+    normalised apart (then together scaled to length 1), so neither part outweighs the other."""
+    features = features.float()
+    if split <= 0:
+        return F.normalize(features, dim=1)
+    return torch.cat([F.normalize(features[:, :split], dim=1), F.normalize(features[:, split:], dim=1)], dim=1) / math.sqrt(2.0)
 
 
 def percentile(reference: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -78,18 +93,19 @@ def percentile(reference: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_detector(bank: torch.Tensor, bank_rows: torch.Tensor, valid_features: torch.Tensor,
-                     valid_logits: torch.Tensor) -> tuple[SoftmaxAndNearest, np.ndarray]:
+                     valid_logits: torch.Tensor, split: int = 0) -> tuple[SoftmaxAndNearest, np.ndarray]:
     """A :class:`SoftmaxAndNearest` calibrated on validation photos, and their known scores (to choose the
     threshold on). ``bank_rows[i]`` is the validation photo bank row ``i`` holds (-1: none): a photo is never
-    its own nearest neighbour, or the validation scores would be too high and the threshold too strict."""
+    its own nearest neighbour, or the validation scores would be too high and the threshold too strict.
+    ``split``: see :class:`SoftmaxAndNearest`."""
     if len(bank) == 0 or len(valid_features) < 2:
         raise ValueError(f"need remembered and validation photos of known landmarks, got {len(bank)} and "
                          f"{len(valid_features)}: train with a larger validation split (--valid-size)")
-    similarity = F.normalize(valid_features.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
+    similarity = unit_features(valid_features, split) @ unit_features(bank, split).T
     own = bank_rows >= 0
     similarity[bank_rows[own], own.nonzero().flatten()] = -2.0  # leave one out
     top, nearest = F.softmax(valid_logits.float(), dim=1).max(dim=1).values, similarity.max(dim=1).values
-    detector = SoftmaxAndNearest(bank, top, nearest)
+    detector = SoftmaxAndNearest(bank, top, nearest, split)
     scores = (percentile(detector.softmax_reference, top) + percentile(detector.nearest_reference, nearest)) / 2
     return detector, scores.numpy()
 

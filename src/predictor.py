@@ -73,7 +73,9 @@ class Predictor(ExportedModel):
     ``places_json`` holds ``{class name: {"latitude", "longitude", "country", "city", "wikidata"}}``
     for the classes with a known place. ``memory_features`` (fp16, ``(M, D)``) and ``memory_targets``
     (``(M,)``, -1 for photos of no known landmark) are features of validation and negative photos,
-    kept so that landmarks can be added later without the training data (:mod:`src.new_landmarks`).
+    kept so that landmarks can be added later without the training data (:mod:`src.new_landmarks`);
+    ``general_memory`` (fp16, ``(M, G)``) holds the same photos' plain ImageNet features, of backbone
+    ``general_backbone`` at ``general_size`` px (:mod:`src.imagenet_features`).
     These attribute names are the exported file's interface; ``image_size``/``resize_size`` hold
     ``config.eval_crop`` and ``config.resize``.
     """
@@ -93,6 +95,9 @@ class Predictor(ExportedModel):
                                             if name in self.class_names}, sort_keys=True)
         self.register_buffer("memory_features", torch.zeros(0, 0, dtype=torch.float16))
         self.register_buffer("memory_targets", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("general_memory", torch.zeros(0, 0, dtype=torch.float16))
+        self.general_backbone: str = ""
+        self.general_size: int = 0
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -115,7 +120,8 @@ class Predictor(ExportedModel):
 
 
 EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
-                       "memory_features", "memory_targets", "features_and_logits", "logits_from_features", "classify",
+                       "memory_features", "memory_targets", "general_memory", "general_backbone", "general_size",
+                       "features_and_logits", "logits_from_features", "classify",
                        "known_score", "known_score_from_features"]
 
 

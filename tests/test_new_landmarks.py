@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import TINY_CLASSES, run_without_src, tiny_config
 from src.cli import main
 from src.factory import create_model, list_models
+from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatures
 from src.new_landmarks import (MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory,
                                 photo_features, read_new_landmarks)
 from src.places import Place
@@ -45,8 +46,11 @@ def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size:
         paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
         targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
         features, kept, _ = photo_features(predictor, paths, num_workers=0)
-        predictor.memory_features, predictor.memory_targets, _ = feature_memory(
-            predictor, features, [targets[i] for i in kept], [_negatives(path.parent / "negatives")], num_workers=0)
+        general = ImageNetFeatures()
+        memory = feature_memory(predictor, general, features, [paths[i] for i in kept], [targets[i] for i in kept],
+                                [_negatives(path.parent / "negatives")], num_workers=0)
+        predictor.memory_features, predictor.memory_targets, predictor.general_memory = memory.features, memory.targets, memory.general
+        predictor.general_backbone, predictor.general_size = general.backbone_name, general.resize_size
     return export_predictor(predictor, path)
 
 
@@ -71,6 +75,18 @@ def test_an_export_keeps_features_of_validation_photos_and_negatives(base_path: 
     targets = model.memory_targets
     assert model.memory_features.dtype == torch.float16 and len(model.memory_features) == len(targets)
     assert (targets == 0).sum() == 12 and (targets == 1).sum() == 12 and 0 < (targets == -1).sum() <= MEMORY_NEGATIVES
+    assert model.general_memory.shape == (len(targets), 1280) and model.general_memory.dtype == torch.float16
+    assert (model.general_backbone, model.general_size) == (GENERAL_BACKBONE, GENERAL_SIZE)
+
+
+def test_imagenet_features_take_raw_photos_of_any_size_and_script() -> None:
+    extractor = ImageNetFeatures()
+    photos = torch.randint(0, 256, (2, 3, 90, 70), dtype=torch.uint8)
+    features = extractor(photos)
+    assert features.shape == (2, 1280)
+    assert torch.allclose(extractor(photos[0]), features[:1], atol=1e-4)  # one photo (3, H, W) as a batch of one
+    assert torch.allclose(extractor(photos.float() / 255), features, atol=1e-4)  # floats 0-1 as uint8 0-255
+    assert torch.allclose(torch.jit.script(extractor)(photos), features, atol=1e-4)
 
 
 def test_a_new_landmark_is_learned_and_the_old_ones_are_untouched(base_path: Path, new_dir: Path, tiny_data: Path) -> None:
@@ -105,6 +121,7 @@ def test_the_new_model_reloads_without_src_with_names_places_and_outputs(base_pa
         assert places["Blue Tower"]["latitude"] == 28.5245 and places["Red Fort"]["city"] == "Delhi", places
         assert torch.allclose(model(io["images"]), io["expected"], atol=1e-5)
         probabilities, scores = model.classify(io["images"])
+        assert model.resize_size == 224 and model.image_size == 194  # ImageNet's input size; the base's crop share (32 of 37 px)
         print("ok", float(model.unknown_threshold), model.image_size, model.resize_size, tuple(scores.shape))
     """, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -116,7 +133,7 @@ def test_adding_twice_keeps_every_landmark_and_replace_learns_one_again(base_pat
     once, _ = add_landmarks(load_exported(base_path), {"Blue Tower": blue[:4]}, num_workers=0)
     twice, _ = add_landmarks(once, {"Sky Gate": blue[4:8]}, num_workers=0)
     assert list(twice.class_names) == BASE_NAMES + ["Blue Tower", "Sky Gate"]
-    assert not hasattr(twice.base, "base")  # the original export, never a model inside a model inside a model
+    assert not hasattr(twice.combined.base, "combined")  # the original export, never a model inside a model inside a model
     assert (twice.memory_targets == 2).sum() == 4 * 5 and (twice.memory_targets == 3).sum() == 4 * 5  # 5 views a photo
     with pytest.raises(ValueError, match="'Blue Tower' is already a landmark of this model; pass --replace"):
         add_landmarks(twice, {"Blue Tower": blue[:2]}, num_workers=0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import make_photo, run_without_src, tiny_config
 from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
 from src.factory import create_model
-from src.openset import MaxSoftmax, nearest_detector, open_set_report, percentile, unknown_threshold
+from src.openset import MaxSoftmax, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
@@ -140,6 +140,21 @@ def test_softmax_and_nearest_accepts_photos_confident_and_close_to_a_known_photo
     assert valid_scores[0] < float(detector(features[:1], logits[:1]))
     with pytest.raises(ValueError, match="remembered and validation"):
         nearest_detector(features[:0], bank_rows[:0], features, logits)
+
+
+def test_features_of_two_networks_count_equally_in_the_nearest_similarity() -> None:
+    torch.manual_seed(0)
+    own, general = torch.randn(6, 8) * 100, torch.randn(6, 4) * 0.01  # very different scales
+    joined = unit_features(torch.cat([own, general], 1), split=8)
+    assert torch.allclose(joined[:, :8].norm(dim=1), torch.full((6,), 0.5 ** 0.5))
+    assert torch.allclose(joined[:, 8:].norm(dim=1), torch.full((6,), 0.5 ** 0.5))
+    assert torch.allclose(unit_features(own), F.normalize(own, dim=1))  # split 0: one vector
+    # a photo close in the small-scale part only is as near as one close in the large-scale part only
+    bank = torch.cat([own[:1], general[:1]], 1)
+    detector, _ = nearest_detector(bank, torch.tensor([-1]), torch.cat([own, general], 1), torch.zeros(6, 2), split=8)
+    near_general = detector.nearest(torch.cat([-own[:1], general[:1]], 1))
+    near_own = detector.nearest(torch.cat([own[:1], -general[:1]], 1))
+    assert torch.allclose(near_general, near_own, atol=1e-3) and torch.allclose(near_own, torch.zeros(1), atol=1e-3)  # fp16 bank
 
 
 def test_max_softmax_scores_the_top_probability() -> None:
