@@ -26,8 +26,7 @@ from torch import nn
 
 from .data import LandmarkDataset, held_out_negatives
 from .evaluation import classification_report, training_metrics, write_metrics
-from .imagenet_features import ImageNetFeatures
-from .new_landmarks import feature_memory, photo_features
+from .new_landmarks import feature_memory, keep_memory, photo_features
 from .openset import nearest_detector, open_set_report, unknown_threshold
 from .places import places_for
 from .predictor import Predictor, export_predictor, load_exported, predict_photos
@@ -58,16 +57,13 @@ def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_cs
     names = valid_set.class_names
     predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
     features, kept, _ = photo_features(predictor, valid_set.paths, num_workers)  # one pass: threshold and memory
-    general = ImageNetFeatures()
-    memory = feature_memory(predictor, general, features, [valid_set.paths[i] for i in kept],
-                            [valid_set.targets[i] for i in kept], negatives, num_workers)
+    memory = feature_memory(predictor, features, [valid_set.paths[i] for i in kept], [valid_set.targets[i] for i in kept],
+                            negatives, num_workers)
     with torch.inference_mode():
         predictor.detector, known_scores = nearest_detector(memory.features[memory.targets >= 0], torch.tensor(memory.rows),
                                                             features, predictor.logits_from_features(features))
     predictor.unknown_threshold = unknown_threshold(known_scores)
-    predictor.memory_features, predictor.memory_targets = memory.features, memory.targets
-    predictor.general_memory = memory.general
-    predictor.general_backbone, predictor.general_size = general.backbone_name, general.resize_size
+    keep_memory(predictor, memory)
     return predictor
 
 

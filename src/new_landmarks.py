@@ -145,20 +145,23 @@ def _evenly(items: Sequence, n: int) -> list:
 
 
 class FeatureMemory(NamedTuple):
-    """What an export keeps of photos it was calibrated on (:func:`feature_memory`)."""
+    """What an export keeps of photos it was calibrated on (:func:`feature_memory`, :func:`keep_memory`)."""
 
     features: torch.Tensor  # (M, D) fp16: the model's own features
     general: torch.Tensor  # (M, G) fp16: the ImageNet features of the same photos
     targets: torch.Tensor  # (M,) class indices, -1 for photos of no known landmark
     rows: list[int]  # the validation indices of the first rows
+    general_backbone: str  # the ImageNet network of ``general`` and its input size
+    general_size: int
 
 
-def feature_memory(model: nn.Module, general: ImageNetFeatures, valid_features: torch.Tensor, valid_paths: Sequence[Path],
-                   valid_targets: Sequence[int], negatives: Sequence[str | Path] = (), num_workers: int = -1) -> FeatureMemory:
+def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: Sequence[Path], valid_targets: Sequence[int],
+                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> FeatureMemory:
     """What an export keeps to add landmarks later (and to detect unknown photos with): up to
     :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
     calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1,
-    after them); of each, the model's features and ``general``'s."""
+    after them); of each, the model's features and :class:`~src.imagenet_features.ImageNetFeatures`'."""
+    general = ImageNetFeatures()
     rows = [row for target in sorted(set(valid_targets))
             for row in _evenly([i for i, t in enumerate(valid_targets) if t == target], MEMORY_PER_CLASS)]
     trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
@@ -169,7 +172,15 @@ def feature_memory(model: nn.Module, general: ImageNetFeatures, valid_features: 
         raise RuntimeError(f"photos became unreadable while exporting: {'; '.join(errors.values())}")
     features = torch.cat([valid_features[rows], negative_features.reshape(-1, valid_features.shape[1])])
     targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
-    return FeatureMemory(features.half(), general_features.half(), torch.tensor(targets, dtype=torch.long), rows)
+    return FeatureMemory(features.half(), general_features.half(), torch.tensor(targets, dtype=torch.long), rows,
+                         general.backbone_name, general.resize_size)
+
+
+def keep_memory(predictor: ExportedModel, memory: FeatureMemory) -> None:
+    """Put ``memory`` in the attributes an export carries it in (:class:`~src.predictor.Predictor`)."""
+    predictor.memory_features, predictor.memory_targets = memory.features, memory.targets
+    predictor.general_memory = memory.general
+    predictor.general_backbone, predictor.general_size = memory.general_backbone, memory.general_size
 
 
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:

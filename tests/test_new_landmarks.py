@@ -15,7 +15,7 @@ from conftest import TINY_CLASSES, run_without_src, tiny_config
 from src.cli import main
 from src.factory import create_model, list_models
 from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatures
-from src.new_landmarks import (MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory,
+from src.new_landmarks import (MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory, keep_memory,
                                 photo_features, read_new_landmarks)
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
@@ -46,11 +46,8 @@ def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size:
         paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
         targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
         features, kept, _ = photo_features(predictor, paths, num_workers=0)
-        general = ImageNetFeatures()
-        memory = feature_memory(predictor, general, features, [paths[i] for i in kept], [targets[i] for i in kept],
-                                [_negatives(path.parent / "negatives")], num_workers=0)
-        predictor.memory_features, predictor.memory_targets, predictor.general_memory = memory.features, memory.targets, memory.general
-        predictor.general_backbone, predictor.general_size = general.backbone_name, general.resize_size
+        keep_memory(predictor, feature_memory(predictor, features, [paths[i] for i in kept], [targets[i] for i in kept],
+                                              [_negatives(path.parent / "negatives")], num_workers=0))
     return export_predictor(predictor, path)
 
 
