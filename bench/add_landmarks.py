@@ -2,19 +2,23 @@
 
     python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3]
 
-New landmarks: the folders of ``../shared/data/new_landmarks``, in two settings:
+New landmarks: the folders of ``../shared/data/new_landmarks``, in three settings:
 
 - ``never trained against``: the landmarks the base model did not see as negatives (its metrics
-  JSON lists the negatives folders it trained with): the honest case;
+  JSON lists the negatives folders it trained with), added together: the honest case;
 - ``all at once``: every folder (for those trained against as negatives, only their held-out half,
-  :func:`src.data.split_negatives`, so no photo trained on is used).
+  :func:`src.data.split_negatives`, so no photo trained on is used);
+- ``one at a time``: each never-trained landmark added alone, as a user of the app's "Teach a
+  landmark" tab does (means over the landmarks and draws).
 
 For each number of photos per landmark and each random draw, ``add_landmarks`` gets that many
 photos of every new landmark (the *support*); the others (the *query*) measure it. Reported
 (mean over draws): new-landmark top-1 among all classes and share accepted as known, original
-top-1 and share accepted on the base's test split, and unknown detection against the held-out
+top-1 and share accepted on the base's test split, unknown detection against the held-out
 everyday scenes of ``non_landmarks`` (AUROC, FPR@95TPR and the share accepted) before and after
-adding, plus the seconds ``add_landmarks`` took (read, features, fit, script); see
+adding, with the never-trained landmarks the share of *other* landmarks accepted (the held-out photos
+of the landmarks trained against, which look most like the added ones: the cost of accepting the
+added landmarks' photos), plus the seconds ``add_landmarks`` took (read, features, fit, script); see
 :func:`src.new_landmarks.few_shot_draw`. Predictions come from each photo's features, computed once
 (:func:`src.new_landmarks.combined_features`; ``logits_from_features`` of the new model, checked equal
 to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set).
@@ -115,26 +119,41 @@ def main() -> None:
         before = open_set_report(base.known_score_from_features(base_test).numpy(),
                                  base.known_score_from_features(photo_features(base, scene_photos)[0]).numpy(),
                                  float(base.unknown_threshold))
+    with torch.inference_mode():
+        other_photos = [p for name, paths in settings["all at once"].items() if name not in settings["never trained against"]
+                        for p in paths]
+        other_scores = base.known_score_from_features(photo_features(base, other_photos)[0])
+        other_before = round(float((other_scores >= float(base.unknown_threshold)).float().mean()), 4)
+    print(f"Before adding: {other_before:.1%} of {len(other_photos)} photos of other landmarks accepted")
     added = check_features_route(base, settings["never trained against"], test_folder.paths[:20])
     speed = {"base": round(photos_per_second(base, test_folder.paths[:500]), 1),
              "with_added_landmarks": round(photos_per_second(added, test_folder.paths[:500]), 1)}
     print(f"Photos classified per second: {speed['base']:.0f} by the base, {speed['with_added_landmarks']:.0f} with landmarks added")
     rows = []
-    for setting, photos in settings.items():
+    never = settings["never trained against"]
+    others = torch.stack([features[p] for name, paths in settings["all at once"].items() if name not in never
+                          for p in paths if p in features])
+    groups = {setting: [photos] for setting, photos in settings.items()}
+    groups["one at a time"] = [{name: paths} for name, paths in never.items()]  # as the app's "Teach a landmark" tab
+    for setting, group in groups.items():
+        measure_others = setting != "all at once"  # there, the other landmarks are added too
         for shots in args.shots:
-            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes) for seed in range(args.draws)]
-            row = {"setting": setting, "new_landmarks": len(photos), "photos_per_landmark": shots, "draws": args.draws,
+            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes, others if measure_others else None)
+                     for photos in group for seed in range(args.draws)]
+            row = {"setting": setting, "new_landmarks": len(group[0]), "photos_per_landmark": shots, "draws": args.draws,
                    **{key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}}
             rows.append(row)
-            print(f"{setting:22s} {len(photos):2d} new x {shots:2d} photos: new top-1 {row['new_top1']:.1%} (accepted "
+            print(f"{setting:22s} {len(group[0]):2d} new x {shots:2d} photos: new top-1 {row['new_top1']:.1%} (accepted "
                   f"{row['new_accepted']:.1%}), original top-1 {row['original_top1']:.2%} (accepted {row['original_accepted']:.1%}), "
-                  f"scenes accepted {row['unknown_accepted']:.1%} (AUROC {row['unknown_auroc']:.4f}), {row['seconds']:.1f} s", flush=True)
-    never = settings["never trained against"]
+                  f"scenes accepted {row['unknown_accepted']:.1%} (AUROC {row['unknown_auroc']:.4f}), "
+                  + (f"other landmarks accepted {row['other_landmarks_accepted']:.1%}, " if measure_others else "")
+                  + f"{row['seconds']:.1f} s", flush=True)
     command = command_seconds(args.model, never, 10)
     print(f"Whole add-landmarks command, {len(never)} landmarks x 10 photos: {command:.1f} s")
     write_result("add_landmarks", {"model": str(args.model),
                                    "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
-                                   "scenes_before": before, "command_seconds_10_photos": round(command, 1),
+                                   "scenes_before": before, "other_landmarks_before": other_before,
+                                   "command_seconds_10_photos": round(command, 1),
                                    "photos_per_second": speed, "rows": rows})
 
 

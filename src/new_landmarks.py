@@ -13,10 +13,12 @@ the new photos:
    (:func:`fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
    the new views, and outlier exposure on the memory's negatives so that photos of no landmark
    stay unknown. The old classes' logits are the export's own, so what it knew is kept;
-4. calibrate the unknown detector again on the memory's validation photos, now comparing photos
-   with the new views too, on both kinds of features (each normalised apart), and choose its
-   threshold there (the same rule as training: :func:`~src.openset.nearest_detector`,
-   :func:`~src.openset.unknown_threshold`);
+4. calibrate the unknown detector again (:class:`~src.openset.AddedLandmarksDetector`), on both kinds
+   of features (each normalised apart): photos called an original landmark on the memory's validation
+   photos, now compared with the new views too (:func:`~src.openset.nearest_detector`); photos called
+   an added landmark on its support photos held out of the fit (:func:`held_out`), as an
+   added landmark's new photos will be. One threshold keeps the same share of both
+   (:func:`~src.openset.unknown_threshold`, the rule of training);
 5. script an :class:`AddedLandmarksPredictor` (the original export and the ImageNet extractor + the
    new rows + the memory with the new views), which has the interface of every export and loads with
    ``torch.jit.load`` alone. Carrying a second network makes it slower than its base (README).
@@ -46,7 +48,7 @@ from .decoding import square_batches
 from .files import atomic_write
 from .imagenet_features import ImageNetFeatures
 from .location import list_images
-from .openset import nearest_detector, open_set_report, unit_features, unknown_threshold
+from .openset import ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
 from .places import Place, places_for
 from .predictor import ExportedModel, load_exported
 
@@ -57,6 +59,9 @@ OUTLIER_WEIGHT = 0.5  # as the training recipes (src/recipes.py)
 FIT_STEPS = 300  # full-batch AdamW steps: under a second for a few thousand features
 FIT_LR = 1e-2
 FIT_WEIGHT_DECAY = 1e-4
+HELD_OUT_FOLDS = 5  # support photos are held out of the fit in this many folds to calibrate the added landmarks' scores
+MIN_HELD_OUT = 5  # fewer held-out support photos than this: added landmarks are scored like the original ones
+MAX_NEGATIVES_ADDED = 0.02  # at most this share of held-out negatives may pass as an added landmark
 
 
 class CombinedFeatures(nn.Module):
@@ -202,12 +207,14 @@ def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
 
 
 def _views(squares: torch.Tensor, size: int) -> torch.Tensor:
-    """:data:`VIEWS` views of ``(B, 3, S, S)`` uint8 squares (S > size), each ``(size, size)``, grouped by view."""
+    """:data:`VIEWS` views of ``(B, 3, S, S)`` uint8 squares (S > size), each ``(size, size)``, grouped by photo
+    (rows ``i * VIEWS`` to ``i * VIEWS + VIEWS - 1`` are photo ``i``'s, the whole photo first: the memory keeps
+    this order, so :func:`held_out` can hold a photo out with all its views)."""
     full = F.interpolate(squares.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     full = full.round().clamp(0, 255).to(torch.uint8)
     margin = (squares.shape[-1] - size) // 2
-    return torch.cat([full, full.flip(-1), squares[..., :size, :size], squares[..., -size:, -size:],
-                      squares[..., margin:margin + size, margin:margin + size].flip(-1)])
+    return torch.stack([full, full.flip(-1), squares[..., :size, :size], squares[..., -size:, -size:],
+                        squares[..., margin:margin + size, margin:margin + size].flip(-1)], dim=1).flatten(0, 1)
 
 
 def support_features(combined: CombinedFeatures, photos: Mapping[str, Sequence[Path]], num_workers: int = -1
@@ -256,19 +263,113 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
     return added.eval().requires_grad_(False)
 
 
-def _without_lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int
-                                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Leave out the negatives whose nearest labelled photo (cosine) is one of an added landmark: a
-    negatives folder may well hold photos of the very landmark being added."""
+def _fit_rows(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int
+              ) -> nn.Linear:
+    """The added rows fitted on a memory of :class:`CombinedFeatures` (negatives that look like an added
+    landmark left out)."""
+    split = int(base.memory_features.shape[1])
+    keep = ~_lookalike_negatives(memory_features, memory_targets, len(base.class_names), split)
+    features, targets = memory_features[keep], memory_targets[keep]
+    return fit_added_rows(base.logits_from_features(features[:, :split]), features, targets, num_added)
+
+
+class HeldOut(NamedTuple):
+    """Photos held out of fitting the added rows (:func:`held_out`), as a model with added landmarks will
+    score them: top probability and similarity to the nearest remembered photo of the predicted landmark,
+    of those predicted as an added landmark."""
+
+    support_top: torch.Tensor  # support photos of the added landmarks
+    support_nearest: torch.Tensor
+    negative_top: torch.Tensor  # the memory's photos of no landmark
+    negative_nearest: torch.Tensor
+    negatives: int  # negatives held out and scored in all (predicted as an original landmark too)
+
+
+def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int
+             ) -> HeldOut:
+    """:data:`HELD_OUT_FOLDS`-fold cross-fitting of the added rows: every support photo of a landmark with 2
+    or more is held out once, with all its views, and scored whole; every remembered negative is held out
+    once too (those that look like an added landmark are not scored: they may show it)."""
+    num_original, split = len(base.class_names), int(base.memory_features.shape[1])
+    fold = torch.full_like(memory_targets, -1)
+    negative = memory_targets < 0
+    fold[negative] = torch.arange(int(negative.sum())) % HELD_OUT_FOLDS
+    # the rows scored when held out: each support photo's whole view, and the negatives unlike the added landmarks
+    scored = negative & ~_lookalike_negatives(memory_features, memory_targets, num_original, split)
+    for target in range(num_original, num_original + num_added):
+        rows = (memory_targets == target).nonzero().flatten()
+        photo = torch.arange(len(rows)) // VIEWS
+        scored[rows[::VIEWS]] = True
+        if len(rows) and int(photo.max()) >= 1:
+            fold[rows] = photo % min(HELD_OUT_FOLDS, int(photo.max()) + 1)
+    parts: dict[str, list[torch.Tensor]] = {"support_top": [], "support_nearest": [], "negative_top": [], "negative_nearest": []}
+    negatives = 0
+    for k in range(HELD_OUT_FOLDS):
+        held = fold == k
+        if not (held & (memory_targets >= 0)).any():
+            continue
+        kept_features, kept_targets = memory_features[~held], memory_targets[~held]
+        added = _fit_rows(base, kept_features, kept_targets, num_added)
+        photos, targets = memory_features[held & scored], memory_targets[held & scored]
+        negatives += int((targets < 0).sum())
+        with torch.inference_mode():
+            logits = torch.cat([base.logits_from_features(photos[:, :split]), added(photos)], dim=1)
+            top, predicted = F.softmax(logits, dim=1).max(dim=1)
+            bank = kept_targets >= 0
+            similarity = unit_features(photos, split) @ unit_features(kept_features[bank], split).T
+            own = similarity.masked_fill(kept_targets[bank].unsqueeze(0) != predicted.unsqueeze(1), -2.0).max(dim=1).values
+        for kind, rows in (("support", (predicted >= num_original) & (targets >= 0)), ("negative", (predicted >= num_original) & (targets < 0))):
+            parts[f"{kind}_top"].append(top[rows])
+            parts[f"{kind}_nearest"].append(own[rows])
+    joined = {name: torch.cat(values) if values else torch.zeros(0) for name, values in parts.items()}
+    return HeldOut(**joined, negatives=negatives)
+
+
+def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: torch.Tensor, memory_targets: torch.Tensor
+              ) -> tuple[AddedLandmarksDetector, float]:
+    """The unknown detector of a model with added landmarks and its threshold (module docstring, step 4)."""
+    num_original, split = len(base.class_names), int(base.memory_features.shape[1])
+    known = memory_targets >= 0
+    in_validation = known & (memory_targets < num_original)  # the remembered validation photos (base rows are fixed)
+    validation = memory_features[in_validation]
+    bank_rows = torch.full((int(known.sum()),), -1, dtype=torch.long)
+    bank_rows[in_validation[known]] = torch.arange(len(validation))
+    with torch.inference_mode():
+        logits = torch.cat([base.logits_from_features(validation[:, :split]), added(validation)], dim=1)
+        original, original_scores = nearest_detector(memory_features[known], bank_rows, validation, logits, split)
+    original_scores = torch.as_tensor(original_scores).float()
+    out = held_out(base, memory_features, memory_targets, added.out_features)
+    if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones
+        detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], num_original,
+                                          torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0)
+        return detector, unknown_threshold(percentile(detector.original_scores, original_scores).numpy())
+    top_reference, nearest_reference = out.support_top.sort().values, out.support_nearest.sort().values
+    support = (percentile(top_reference, out.support_top) + percentile(nearest_reference, out.support_nearest)) / 2
+    negative = (percentile(top_reference, out.negative_top) + percentile(nearest_reference, out.negative_nearest)) / 2
+    # the score ACCEPT_KNOWN of the held-out support photos reach, raised when it lets too many held-out negatives through
+    accepting = float(np.quantile(support.numpy(), 1 - ACCEPT_KNOWN, method="lower"))
+    allowed = math.floor(MAX_NEGATIVES_ADDED * out.negatives)
+    needed = accepting
+    if len(negative) > allowed:
+        needed = max(needed, float(negative.sort(descending=True).values[allowed]) + 1e-6)
+    offset = needed - accepting
+    detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], num_original,
+                                      out.support_top, out.support_nearest, support, offset)
+    ranks = torch.cat([percentile(detector.original_scores, original_scores), percentile(detector.added_scores, support)])
+    return detector, unknown_threshold(ranks.numpy())
+
+
+def _lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int) -> torch.Tensor:
+    """Which rows are negatives whose nearest labelled photo (cosine) is one of an added landmark: a
+    negatives folder may well hold photos of the very landmark being added, so they are left out."""
     negative = targets < 0
-    if not negative.any():
-        return features, targets
-    normalised = unit_features(features, split)
-    labelled = (~negative).nonzero().flatten()
-    nearest = targets[labelled[(normalised[negative] @ normalised[labelled].T).argmax(dim=1)]]
-    keep = torch.ones_like(negative)
-    keep[negative.nonzero().flatten()[nearest >= base_classes]] = False
-    return features[keep], targets[keep]
+    lookalike = torch.zeros_like(negative)
+    if negative.any():
+        normalised = unit_features(features, split)
+        labelled = (~negative).nonzero().flatten()
+        nearest = targets[labelled[(normalised[negative] @ normalised[labelled].T).argmax(dim=1)]]
+        lookalike[negative.nonzero().flatten()[nearest >= base_classes]] = True
+    return lookalike
 
 
 def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]],
@@ -301,19 +402,8 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
-    split = combined.base_size
-    fit_features, fit_targets = _without_lookalike_negatives(memory_features, memory_targets, len(base_names), split)
-    added = fit_added_rows(base.logits_from_features(fit_features[:, :split]), fit_features, fit_targets,
-                           len(names) - len(base_names))
-    known = memory_targets >= 0
-    in_validation = known & (memory_targets < len(base_names))  # the remembered validation photos (base rows are fixed)
-    validation = memory_features[in_validation]
-    bank_rows = torch.full((int(known.sum()),), -1, dtype=torch.long)
-    bank_rows[in_validation[known]] = torch.arange(len(validation))
-    with torch.inference_mode():
-        logits = torch.cat([base.logits_from_features(validation[:, :split]), added(validation)], dim=1)
-        detector, known_scores = nearest_detector(memory_features[known], bank_rows, validation, logits, split)
-    threshold = unknown_threshold(known_scores)
+    added = _fit_rows(base, memory_features, memory_targets, len(names) - len(base_names))
+    detector, threshold = _detector(base, added, memory_features, memory_targets)
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
@@ -325,16 +415,17 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
 
 
 def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]], shots: int, seed: int,
-                  features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor
-                  ) -> dict[str, float]:
+                  features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor,
+                  other_landmarks: torch.Tensor | None = None) -> dict[str, float]:
     """One measurement of adding landmarks: ``shots`` random photos of each landmark of ``photos`` are added
     to ``base``; the others (their ``features``, computed once: :func:`photo_features` of
     :func:`combined_features`) measure it.
 
     ``known`` is ``(features, targets)`` of the base's test photos, ``unknown`` the features of photos of
-    no landmark (combined features too). Returns new-landmark top-1 among all classes and share accepted as known, the same for
-    the original test photos, unknown detection against ``unknown`` (:func:`~src.openset.open_set_report`)
-    and the seconds ``add_landmarks`` took.
+    no landmark (combined features too), ``other_landmarks`` optionally those of photos of landmarks neither
+    known nor added. Returns new-landmark top-1 among all classes and share accepted as known, the same for
+    the original test photos, unknown detection against ``unknown`` (:func:`~src.openset.open_set_report`),
+    the share of ``other_landmarks`` accepted, and the seconds ``add_landmarks`` took.
     """
     rng = random.Random(seed)
     support: dict[str, list[Path]] = {}
@@ -357,10 +448,11 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     query_pred, query_score = predicted(torch.stack([features[p] for p in query]))
     test_pred, test_score = predicted(known[0])
     after = open_set_report(test_score, predicted(unknown)[1], threshold)
+    others = {} if other_landmarks is None else {"other_landmarks_accepted": float((predicted(other_landmarks)[1] >= threshold).mean())}
     return {"new_top1": float((query_pred == np.asarray(query_targets)).mean()), "new_accepted": float((query_score >= threshold).mean()),
             "original_top1": float((test_pred == known[1]).mean()), "original_accepted": after["known_accepted"],
             "unknown_auroc": after["auroc"], "unknown_fpr95": after["fpr95"], "unknown_accepted": after["unknown_accepted"],
-            "unknown_threshold": threshold, "seconds": seconds, "query_photos": len(query)}
+            **others, "unknown_threshold": threshold, "seconds": seconds, "query_photos": len(query)}
 
 
 def save_added(model: torch.jit.ScriptModule, path: str | Path, record: dict) -> Path:

@@ -70,6 +70,53 @@ class SoftmaxAndNearest(nn.Module):
         return (percentile(self.softmax_reference, top) + percentile(self.nearest_reference, self.nearest(features))) / 2
 
 
+class AddedLandmarksDetector(nn.Module):
+    """Known score of a model with landmarks added from a few photos. A photo the model calls one of its
+    original landmarks is scored by ``original`` (:class:`SoftmaxAndNearest` over every remembered photo); one
+    it calls an added landmark, by its top probability and its similarity to the nearest remembered photo *of
+    that landmark*, each ranked among support photos held out of the fit (``softmax_reference``,
+    ``nearest_reference``: :func:`src.new_landmarks.held_out`). Either score is then ranked among the
+    scores of its own held-out photos (``original_scores``: validation photos, ``added_scores``: support ones),
+    so one threshold keeps the same share of both kinds; an added landmark's score is first lowered by
+    ``added_offset`` when that share would let through too many held-out photos of no landmark.
+
+    Why: with 5-20 photos an added landmark is less sure and less densely remembered than an original one
+    with 100; judged by the original photos' standard most of its photos were called unknown. Photos held
+    out of the fit are the only honest sample of how its new photos score. But a user's few photos are
+    often alike (one visit, one angle): held out, they score higher than the landmark's other photos
+    will, so a photo called an added landmark also keeps the score an original landmark's photo would
+    get (the higher of the two counts). ``added_scores`` empty (too few support photos to hold any
+    out): added landmarks are scored like original ones.
+    """
+
+    def __init__(self, original: SoftmaxAndNearest, original_scores: torch.Tensor, bank_targets: torch.Tensor,
+                 num_original: int, softmax_reference: torch.Tensor, nearest_reference: torch.Tensor,
+                 added_scores: torch.Tensor, added_offset: float) -> None:
+        super().__init__()
+        self.original = original
+        self.num_original: int = int(num_original)
+        self.register_buffer("bank_targets", bank_targets.long())
+        self.register_buffer("original_scores", original_scores.float().sort().values)
+        self.register_buffer("softmax_reference", softmax_reference.float().sort().values)
+        self.register_buffer("nearest_reference", nearest_reference.float().sort().values)
+        self.register_buffer("added_scores", added_scores.float().sort().values)
+        self.added_offset: float = float(added_offset)
+
+    def added_score(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The score of a photo as one of the added landmarks: the class it is predicted as is taken to be one."""
+        top, predicted = F.softmax(logits.float(), dim=1).max(dim=1)
+        similarity = unit_features(features, self.original.split) @ self.original.bank.float().T
+        own = similarity.masked_fill(self.bank_targets.unsqueeze(0) != predicted.unsqueeze(1), -2.0).max(dim=1).values
+        return (percentile(self.softmax_reference, top) + percentile(self.nearest_reference, own)) / 2
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        known = percentile(self.original_scores, self.original(features, logits))
+        if self.added_scores.numel() == 0:
+            return known
+        added = percentile(self.added_scores, self.added_score(features, logits) - self.added_offset)
+        return torch.where(logits.argmax(dim=1) >= self.num_original, torch.maximum(added, known), known)
+
+
 def unit_features(features: torch.Tensor, split: int = 0) -> torch.Tensor:
     """Features scaled to length 1 for cosine similarity; ``split > 0``: columns before and after it
     normalised apart (then together scaled to length 1), so neither part outweighs the other."""

@@ -15,8 +15,10 @@ from conftest import TINY_CLASSES, run_without_src, tiny_config
 from src.cli import main
 from src.factory import create_model, list_models
 from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatures
-from src.new_landmarks import (MEMORY_NEGATIVES, add_landmarks, add_landmarks_command, feature_memory, keep_memory,
-                                photo_features, read_new_landmarks)
+import src.new_landmarks as new_landmarks
+from src.new_landmarks import (MAX_NEGATIVES_ADDED, MEMORY_NEGATIVES, VIEWS, HeldOut, add_landmarks, add_landmarks_command,
+                                feature_memory, held_out, keep_memory, photo_features, read_new_landmarks)
+from src.openset import percentile
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
 
@@ -139,6 +141,84 @@ def test_adding_twice_keeps_every_landmark_and_replace_learns_one_again(base_pat
     assert (again.memory_targets == 3).sum() == 2 * 5 and (again.memory_targets == 2).sum() == 4 * 5
     with pytest.raises(ValueError, match="'Red Fort' is one of the landmarks the model was trained on"):
         add_landmarks(again, {"Red Fort": blue[:2]}, replace=True, num_workers=0)
+
+
+def test_views_are_grouped_by_photo_whole_photo_first() -> None:
+    squares = torch.stack([torch.full((3, 45, 45), 10, dtype=torch.uint8), torch.full((3, 45, 45), 200, dtype=torch.uint8)])
+    squares[0, :, :20, :20] = 0  # photo 0's top-left corner differs from the rest of it
+    views = new_landmarks._views(squares, 40)
+    assert views.shape == (2 * VIEWS, 3, 40, 40)
+    assert (views[VIEWS:] == 200).all() and (views[:VIEWS] <= 10).all()  # rows of photo 0, then photo 1
+    assert torch.equal(views[0], views[1].flip(-1)) and torch.equal(views[2], squares[0, :, :40, :40])
+
+
+def _memory_with_support(base: torch.jit.ScriptModule, photos_per_landmark: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base's memory (own + ImageNet features) and random support rows, VIEWS per photo, for added landmarks."""
+    features = torch.cat([base.memory_features.float(), base.general_memory.float()], 1)
+    targets = base.memory_targets.clone()
+    generator = torch.Generator().manual_seed(0)
+    for index, photos in enumerate(photos_per_landmark):
+        centre = torch.randn(features.shape[1], generator=generator) * features.std()
+        rows = centre + 0.3 * torch.randn(photos * VIEWS, features.shape[1], generator=generator) * features.std()
+        features = torch.cat([features, rows])
+        targets = torch.cat([targets, torch.full((photos * VIEWS,), len(base.class_names) + index)])
+    return features, targets
+
+
+def test_support_photos_are_held_out_whole_and_once_to_calibrate_the_added_landmarks(base_path: Path, monkeypatch) -> None:
+    base = load_exported(base_path)
+    features, targets = _memory_with_support(base, [3, 1])  # Blue Tower: 3 photos; Sky Gate: 1, never held out
+    support = targets >= len(BASE_NAMES)
+    photo_of_row = torch.full_like(targets, -1)
+    photo_of_row[support] = torch.arange(int(support.sum())) // VIEWS
+    fits = []
+    real_fit = new_landmarks._fit_rows
+    monkeypatch.setattr(new_landmarks, "_fit_rows", lambda b, f, t, n: fits.append(f) or real_fit(b, f, t, n))
+    out = held_out(base, features, targets, 2)
+    held_photos = []
+    for kept in fits:
+        kept_rows = {tuple(row.tolist()) for row in kept[-int(support.sum()):]}
+        in_fit = torch.tensor([tuple(row.tolist()) in kept_rows for row in features[support]])
+        for photo in range(int(photo_of_row.max()) + 1):
+            views = in_fit[photo * VIEWS:(photo + 1) * VIEWS]
+            assert views.all() or not views.any()  # a photo is held out with all its views
+            held_photos += [photo] * int(not views.any())
+    assert sorted(held_photos) == [0, 1, 2]  # each of Blue Tower's photos once, Sky Gate's alone never
+    assert len(out.support_top) == len(out.support_nearest) <= 3
+    # 3 photos make 3 folds: the negatives counted are those the 3 folds held out (unless they look like Blue Tower)
+    negative = (targets < 0).nonzero().flatten()
+    in_run_folds = torch.zeros_like(support)
+    in_run_folds[negative[torch.arange(len(negative)) % 5 < 3]] = True
+    unlike = ~new_landmarks._lookalike_negatives(features, targets, len(BASE_NAMES), base.memory_features.shape[1])
+    assert out.negatives == int((in_run_folds & unlike).sum()) > 0
+    assert len(out.negative_top) == len(out.negative_nearest) <= out.negatives
+
+
+def test_added_landmarks_may_not_let_through_more_held_out_negatives_than_allowed(base_path: Path, monkeypatch) -> None:
+    base = load_exported(base_path)
+    features, targets = _memory_with_support(base, [4])
+    ramp = torch.linspace(0.5, 1.0, 20)
+    monkeypatch.setattr(new_landmarks, "held_out", lambda *args: HeldOut(ramp, ramp, ramp[-10:], ramp[-10:], 100))
+    added = torch.nn.Linear(features.shape[1], 1)
+    detector, threshold = new_landmarks._detector(base, added, features, targets)
+    support = (percentile(ramp, ramp) + percentile(ramp, ramp)) / 2
+    needed = float(np.quantile(support.numpy(), 0.04, method="lower"))
+    negatives = support[-10:] - detector.added_offset
+    assert detector.added_offset > 0 and int((negatives >= needed).sum()) == int(MAX_NEGATIVES_ADDED * 100)
+    relaxed = HeldOut(ramp, ramp, ramp[:2], ramp[:2], 100)  # held-out negatives all score low: nothing to correct
+    monkeypatch.setattr(new_landmarks, "held_out", lambda *args: relaxed)
+    assert new_landmarks._detector(base, added, features, targets)[0].added_offset == 0.0
+    assert 0 < threshold < 0.2
+
+
+def test_with_too_few_photos_to_hold_out_added_landmarks_are_scored_as_original_ones(base_path: Path, tiny_data: Path) -> None:
+    blue = _photos(tiny_data / "train", TINY_CLASSES[2])
+    model, _ = add_landmarks(load_exported(base_path), {"Blue Tower": blue[:1], "Sky Gate": blue[1:2]}, num_workers=0)
+    assert model.detector.added_scores.numel() == 0
+    features = model.combined(torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8))
+    logits = model.logits_from_features(features)
+    original = model.detector.original(features, logits)
+    assert torch.allclose(model.known_score_from_features(features), percentile(model.detector.original_scores, original))
 
 
 def test_bad_folders_are_refused_naming_them(base_path: Path, tmp_path: Path) -> None:

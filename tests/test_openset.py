@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import make_photo, run_without_src, tiny_config
 from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
 from src.factory import create_model
-from src.openset import MaxSoftmax, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
+from src.openset import AddedLandmarksDetector, MaxSoftmax, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
@@ -158,6 +158,34 @@ def test_features_of_two_networks_count_equally_in_the_nearest_similarity() -> N
     near_general = detector.nearest(torch.cat([-own[:1], general[:1]], 1))
     near_own = detector.nearest(torch.cat([own[:1], -general[:1]], 1))
     assert torch.allclose(near_general, near_own, atol=1e-3) and torch.allclose(near_own, torch.zeros(1), atol=1e-3)  # fp16 bank
+
+
+def test_the_added_landmarks_detector_ranks_each_kind_of_photo_among_its_own_held_out_photos() -> None:
+    bank, bank_targets = torch.eye(3), torch.tensor([0, 1, 2])  # class 2 is added (2 original classes)
+    original = SoftmaxAndNearest(bank, torch.linspace(0.5, 1, 11), torch.linspace(0.5, 1, 11))
+    original_scores = torch.linspace(0, 1, 21)
+    top_reference, nearest_reference, added_scores = torch.linspace(0.3, 0.9, 7), torch.linspace(0.2, 0.8, 7), torch.linspace(0, 1, 5)
+    detector = AddedLandmarksDetector(original, original_scores, bank_targets, 2, top_reference, nearest_reference,
+                                      added_scores, 0.1)
+    features = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # the same photo...
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])  # ...called an original landmark, then the added one
+    top = F.softmax(logits, 1).max(1).values
+    scores = detector(features, logits)
+    assert torch.allclose(scores[0], percentile(original_scores, original(features[:1], logits[:1])))
+    # as the added landmark: its nearest photo *of that landmark* (similarity 0, not the identical class-0 photo)
+    added = (percentile(top_reference, top[1:]) + percentile(nearest_reference, torch.zeros(1))) / 2
+    as_original = percentile(original_scores, original(features[1:], logits[1:]))
+    assert torch.allclose(scores[1:], torch.maximum(percentile(added_scores, added - 0.1), as_original))
+    assert percentile(added_scores, added - 0.1) < as_original  # never stricter than an original landmark's standard
+    close = torch.tensor([[0.0, 0.6, 0.8]])  # near the added landmark's photo, confidently called it
+    own_standard = percentile(added_scores, detector.added_score(close, logits[1:]) - 0.1)
+    assert own_standard > percentile(original_scores, original(close, logits[1:]))
+    assert torch.allclose(detector(close, logits[1:]), own_standard)
+    assert torch.allclose(torch.jit.script(detector)(features, logits), scores)
+    # no held-out support photos to calibrate on: every photo is scored as an original one
+    uncalibrated = AddedLandmarksDetector(original, original_scores, bank_targets, 2, torch.zeros(0), torch.zeros(0),
+                                          torch.zeros(0), 0.0)
+    assert torch.allclose(uncalibrated(features, logits), percentile(original_scores, original(features, logits)))
 
 
 def test_max_softmax_scores_the_top_probability() -> None:

@@ -94,6 +94,9 @@ def test_shipped_model_learns_a_new_landmark_from_a_few_photos(name: str, landma
     query = photos[8::4]
     known = sorted(landmarks10.glob("test/*/*.jpg"))[::100]
     targets = [10] * len(query) + [list(base.class_names).index(display_name(p.parent.name)) for p in known]
-    truth, probabilities, _ = predict_photos(model, query + known, targets, num_workers=0)
+    truth, probabilities, known_scores = predict_photos(model, query + known, targets, num_workers=0)
     correct = probabilities.argmax(1) == truth
     assert correct[:len(query)].mean() >= 0.6 and correct[len(query):].mean() >= 0.9, correct
+    # 8 photos in file-name order are much alike: held out, they alone would set too strict a standard
+    accepted = known_scores >= float(model.unknown_threshold)
+    assert accepted[:len(query)].mean() >= 0.7 and accepted[len(query):].mean() >= 0.9, accepted
