@@ -48,7 +48,8 @@ from .decoding import square_batches
 from .files import atomic_write
 from .imagenet_features import ImageNetFeatures
 from .location import list_images
-from .openset import ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
+from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, nearest_of_class, open_set_report, percentile,
+                      unit_features, unknown_threshold)
 from .places import Place, places_for
 from .predictor import ExportedModel, load_exported
 
@@ -317,7 +318,7 @@ def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory
             top, predicted = F.softmax(logits, dim=1).max(dim=1)
             bank = kept_targets >= 0
             similarity = unit_features(photos, split) @ unit_features(kept_features[bank], split).T
-            own = similarity.masked_fill(kept_targets[bank].unsqueeze(0) != predicted.unsqueeze(1), -2.0).max(dim=1).values
+            own = nearest_of_class(similarity, kept_targets[bank], predicted)
         for kind, rows in (("support", (predicted >= num_original) & (targets >= 0)), ("negative", (predicted >= num_original) & (targets < 0))):
             parts[f"{kind}_top"].append(top[rows])
             parts[f"{kind}_nearest"].append(own[rows])

@@ -106,7 +106,7 @@ class AddedLandmarksDetector(nn.Module):
         """The score of a photo as one of the added landmarks: the class it is predicted as is taken to be one."""
         top, predicted = F.softmax(logits.float(), dim=1).max(dim=1)
         similarity = unit_features(features, self.original.split) @ self.original.bank.float().T
-        own = similarity.masked_fill(self.bank_targets.unsqueeze(0) != predicted.unsqueeze(1), -2.0).max(dim=1).values
+        own = nearest_of_class(similarity, self.bank_targets, predicted)
         return (percentile(self.softmax_reference, top) + percentile(self.nearest_reference, own)) / 2
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -115,6 +115,11 @@ class AddedLandmarksDetector(nn.Module):
             return known
         added = percentile(self.added_scores, self.added_score(features, logits) - self.added_offset)
         return torch.where(logits.argmax(dim=1) >= self.num_original, torch.maximum(added, known), known)
+
+
+def nearest_of_class(similarity: torch.Tensor, bank_targets: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Each photo's highest ``similarity`` (B, M) to a bank photo of its class in ``classes`` (B,); -2 when none."""
+    return similarity.masked_fill(bank_targets.unsqueeze(0) != classes.unsqueeze(1), -2.0).max(dim=1).values
 
 
 def unit_features(features: torch.Tensor, split: int = 0) -> torch.Tensor:
