@@ -75,7 +75,9 @@ class Predictor(ExportedModel):
     (``(M,)``, -1 for photos of no known landmark) are features of validation and negative photos,
     kept so that landmarks can be added later without the training data (:mod:`src.new_landmarks`);
     ``general_memory`` (fp16, ``(M, G)``) holds the same photos' plain ImageNet features, of backbone
-    ``general_backbone`` at ``general_size`` px (:mod:`src.imagenet_features`).
+    ``general_backbone`` at ``general_size`` px (:mod:`src.imagenet_features`); ``memory_as_added`` (fp16,
+    ``(V, D)``) the model's features of the first V rows (validation photos) read as a model with added
+    landmarks reads them, to calibrate its threshold on.
     These attribute names are the exported file's interface; ``image_size``/``resize_size`` hold
     ``config.eval_crop`` and ``config.resize``.
     """
@@ -96,6 +98,7 @@ class Predictor(ExportedModel):
         self.register_buffer("memory_features", torch.zeros(0, 0, dtype=torch.float16))
         self.register_buffer("memory_targets", torch.zeros(0, dtype=torch.long))
         self.register_buffer("general_memory", torch.zeros(0, 0, dtype=torch.float16))
+        self.register_buffer("memory_as_added", torch.zeros(0, 0, dtype=torch.float16))
         self.general_backbone: str = ""
         self.general_size: int = 0
 
@@ -120,8 +123,8 @@ class Predictor(ExportedModel):
 
 
 EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
-                       "memory_features", "memory_targets", "general_memory", "general_backbone", "general_size",
-                       "features_and_logits", "logits_from_features", "classify",
+                       "memory_features", "memory_targets", "general_memory", "memory_as_added", "general_backbone",
+                       "general_size", "features_and_logits", "logits_from_features", "classify",
                        "known_score", "known_score_from_features"]
 
 

@@ -18,7 +18,7 @@ from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatur
 import src.new_landmarks as new_landmarks
 from src.new_landmarks import (MAX_NEGATIVES_ADDED, MEMORY_NEGATIVES, VIEWS, HeldOut, add_landmarks, add_landmarks_command,
                                 feature_memory, held_out, keep_memory, photo_features, read_new_landmarks)
-from src.openset import percentile
+from src.openset import percentile, unit_features
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
 
@@ -76,6 +76,29 @@ def test_an_export_keeps_features_of_validation_photos_and_negatives(base_path: 
     assert (targets == 0).sum() == 12 and (targets == 1).sum() == 12 and 0 < (targets == -1).sum() <= MEMORY_NEGATIVES
     assert model.general_memory.shape == (len(targets), 1280) and model.general_memory.dtype == torch.float16
     assert (model.general_backbone, model.general_size) == (GENERAL_BACKBONE, GENERAL_SIZE)
+
+
+
+def test_an_export_keeps_its_validation_photos_as_a_model_with_added_landmarks_reads_them(base_path: Path, tiny_data: Path
+                                                                                          ) -> None:
+    model = load_exported(base_path)
+    validation = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]  # the memory's 24 rows
+    combined = new_landmarks.combined_features(model)
+    as_read, _, _ = photo_features(combined, validation, num_workers=0)  # read at 224 px, the base scales them down
+    assert model.memory_as_added.shape == (24, model.memory_features.shape[1]) and model.memory_as_added.dtype == torch.float16
+    assert torch.allclose(model.memory_as_added.float(), as_read[:, :combined.base_size], atol=2e-2)
+    assert not torch.allclose(model.memory_features[:24].float(), as_read[:, :combined.base_size], atol=2e-2)  # 37 px reads differ
+
+
+def test_a_model_with_added_landmarks_calibrates_on_its_validation_photos_as_it_reads_them(base_path: Path, tiny_data: Path
+                                                                                          ) -> None:
+    base = load_exported(base_path)
+    split = base.memory_features.shape[1]
+    as_added = torch.cat([base.memory_as_added.float(), base.general_memory[:24].float()], 1)
+    once, _ = add_landmarks(base, {"Blue Tower": _photos(tiny_data / "train", TINY_CLASSES[2])[:4]}, num_workers=0)
+    assert torch.allclose(once.detector.original.bank[:24].float(), unit_features(as_added, split), atol=1e-3)
+    twice, _ = add_landmarks(once, {"Sky Gate": _photos(tiny_data / "train", TINY_CLASSES[2])[4:8]}, num_workers=0)
+    assert torch.allclose(twice.detector.original.bank[:24].float(), unit_features(as_added, split), atol=1e-3)
 
 
 def test_imagenet_features_take_raw_photos_of_any_size_and_script() -> None:

@@ -89,6 +89,7 @@ def test_shipped_model_learns_a_new_landmark_from_a_few_photos(name: str, landma
 
     base = load_exported(REPO / "checkpoints" / name)
     assert len(base.memory_features) == len(base.memory_targets) == len(base.general_memory) > 1000
+    assert len(base.memory_as_added) == int((base.memory_targets >= 0).sum())  # its validation photos as read when adding
     photos = sorted(folder.glob("*.jpg"))
     model, _ = add_landmarks(base, {"Lotus Temple": photos[:8]}, num_workers=0)
     query = photos[8::4]
