@@ -119,20 +119,17 @@ def main() -> None:
         before = open_set_report(base.known_score_from_features(base_test).numpy(),
                                  base.known_score_from_features(photo_features(base, scene_photos)[0]).numpy(),
                                  float(base.unknown_threshold))
-    with torch.inference_mode():
-        other_photos = [p for name, paths in settings["all at once"].items() if name not in settings["never trained against"]
-                        for p in paths]
+        never = settings["never trained against"]
+        other_photos = [p for name, paths in settings["all at once"].items() if name not in never for p in paths]
         other_scores = base.known_score_from_features(photo_features(base, other_photos)[0])
         other_before = round(float((other_scores >= float(base.unknown_threshold)).float().mean()), 4)
     print(f"Before adding: {other_before:.1%} of {len(other_photos)} photos of other landmarks accepted")
-    added = check_features_route(base, settings["never trained against"], test_folder.paths[:20])
+    added = check_features_route(base, never, test_folder.paths[:20])
     speed = {"base": round(photos_per_second(base, test_folder.paths[:500]), 1),
              "with_added_landmarks": round(photos_per_second(added, test_folder.paths[:500]), 1)}
     print(f"Photos classified per second: {speed['base']:.0f} by the base, {speed['with_added_landmarks']:.0f} with landmarks added")
     rows = []
-    never = settings["never trained against"]
-    others = torch.stack([features[p] for name, paths in settings["all at once"].items() if name not in never
-                          for p in paths if p in features])
+    others = torch.stack([features[p] for p in other_photos if p in features])
     groups = {setting: [photos] for setting, photos in settings.items()}
     groups["one at a time"] = [{name: paths} for name, paths in never.items()]  # as the app's "Teach a landmark" tab
     for setting, group in groups.items():

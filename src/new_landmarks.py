@@ -335,15 +335,17 @@ def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory
     return HeldOut(**joined, negatives=negatives)
 
 
-def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: torch.Tensor, memory_targets: torch.Tensor,
-              memory_as_added: torch.Tensor | None = None) -> tuple[AddedLandmarksDetector, float]:
+def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: torch.Tensor, memory_targets: torch.Tensor
+              ) -> tuple[AddedLandmarksDetector, float]:
     """The unknown detector of a model with added landmarks and its threshold (module docstring, step 4).
-    ``memory_as_added`` (:func:`_memory_as_added`) replaces the memory's first rows, the validation photos, in
-    calibrating photos called an original landmark."""
+    Photos called an original landmark are calibrated on the memory's first rows, the validation photos,
+    with the base's own features as this model reads them (``base.memory_as_added``; exports made before
+    it was kept: as the base alone reads them)."""
     num_original, split = len(base.class_names), int(base.memory_features.shape[1])
     as_read = memory_features.clone()
-    if memory_as_added is not None:
-        as_read[:len(memory_as_added)] = memory_as_added
+    validation_as_added = getattr(base, "memory_as_added", torch.zeros(0, 0))
+    if len(validation_as_added):
+        as_read[:len(validation_as_added), :split] = validation_as_added.float()
     known = memory_targets >= 0
     in_validation = known & (memory_targets < num_original)  # the remembered validation photos (base rows are fixed)
     validation = as_read[in_validation]
@@ -372,18 +374,6 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
                                       out.support_top, out.support_nearest, support, offset)
     ranks = torch.cat([percentile(detector.original_scores, original_scores), percentile(detector.added_scores, support)])
     return detector, unknown_threshold(ranks.numpy())
-
-
-def _memory_as_added(model: torch.jit.ScriptModule) -> torch.Tensor | None:
-    """The combined features of ``model``'s remembered validation photos as a model with added landmarks reads
-    them: its base export's ``memory_as_added`` (:class:`FeatureMemory`) beside their ImageNet features; None
-    for exports made before they were kept."""
-    base = model.combined.base if hasattr(model, "combined") else model
-    rows = getattr(base, "memory_as_added", torch.zeros(0, 0)).float()
-    if len(rows) == 0:
-        return None
-    general = model.memory_features[:len(rows), rows.shape[1]:] if hasattr(model, "combined") else model.general_memory[:len(rows)]
-    return torch.cat([rows, general.float()], dim=1)
 
 
 def _lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int) -> torch.Tensor:
@@ -429,9 +419,8 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
-    memory_as_added = _memory_as_added(model)
     added = _fit_rows(base, memory_features, memory_targets, len(names) - len(base_names))
-    detector, threshold = _detector(base, added, memory_features, memory_targets, memory_as_added)
+    detector, threshold = _detector(base, added, memory_features, memory_targets)
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
