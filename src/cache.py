@@ -22,7 +22,7 @@ from .decoding import square_batches
 from .files import cache_dir, touch_cache_file, write_cache_file
 from .location import dataset_fingerprint
 
-CACHE_FORMAT = "decoded-images/1"
+CACHE_FORMAT = "decoded-images/2"  # 2: JPEGs draft-decoded to twice the size (src.images.DRAFT_MARGIN)
 
 
 def _decode_all(paths: list[Path], size: int, num_workers: int) -> tuple[torch.Tensor, dict[int, str]]:
@@ -52,7 +52,9 @@ def decoded_images(paths: list[Path], root: str | Path, size: int, num_workers: 
     if cache_file is not None and cache_file.is_file():
         try:
             record = torch.load(cache_file, mmap=True, weights_only=True)
-            if record.get("format") != CACHE_FORMAT or tuple(record["images"].shape) != (len(paths), 3, size, size):
+            if record.get("format") != CACHE_FORMAT:
+                record = None  # decoded by an earlier version of the decoding: decode again
+            elif tuple(record["images"].shape) != (len(paths), 3, size, size):
                 raise ValueError("unexpected content")
         except Exception as error:  # noqa: BLE001 - any damage means: decode again
             warnings.warn(f"{cache_file}: damaged image cache ({error}); decoding again", stacklevel=2)

@@ -1,7 +1,7 @@
 """Photos decoded in parallel worker processes into same-size centre squares, batch by batch.
 
 The decode cache, batch prediction and ``tag`` all read photo folders this way: each photo goes
-through :func:`~src.images.read_image` (JPEGs draft-decoded near the target size) and
+through :func:`~src.images.read_image` (JPEGs draft-decoded to no less than twice the target size) and
 :func:`~src.preprocessing.square_uint8`, so photos of any size batch together, and an
 unreadable file comes back as its error message instead of stopping a worker.
 """

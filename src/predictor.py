@@ -182,7 +182,7 @@ class PhotoPrediction(NamedTuple):
 def predict_photo(model: nn.Module, path: str | Path, k: int = 5) -> PhotoPrediction:
     """The ``k`` most likely landmarks for one photo, and whether it shows one of them at all.
 
-    Large JPEGs are draft-decoded near the predictor's resize size (several times faster), and
+    Large JPEGs are draft-decoded to twice the predictor's resize size (several times faster), and
     the photo is cut to its resize square first (bounded memory, the pixels the model would keep).
     """
     if k < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,20 @@ def test_damaged_cache_is_decoded_again(tiny_data: Path, tmp_path: Path, monkeyp
     with pytest.warns(UserWarning, match="damaged image cache"):
         images, _ = decoded_images(paths, tiny_data / "test", 16, num_workers=0)
     assert images.equal(expected)
+
+
+def test_cache_of_an_earlier_decoding_is_decoded_again_quietly(tiny_data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path))
+    paths = list_images(tiny_data / "test")
+    expected, _ = decoded_images(paths, tiny_data / "test", 16, num_workers=0)
+    (cache_file,) = tmp_path.glob("decoded-*.pt")
+    record = torch.load(cache_file, weights_only=True)
+    torch.save({**record, "format": "decoded-images/1", "images": torch.zeros_like(record["images"])}, cache_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not reported as damage: the file is simply out of date
+        images, _ = decoded_images(paths, tiny_data / "test", 16, num_workers=0)
+    assert images.equal(expected) and torch.load(cache_file, weights_only=True)["format"] == cache.CACHE_FORMAT
 
 
 def test_unreadable_photos_are_masked_and_named(tiny_data_copy: Path) -> None:

@@ -80,8 +80,9 @@ def test_fine_tune_runs_both_stages_and_saves_the_best(tiny_data: Path, tmp_path
     history = fine_tune(_loaders(tiny_data, model), model, tmp_path / "best.pt", recipe)
     assert len(history["head"]) == 20 and len(history["fine_tune"]) == 2
     assert max(h["valid_accuracy"] for h in history["head"]) > 0.5  # colours are easy with ImageNet features
-    assert all(a.equal(b) for a, b in zip(before, model.backbone.features[0].parameters()))  # frozen stage untouched
-    assert not all(a.equal(b) for a, b in zip(last_stage, model.backbone.features[-1].parameters()))
+    # compared on the CPU: training moved the model to CUDA where there is one
+    assert all(a.equal(b.cpu()) for a, b in zip(before, model.backbone.features[0].parameters()))  # frozen stage untouched
+    assert not all(a.equal(b.cpu()) for a, b in zip(last_stage, model.backbone.features[-1].parameters()))
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] in (1, 2)
 
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb
+from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, read_image
+from src.preprocessing import square_uint8
 
 
 def _odd_mode_images(folder: Path) -> dict[str, Path]:
@@ -67,10 +68,22 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert upright[-10:, :, 0].mean() < 50
 
 
-def test_draft_decoding_keeps_at_least_the_requested_size(tmp_path: Path) -> None:
+def test_draft_decoding_keeps_at_least_twice_the_requested_size(tmp_path: Path) -> None:
     Image.new("RGB", (1600, 1200), (10, 20, 30)).save(tmp_path / "big.jpg")
     image = load_rgb(tmp_path / "big.jpg", draft_size=(256, 256))
-    assert min(image.size) >= 256 and image.size[0] < 1600
+    assert min(image.size) >= 2 * 256 and image.size[0] < 1600
+
+
+@pytest.mark.parametrize("side", [256, 1024])
+def test_draft_decoded_photos_give_the_model_the_pixels_of_a_full_decode(tmp_path: Path, side: int) -> None:
+    """The app decodes uploads in full; ``tag`` and the cache draft-decode: both must give the model the same square."""
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (side // 8, side // 8, 3)), np.ones((8, 8, 1)))  # detail a draft would drop
+    photo = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
+    full = square_uint8(read_image(tmp_path / "photo.jpg"), 128).float()
+    drafted = square_uint8(read_image(tmp_path / "photo.jpg", 128), 128).float()
+    assert (drafted - full).abs().mean() < 1.0  # 256 px: no draft at all; 1024 px: a draft to 256, then the same resize
 
 
 @pytest.mark.parametrize(
