@@ -130,15 +130,14 @@ def combined_features(model: torch.jit.ScriptModule) -> CombinedFeatures:
     return CombinedFeatures(model, ImageNetFeatures(str(model.general_backbone), int(model.general_size)))
 
 
-def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -1, batch_size: int = 64,
-                   read_size: int | None = None) -> tuple[torch.Tensor, list[int], dict[int, str]]:
+def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -1, batch_size: int = 64
+                   ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
     """The features of photos on disk (an export's ``features_and_logits``, or ``model(images)`` for a feature
     extractor such as :class:`CombinedFeatures`), the indices of the readable ones, and ``{index: error}`` for
-    the others. Photos are read at ``read_size`` (default: the model's ``resize_size``); the model resizes them."""
+    the others."""
     features, kept, errors = [], [], {}
-    size = int(read_size or model.resize_size)
     with torch.inference_mode():
-        for indices, images, batch_errors in square_batches(list(paths), size, batch_size, num_workers):
+        for indices, images, batch_errors in square_batches(list(paths), int(model.resize_size), batch_size, num_workers):
             errors.update(batch_errors)
             if images is not None:
                 features.append(model.features_and_logits(images)[0] if hasattr(model, "features_and_logits")
@@ -179,16 +178,19 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
             for row in _evenly([i for i, t in enumerate(valid_targets) if t == target], MEMORY_PER_CLASS)]
     trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
     negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
-    remembered = [valid_paths[i] for i in rows] + [trained_negatives[i] for i in kept]
-    general_features, readable, errors = photo_features(general, remembered, num_workers)
-    as_added, readable_as_added, errors_as_added = photo_features(model, remembered[:len(rows)], num_workers,
-                                                                  read_size=max(int(model.resize_size), general.resize_size))
-    if len(readable) != len(remembered) or len(readable_as_added) != len(rows):
-        raise RuntimeError(f"photos became unreadable while exporting: {'; '.join({**errors, **errors_as_added}.values())}")
-    features = torch.cat([valid_features[rows], negative_features.reshape(-1, valid_features.shape[1])])
+    # one read of each validation photo gives both of its features as a model with added landmarks computes them
+    # (the memory is not kept yet, so the split is the caller's feature size, not the extractor's base_size)
+    as_read, readable, errors = photo_features(CombinedFeatures(model, general), [valid_paths[i] for i in rows], num_workers)
+    negatives_general, readable_negatives, negative_errors = photo_features(general, [trained_negatives[i] for i in kept],
+                                                                            num_workers)
+    if len(readable) != len(rows) or len(readable_negatives) != len(kept):
+        raise RuntimeError(f"photos became unreadable while exporting: {'; '.join({**errors, **negative_errors}.values())}")
+    size = valid_features.shape[1]
+    features = torch.cat([valid_features[rows], negative_features.reshape(-1, size)])
+    general_features = torch.cat([as_read[:, size:], negatives_general.reshape(-1, as_read.shape[1] - size)])
     targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
-    return FeatureMemory(features.half(), general_features.half(), as_added.half(), torch.tensor(targets, dtype=torch.long),
-                         rows, general.backbone_name, general.resize_size)
+    return FeatureMemory(features.half(), general_features.half(), as_read[:, :size].half(),
+                         torch.tensor(targets, dtype=torch.long), rows, general.backbone_name, general.resize_size)
 
 
 def keep_memory(predictor: ExportedModel, memory: FeatureMemory) -> None:

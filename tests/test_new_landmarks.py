@@ -78,7 +78,6 @@ def test_an_export_keeps_features_of_validation_photos_and_negatives(base_path: 
     assert (model.general_backbone, model.general_size) == (GENERAL_BACKBONE, GENERAL_SIZE)
 
 
-
 def test_an_export_keeps_its_validation_photos_as_a_model_with_added_landmarks_reads_them(base_path: Path, tiny_data: Path
                                                                                           ) -> None:
     model = load_exported(base_path)
