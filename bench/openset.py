@@ -12,13 +12,16 @@ folders it trained on; ``src.data.split_negatives`` says which half of each was 
 - ``Haleakala (full-size)``: ``../shared/data/landmark_images_sample`` (a class of the canonical dataset).
 
 Scores compared, all from one pass (``features_and_logits``): ``msp_nearest`` (the exported
-``known_score``: mean percentile of the top probability and of the similarity to the nearest photo of
-the export's memory; ``src.openset.SoftmaxAndNearest``), ``msp`` (the top probability), ``max_logit``,
+``known_score``: mean percentile of the top probability, of the similarity to the nearest photo of
+the export's memory and of the similarity to the nearest of its training photos;
+``src.openset.SoftmaxAndNearest``), ``msp_nearest_memory`` (the same without the training photos, as
+exported before), ``msp`` (the top probability), ``max_logit``,
 ``energy`` (logsumexp of the logits), ``knn`` (cosine similarity to the nearest of all training photos;
 Sun et al., 2022) and ``rel_mahalanobis`` (relative Mahalanobis distance to the training features' class
 Gaussians; Ren et al., 2021). Each score's threshold is chosen like the shipped one: the score 96 % of the
-validation photos reach (``src.openset.ACCEPT_KNOWN``); the shipped score's is the export's own (chosen
-with each remembered validation photo left out of its own nearest-photo search). Also timed: the exported
+validation photos reach (``src.openset.ACCEPT_KNOWN``); the shipped score's is the export's own, and
+``msp_nearest_memory``'s is chosen as the export chose it (each remembered validation photo left out of
+its own nearest-photo search). Also timed: the exported
 ``predictor_test`` pass with and without ``known_score`` (``classify`` vs ``forward``).
 Writes ``bench/results/openset.json``.
 """
@@ -38,11 +41,12 @@ from utils import REPO, RESULTS, write_result
 from src.data import PhotoFolder, split_indices, split_negatives
 from src.decoding import square_batches
 from src.location import list_images
-from src.openset import open_set_report, unknown_threshold
+from src.new_landmarks import MEMORY_PER_CLASS, rows_per_class
+from src.openset import SoftmaxAndNearest, nearest_detector, open_set_report, unknown_threshold
 from src.predictor import load_exported, predict_photos
 
 SHARED = REPO.parent / "shared" / "data"
-SCORES = ("msp_nearest", "msp", "max_logit", "energy", "knn", "rel_mahalanobis")
+SCORES = ("msp_nearest", "msp_nearest_memory", "msp", "max_logit", "energy", "knn", "rel_mahalanobis")
 SHIPPED = "msp_nearest"
 
 
@@ -81,9 +85,10 @@ class Gaussians:
 
 
 def scores(model: torch.jit.ScriptModule, features: torch.Tensor, logits: torch.Tensor, bank: torch.Tensor,
-           gaussians: Gaussians) -> dict[str, np.ndarray]:
+           gaussians: Gaussians, memory_only: SoftmaxAndNearest) -> dict[str, np.ndarray]:
     knn = (F.normalize(features, dim=1) @ bank.T).max(dim=1).values
-    return {"msp_nearest": model.known_score_from_features(features).numpy(), "msp": F.softmax(logits, 1).max(1).values.numpy(),
+    return {"msp_nearest": model.known_score_from_features(features).numpy(),
+            "msp_nearest_memory": memory_only(features, logits).numpy(), "msp": F.softmax(logits, 1).max(1).values.numpy(),
             "max_logit": logits.max(1).values.numpy(), "energy": torch.logsumexp(logits, 1).numpy(), "knn": knn.numpy(),
             "rel_mahalanobis": gaussians.relative_mahalanobis(features).numpy()}
 
@@ -143,15 +148,20 @@ def measure(export: Path) -> dict:
     train_features = features_and_logits(model, train_paths)[0]
     bank = F.normalize(train_features, dim=1)
     gaussians = Gaussians(train_features, torch.tensor([train_folder.targets[i] for i in train_indices]))
-    valid = scores(model, *features_and_logits(model, valid_paths), bank, gaussians)
+    valid_features, valid_logits = features_and_logits(model, valid_paths)
+    memory_rows = rows_per_class([train_folder.targets[i] for i in valid_indices], MEMORY_PER_CLASS)  # as the export chose them
+    memory_only, memory_scores = nearest_detector(valid_features[memory_rows], torch.tensor(memory_rows), valid_features,
+                                                  valid_logits)
+    valid = scores(model, valid_features, valid_logits, bank, gaussians, memory_only)
     test_features, test_logits = features_and_logits(model, test_folder.paths)
-    known = scores(model, test_features, test_logits, bank, gaussians)
+    known = scores(model, test_features, test_logits, bank, gaussians, memory_only)
     top1 = float((test_logits.argmax(1).numpy() == np.asarray(test_folder.targets)).mean())
-    thresholds = {name: unknown_threshold(valid[name]) for name in SCORES if name != SHIPPED}
-    thresholds[SHIPPED] = float(model.unknown_threshold)  # leave-one-out on the memory: the export's own choice
+    thresholds = {name: unknown_threshold(valid[name]) for name in SCORES}
+    thresholds[SHIPPED] = float(model.unknown_threshold)  # the export's own choice
+    thresholds["msp_nearest_memory"] = unknown_threshold(memory_scores)  # leave-one-out on the memory
     rows = []
     for set_name, paths in unknown_sets(negatives).items():
-        unknown = scores(model, *features_and_logits(model, paths), bank, gaussians)
+        unknown = scores(model, *features_and_logits(model, paths), bank, gaussians, memory_only)
         for name in SCORES:
             rows.append({"unknown": set_name, "score": name, "shipped": name == SHIPPED,
                          **open_set_report(known[name], unknown[name], thresholds[name])})

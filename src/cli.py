@@ -205,7 +205,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     load_best(model, checkpoint)
     result = finish_run(model, loaders["test"].dataset, export, valid_set=loaders["valid"].dataset,
-                        negatives=negatives, places_csv=args.places, command="python -m src " + shlex.join(args.argv),
+                        train_set=loaders["train"].dataset, negatives=negatives, places_csv=args.places,
+                        command="python -m src " + shlex.join(args.argv),
                         model_name=args.model, data_dir=env.data_dir, device=env.device, history=history,
                         train_seconds=train_seconds, num_workers=args.workers, stage1_seconds=round(head_seconds, 1),
                         stage1_head_history=head_history, checkpoint=str(checkpoint))
@@ -255,12 +256,14 @@ def _export(args: argparse.Namespace) -> None:
     check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
     model, checkpoint = model_from_checkpoint(args.checkpoint)
     data_dir = get_data_location(args.data, download=False)  # the photos it was trained on: never a download
-    valid_set = get_data_loaders(valid_size=args.valid_size, num_workers=args.workers, data_dir=data_dir, seed=args.seed,
-                                 config=checkpoint_config(checkpoint, args.checkpoint))["valid"].dataset
+    loaders = get_data_loaders(valid_size=args.valid_size, num_workers=args.workers, data_dir=data_dir, seed=args.seed,
+                               config=checkpoint_config(checkpoint, args.checkpoint))
+    valid_set = loaders["valid"].dataset
     if valid_set.class_names != list(checkpoint["class_names"]):
         raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
     negatives = args.negatives if args.negatives is not None else negatives_from_env()
-    path = export_predictor(calibrated_predictor(model, valid_set, args.places, args.workers, negatives), args.out)
+    predictor = calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset)
+    path = export_predictor(predictor, args.out)
     print(f"Exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -4,8 +4,8 @@
 1. wrap the trained model in a :class:`~src.predictor.Predictor` with the run's preprocessing
    config and the places of its classes (:mod:`src.places`);
 2. keep the features that adding landmarks later needs (:mod:`src.new_landmarks`), calibrate the
-   unknown detector on them and the validation photos and choose its threshold there
-   (:func:`~src.openset.nearest_detector`, :func:`~src.openset.unknown_threshold`);
+   unknown detector on them, on training photos and on the validation photos, and choose its threshold
+   there (:func:`~src.openset.nearest_detector`, :func:`~src.openset.unknown_threshold`);
 3. export it with TorchScript (atomically) and reload the file, as the app will;
 4. predict every test photo once with it (from the files on disk, not the training tensors);
 5. compute top-1 / top-k / per-class accuracy, the share of test photos accepted as known and,
@@ -26,8 +26,8 @@ from torch import nn
 
 from .data import LandmarkDataset, held_out_negatives
 from .evaluation import classification_report, training_metrics, write_metrics
-from .new_landmarks import feature_memory, keep_memory, photo_features
-from .openset import nearest_detector, open_set_report, unknown_threshold
+from .new_landmarks import feature_memory, keep_memory, photo_features, rows_per_class
+from .openset import TRAINING_BANK_PHOTOS, nearest_detector, open_set_report, unknown_threshold
 from .places import places_for
 from .predictor import Predictor, export_predictor, load_exported, predict_photos
 
@@ -48,37 +48,50 @@ class RunResult:
         return self.probabilities.argmax(1)
 
 
+def training_bank(predictor: Predictor, train_set: LandmarkDataset, num_workers: int = -1) -> torch.Tensor:
+    """The features of up to :data:`~src.openset.TRAINING_BANK_PHOTOS` training photos, evenly over the
+    classes, read from disk as the export reads photos: the unknown detector's ``training_bank``."""
+    paths, targets = train_set.paths, train_set.targets
+    rows = rows_per_class(targets, max(1, TRAINING_BANK_PHOTOS // len(train_set.class_names)))
+    return photo_features(predictor, [paths[i] for i in rows], num_workers)[0]
+
+
 def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
-                         num_workers: int = -1, negatives: Sequence[str | Path] = ()) -> Predictor:
+                         num_workers: int = -1, negatives: Sequence[str | Path] = (),
+                         train_set: LandmarkDataset | None = None) -> Predictor:
     """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places, the feature memory that
     adding landmarks needs (validation photos and the training half of ``negatives``;
-    :func:`~src.new_landmarks.feature_memory`, with their plain ImageNet features), an unknown detector that compares photos with that memory,
-    and its threshold chosen on ``valid_set``. What ``finish_run`` and the ``export`` command export."""
+    :func:`~src.new_landmarks.feature_memory`, with their plain ImageNet features), an unknown detector that
+    compares photos with that memory and with ``train_set``'s photos (:func:`training_bank`; None: the memory
+    alone), and its threshold chosen on ``valid_set``. What ``finish_run`` and the ``export`` command export."""
     names = valid_set.class_names
     predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
     features, kept, _ = photo_features(predictor, valid_set.paths, num_workers)  # one pass: threshold and memory
     memory = feature_memory(predictor, features, [valid_set.paths[i] for i in kept], [valid_set.targets[i] for i in kept],
                             negatives, num_workers)
+    training = training_bank(predictor, train_set, num_workers) if train_set is not None else None
     with torch.inference_mode():
         predictor.detector, known_scores = nearest_detector(memory.features[memory.targets >= 0], torch.tensor(memory.rows),
-                                                            features, predictor.logits_from_features(features))
+                                                            features, predictor.logits_from_features(features),
+                                                            training_bank=training)
     predictor.unknown_threshold = unknown_threshold(known_scores)
     keep_memory(predictor, memory)
     return predictor
 
 
 def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, *, valid_set: LandmarkDataset,
-               command: str, model_name: str, data_dir: str | Path, device: Any, history: list[dict[str, float]],
-               train_seconds: float, num_workers: int = -1, negatives: Sequence[str | Path] = (),
+               train_set: LandmarkDataset | None, command: str, model_name: str, data_dir: str | Path, device: Any,
+               history: list[dict[str, float]], train_seconds: float, num_workers: int = -1, negatives: Sequence[str | Path] = (),
                places_csv: str | Path | None = None, **extra: Any) -> RunResult:
     """Export, reload, test, report and record a trained ``model`` (the steps of the module docstring).
 
-    ``negatives`` are the folders trained on with outlier exposure: their held-out photos measure
-    unknown detection. ``places_csv`` adds or corrects places. ``extra`` fields go into the
-    metrics JSON (stage-1 figures, the checkpoint path, ...).
+    ``train_set``: the photos trained on, which the unknown detector compares photos with (None: it
+    compares with the remembered validation photos alone). ``negatives`` are the folders trained on
+    with outlier exposure: their held-out photos measure unknown detection. ``places_csv`` adds or
+    corrects places. ``extra`` fields go into the metrics JSON (stage-1 figures, the checkpoint path, ...).
     """
     export = Path(export)
-    export_predictor(calibrated_predictor(model, valid_set, places_csv, num_workers, negatives), export)
+    export_predictor(calibrated_predictor(model, valid_set, places_csv, num_workers, negatives, train_set), export)
     exported = load_exported(export)
     truth, probabilities, known_scores = predict_photos(exported, test_set.paths, test_set.targets, num_workers=num_workers)
     report = classification_report(truth, probabilities, exported.class_names)

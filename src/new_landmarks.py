@@ -153,6 +153,11 @@ def _evenly(items: Sequence, n: int) -> list:
     return [items[math.floor(i * len(items) / n)] for i in range(n)]
 
 
+def rows_per_class(targets: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` indices of ``targets`` per class, spread evenly over each class's photos, class by class."""
+    return [row for target in sorted(set(targets)) for row in _evenly([i for i, t in enumerate(targets) if t == target], n)]
+
+
 class FeatureMemory(NamedTuple):
     """What an export keeps of photos it was calibrated on (:func:`feature_memory`, :func:`keep_memory`)."""
 
@@ -174,8 +179,7 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
     validation photos also the model's features as a model with added landmarks computes them (read at the
     larger of the two sizes, :class:`CombinedFeatures`), which that model's threshold is calibrated on."""
     general = ImageNetFeatures()
-    rows = [row for target in sorted(set(valid_targets))
-            for row in _evenly([i for i, t in enumerate(valid_targets) if t == target], MEMORY_PER_CLASS)]
+    rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
     trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
     negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
     # one read of each validation photo gives both of its features as a model with added landmarks computes them

@@ -13,11 +13,14 @@ import torch.nn.functional as F
 
 from conftest import make_photo, run_without_src, tiny_config
 from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
+import src.finish as finish
 from src.factory import create_model
+from src.images import read_image
 from src.openset import AddedLandmarksDetector, MaxSoftmax, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
+from src.preprocessing import square_uint8
 
 
 def test_outlier_exposure_loss_is_cross_entropy_without_negatives_and_pushes_negatives_to_uniform() -> None:
@@ -84,7 +87,9 @@ def test_known_score_threshold_and_places_survive_export_and_reload_without_src(
     colosseum = Place(41.8903, 12.4922, "Italy", "Rome", "Q10285")
     predictor = Predictor(model, names, tiny_config(32), unknown_threshold=0.6, places={"Colosseum": colosseum})
     valid_features, valid_logits = predictor.features_and_logits(torch.randint(0, 255, (6, 3, 40, 52), dtype=torch.uint8))
-    predictor.detector, _ = nearest_detector(valid_features[:4], torch.arange(4), valid_features, valid_logits)
+    training_features = predictor.features_and_logits(torch.randint(0, 255, (5, 3, 40, 52), dtype=torch.uint8))[0]
+    predictor.detector, _ = nearest_detector(valid_features[:4], torch.arange(4), valid_features, valid_logits,
+                                             training_bank=training_features)
     images = torch.randint(0, 255, (3, 3, 40, 52), dtype=torch.uint8)
     expected = predictor.classify(images)
     path = export_predictor(predictor, tmp_path / "m.pt")
@@ -143,6 +148,45 @@ def test_softmax_and_nearest_accepts_photos_confident_and_close_to_a_known_photo
     assert valid_scores[0] < float(detector(features[:1], logits[:1]))
     with pytest.raises(ValueError, match="remembered and validation"):
         nearest_detector(features[:0], bank_rows[:0], features, logits)
+
+
+def test_a_bank_of_training_photos_adds_a_third_rank_and_no_photo_is_left_out_of_it() -> None:
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(3, 16), dim=1) * 5
+    valid_targets, training_targets = torch.arange(30) % 2, torch.arange(20) % 3  # class 2: training photos only
+    valid = centres[valid_targets] + torch.randn(30, 16) * 0.5
+    logits = F.one_hot(valid_targets, 2).float() * 4 + torch.randn(30, 2) * 0.3
+    training = centres[training_targets] + torch.randn(20, 16) * 0.5
+    bank_rows = torch.arange(0, 30, 2)
+    with_training, scores = nearest_detector(valid[bank_rows], bank_rows, valid, logits, training_bank=training)
+    without, _ = nearest_detector(valid[bank_rows], bank_rows, valid, logits)
+    assert with_training.training_bank.shape == (20, 16) and without.training_bank.numel() == 0
+    # validation photos are not training photos: their scores are the detector's own (no leave-one-out there)
+    assert np.allclose(scores[1::2], with_training(valid[1::2], logits[1::2]).numpy(), atol=1e-6)
+    unsure = torch.zeros(1, 2)
+    near_training_only = with_training(centres[2:], unsure)  # far from every validation photo, near training ones
+    assert float(near_training_only) > float(with_training(-centres[2:], unsure))
+    assert float(near_training_only) > float(without(centres[2:], unsure))  # the third rank lifts it
+
+
+def test_an_export_compares_photos_with_training_photos_spread_evenly_over_the_classes(tiny_data: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finish, "TRAINING_BANK_PHOTOS", 7)  # 2 of each of the 3 classes
+    loaders = get_data_loaders(batch_size=4, valid_size=0.3, num_workers=0, data_dir=tiny_data, config=tiny_config(32))
+    train_set, valid_set = loaders["train"].dataset, loaders["valid"].dataset
+    torch.manual_seed(0)
+    model = create_model("scratch", 3, widths=(8, 16))
+    predictor = finish.calibrated_predictor(model, valid_set, num_workers=0, train_set=train_set)
+    bank = predictor.detector.training_bank.float()
+    rows = finish.rows_per_class(train_set.targets, 2)
+    size = predictor.resize_size
+    squares = torch.stack([square_uint8(read_image(train_set.paths[i], size), size) for i in rows])
+    expected = predictor.features_and_logits(squares)[0]
+    assert bank.shape == (6, expected.shape[1])
+    assert torch.allclose(bank, F.normalize(expected, dim=1), atol=2e-3)  # fp16
+    assert len(predictor.detector.training_reference) == len(valid_set.paths)
+    alone = finish.calibrated_predictor(model, valid_set, num_workers=0)  # no training photos: the memory alone
+    assert alone.detector.training_bank.numel() == 0
 
 
 def test_features_of_two_networks_count_equally_in_the_nearest_similarity() -> None:
