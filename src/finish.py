@@ -48,12 +48,13 @@ class RunResult:
         return self.probabilities.argmax(1)
 
 
-def training_bank(predictor: Predictor, train_set: LandmarkDataset, num_workers: int = -1) -> torch.Tensor:
+def training_bank(predictor: Predictor, train_set: LandmarkDataset, batch_size: int = 64) -> torch.Tensor:
     """The features of up to :data:`~src.openset.TRAINING_BANK_PHOTOS` training photos, evenly over the
-    classes, read from disk as the export reads photos: the unknown detector's ``training_bank``."""
-    paths, targets = train_set.paths, train_set.targets
-    rows = rows_per_class(targets, max(1, TRAINING_BANK_PHOTOS // len(train_set.class_names)))
-    return photo_features(predictor, [paths[i] for i in rows], num_workers)[0]
+    classes: the unknown detector's ``training_bank``. Taken from the photos ``train_set`` decoded for
+    training (its ``config.resize`` squares, what the export cuts from a photo itself), not decoded again."""
+    rows = torch.tensor(rows_per_class(train_set.targets, max(1, TRAINING_BANK_PHOTOS // len(train_set.class_names))))
+    with torch.inference_mode():
+        return torch.cat([predictor.features_and_logits(train_set.images[batch])[0] for batch in rows.split(batch_size)])
 
 
 def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
@@ -69,7 +70,7 @@ def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_cs
     features, kept, _ = photo_features(predictor, valid_set.paths, num_workers)  # one pass: threshold and memory
     memory = feature_memory(predictor, features, [valid_set.paths[i] for i in kept], [valid_set.targets[i] for i in kept],
                             negatives, num_workers)
-    training = training_bank(predictor, train_set, num_workers) if train_set is not None else None
+    training = training_bank(predictor, train_set) if train_set is not None else None
     with torch.inference_mode():
         predictor.detector, known_scores = nearest_detector(memory.features[memory.targets >= 0], torch.tensor(memory.rows),
                                                             features, predictor.logits_from_features(features),
@@ -81,8 +82,8 @@ def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_cs
 
 def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, *, valid_set: LandmarkDataset,
                train_set: LandmarkDataset | None, command: str, model_name: str, data_dir: str | Path, device: Any,
-               history: list[dict[str, float]], train_seconds: float, num_workers: int = -1, negatives: Sequence[str | Path] = (),
-               places_csv: str | Path | None = None, **extra: Any) -> RunResult:
+               history: list[dict[str, float]], train_seconds: float, num_workers: int = -1,
+               negatives: Sequence[str | Path] = (), places_csv: str | Path | None = None, **extra: Any) -> RunResult:
     """Export, reload, test, report and record a trained ``model`` (the steps of the module docstring).
 
     ``train_set``: the photos trained on, which the unknown detector compares photos with (None: it

@@ -68,11 +68,10 @@ class SoftmaxAndNearest(nn.Module):
         self.register_buffer("bank", unit_features(bank, self.split).half())
         self.register_buffer("softmax_reference", softmax_reference.float().sort().values)
         self.register_buffer("nearest_reference", nearest_reference.float().sort().values)
-        has_training = training_bank is not None and len(training_bank) > 0
-        self.register_buffer("training_bank", unit_features(training_bank, self.split).half() if has_training
-                             else torch.zeros(0, bank.shape[1], dtype=torch.float16))
-        self.register_buffer("training_reference", training_reference.float().sort().values if has_training
-                             else torch.zeros(0))
+        self.register_buffer("training_bank", torch.zeros(0, bank.shape[1], dtype=torch.float16) if training_bank is None
+                             else unit_features(training_bank, self.split).half())
+        self.register_buffer("training_reference", torch.zeros(0) if training_reference is None
+                             else training_reference.float().sort().values)
 
     def nearest(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity to the nearest photo of ``bank``."""
@@ -174,8 +173,8 @@ def nearest_detector(bank: torch.Tensor, bank_rows: torch.Tensor, valid_features
     """A :class:`SoftmaxAndNearest` calibrated on validation photos, and their known scores (to choose the
     threshold on). ``bank_rows[i]`` is the validation photo bank row ``i`` holds (-1: none): a photo is never
     its own nearest neighbour, or the validation scores would be too high and the threshold too strict.
-    ``training_bank``: features of training photos (never validation ones), or None. ``split``: see
-    :class:`SoftmaxAndNearest`."""
+    ``training_bank``: features of training photos (never validation ones), or None (or empty): none.
+    ``split``: see :class:`SoftmaxAndNearest`."""
     if len(bank) == 0 or len(valid_features) < 2:
         raise ValueError(f"need remembered and validation photos of known landmarks, got {len(bank)} and "
                          f"{len(valid_features)}: train with a larger validation split (--valid-size)")
@@ -184,9 +183,10 @@ def nearest_detector(bank: torch.Tensor, bank_rows: torch.Tensor, valid_features
     own = bank_rows >= 0
     similarity[bank_rows[own], own.nonzero().flatten()] = -2.0  # leave one out
     top, nearest = F.softmax(valid_logits.float(), dim=1).max(dim=1).values, similarity.max(dim=1).values
-    nearest_training = None
-    if training_bank is not None and len(training_bank) > 0:
-        nearest_training = (unit @ unit_features(training_bank, split).half().float().T).max(dim=1).values
+    if training_bank is not None and len(training_bank) == 0:
+        training_bank = None
+    nearest_training = None if training_bank is None else \
+        (unit @ unit_features(training_bank, split).half().float().T).max(dim=1).values
     detector = SoftmaxAndNearest(bank, top, nearest, split, training_bank, nearest_training)
     ranks = [percentile(detector.softmax_reference, top), percentile(detector.nearest_reference, nearest)]
     if nearest_training is not None:
