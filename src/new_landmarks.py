@@ -20,7 +20,9 @@ the new photos:
    of new photos of the original landmarks instead of 96.8 %), now compared with the new views too
    (:func:`~src.openset.nearest_detector`); photos called
    an added landmark on its support photos held out of the fit (:func:`held_out`), as an
-   added landmark's new photos will be. One threshold keeps the same share of both
+   added landmark's new photos will be, by their top probability and how much nearer they are to the
+   landmark's photos than to the memory's photos of no landmark (:func:`~src.openset.own_class_margin`).
+   One threshold keeps the same share of both
    (:func:`~src.openset.unknown_threshold`, the rule of training);
 5. script an :class:`AddedLandmarksPredictor` (the original export and the ImageNet extractor + the
    new rows + the memory with the new views), which has the interface of every export and loads with
@@ -51,7 +53,7 @@ from .decoding import square_batches
 from .files import atomic_write
 from .imagenet_features import ImageNetFeatures
 from .location import list_images
-from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, nearest_of_class, open_set_report, percentile,
+from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, own_class_margin, percentile,
                       unit_features, unknown_threshold)
 from .places import Place, places_for
 from .predictor import ExportedModel, load_exported
@@ -279,25 +281,24 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
     return added.eval().requires_grad_(False)
 
 
-def _fit_rows(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int
-              ) -> nn.Linear:
-    """The added rows fitted on a memory of :class:`CombinedFeatures` (negatives that look like an added
-    landmark left out)."""
+def _fit_rows(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int,
+              lookalike: torch.Tensor) -> nn.Linear:
+    """The added rows fitted on a memory of :class:`CombinedFeatures`, its ``lookalike`` negatives left out
+    (:func:`_lookalike_negatives`)."""
     split = int(base.memory_features.shape[1])
-    keep = ~_lookalike_negatives(memory_features, memory_targets, len(base.class_names), split)
-    features, targets = memory_features[keep], memory_targets[keep]
+    features, targets = memory_features[~lookalike], memory_targets[~lookalike]
     return fit_added_rows(base.logits_from_features(features[:, :split]), features, targets, num_added)
 
 
 class HeldOut(NamedTuple):
     """Photos held out of fitting the added rows (:func:`held_out`), as a model with added landmarks will
-    score them: top probability and similarity to the nearest remembered photo of the predicted landmark,
-    of those predicted as an added landmark."""
+    score them: top probability and :func:`~src.openset.own_class_margin` to the predicted landmark, of
+    those predicted as an added landmark."""
 
     support_top: torch.Tensor  # support photos of the added landmarks
-    support_nearest: torch.Tensor
+    support_margin: torch.Tensor
     negative_top: torch.Tensor  # the memory's photos of no landmark
-    negative_nearest: torch.Tensor
+    negative_margin: torch.Tensor
     negatives: int  # negatives held out and scored in all (predicted as an original landmark too)
 
 
@@ -307,6 +308,7 @@ def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory
     or more is held out once, with all its views, and scored whole; every remembered negative is held out
     once too (those that look like an added landmark are not scored: they may show it)."""
     num_original, split = len(base.class_names), int(base.memory_features.shape[1])
+    unit = unit_features(memory_features, split)
     fold = torch.full_like(memory_targets, -1)
     negative = memory_targets < 0
     fold[negative] = torch.arange(int(negative.sum())) % HELD_OUT_FOLDS
@@ -318,35 +320,37 @@ def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory
         scored[rows[::VIEWS]] = True
         if len(rows) and int(photo.max()) >= 1:
             fold[rows] = photo % min(HELD_OUT_FOLDS, int(photo.max()) + 1)
-    parts: dict[str, list[torch.Tensor]] = {"support_top": [], "support_nearest": [], "negative_top": [], "negative_nearest": []}
+    parts: dict[str, list[torch.Tensor]] = {"support_top": [], "support_margin": [], "negative_top": [], "negative_margin": []}
     negatives = 0
     for k in range(HELD_OUT_FOLDS):
         held = fold == k
         if not (held & (memory_targets >= 0)).any():
             continue
-        kept_features, kept_targets = memory_features[~held], memory_targets[~held]
-        added = _fit_rows(base, kept_features, kept_targets, num_added)
+        kept_features, kept_targets, kept_unit = memory_features[~held], memory_targets[~held], unit[~held]
+        lookalike = _lookalike_negatives(kept_features, kept_targets, num_original, split)
+        added = _fit_rows(base, kept_features, kept_targets, num_added, lookalike)
         photos, targets = memory_features[held & scored], memory_targets[held & scored]
         negatives += int((targets < 0).sum())
         with torch.inference_mode():
             logits = torch.cat([base.logits_from_features(photos[:, :split]), added(photos)], dim=1)
             top, predicted = F.softmax(logits, dim=1).max(dim=1)
             bank = kept_targets >= 0
-            similarity = unit_features(photos, split) @ unit_features(kept_features[bank], split).T
-            own = nearest_of_class(similarity, kept_targets[bank], predicted)
+            margin = own_class_margin(unit[held & scored], kept_unit[bank], kept_targets[bank], predicted,
+                                      kept_unit[~bank & ~lookalike])
         for kind, rows in (("support", (predicted >= num_original) & (targets >= 0)), ("negative", (predicted >= num_original) & (targets < 0))):
             parts[f"{kind}_top"].append(top[rows])
-            parts[f"{kind}_nearest"].append(own[rows])
+            parts[f"{kind}_margin"].append(margin[rows])
     joined = {name: torch.cat(values) if values else torch.zeros(0) for name, values in parts.items()}
     return HeldOut(**joined, negatives=negatives)
 
 
-def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: torch.Tensor, memory_targets: torch.Tensor
-              ) -> tuple[AddedLandmarksDetector, float]:
+def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: torch.Tensor, memory_targets: torch.Tensor,
+              lookalike: torch.Tensor) -> tuple[AddedLandmarksDetector, float]:
     """The unknown detector of a model with added landmarks and its threshold (module docstring, step 4).
     Photos called an original landmark are calibrated on the memory's first rows, the validation photos,
     with the base's own features as this model reads them (``base.memory_as_added``; exports made before
-    it was kept: as the base alone reads them)."""
+    it was kept: as the base alone reads them). The remembered negatives but the ``lookalike`` ones are what
+    a photo called an added landmark must be nearer to it than to."""
     num_original, split = len(base.class_names), int(base.memory_features.shape[1])
     as_read = memory_features.clone()
     validation_as_added = getattr(base, "memory_as_added", torch.zeros(0, 0))
@@ -361,14 +365,15 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
         logits = torch.cat([base.logits_from_features(validation[:, :split]), added(validation)], dim=1)
         original, original_scores = nearest_detector(as_read[known], bank_rows, validation, logits, split)
     original_scores = torch.as_tensor(original_scores).float()
+    no_landmark = memory_features[(memory_targets < 0) & ~lookalike]
     out = held_out(base, memory_features, memory_targets, added.out_features)
     if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones
-        detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], num_original,
+        detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark, num_original,
                                           torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0)
         return detector, unknown_threshold(percentile(detector.original_scores, original_scores).numpy())
-    top_reference, nearest_reference = out.support_top.sort().values, out.support_nearest.sort().values
-    support = (percentile(top_reference, out.support_top) + percentile(nearest_reference, out.support_nearest)) / 2
-    negative = (percentile(top_reference, out.negative_top) + percentile(nearest_reference, out.negative_nearest)) / 2
+    top_reference, margin_reference = out.support_top.sort().values, out.support_margin.sort().values
+    support = (percentile(top_reference, out.support_top) + percentile(margin_reference, out.support_margin)) / 2
+    negative = (percentile(top_reference, out.negative_top) + percentile(margin_reference, out.negative_margin)) / 2
     # the score ACCEPT_KNOWN of the held-out support photos reach, raised when it lets too many held-out negatives through
     accepting = float(np.quantile(support.numpy(), 1 - ACCEPT_KNOWN, method="lower"))
     allowed = math.floor(MAX_NEGATIVES_ADDED * out.negatives)
@@ -376,8 +381,8 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
     if len(negative) > allowed:
         needed = max(needed, float(negative.sort(descending=True).values[allowed]) + 1e-6)
     offset = needed - accepting
-    detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], num_original,
-                                      out.support_top, out.support_nearest, support, offset)
+    detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark, num_original,
+                                      out.support_top, out.support_margin, support, offset)
     ranks = torch.cat([percentile(detector.original_scores, original_scores), percentile(detector.added_scores, support)])
     return detector, unknown_threshold(ranks.numpy())
 
@@ -425,8 +430,9 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
-    added = _fit_rows(base, memory_features, memory_targets, len(names) - len(base_names))
-    detector, threshold = _detector(base, added, memory_features, memory_targets)
+    lookalike = _lookalike_negatives(memory_features, memory_targets, len(base_names), int(base.memory_features.shape[1]))
+    added = _fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike)
+    detector, threshold = _detector(base, added, memory_features, memory_targets, lookalike)
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)

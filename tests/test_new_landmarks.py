@@ -195,7 +195,7 @@ def test_support_photos_are_held_out_whole_and_once_to_calibrate_the_added_landm
     photo_of_row[support] = torch.arange(int(support.sum())) // VIEWS
     fits = []
     real_fit = new_landmarks._fit_rows
-    monkeypatch.setattr(new_landmarks, "_fit_rows", lambda b, f, t, n: fits.append(f) or real_fit(b, f, t, n))
+    monkeypatch.setattr(new_landmarks, "_fit_rows", lambda b, f, t, n, lookalike: fits.append(f) or real_fit(b, f, t, n, lookalike))
     out = held_out(base, features, targets, 2)
     held_photos = []
     for kept in fits:
@@ -206,14 +206,14 @@ def test_support_photos_are_held_out_whole_and_once_to_calibrate_the_added_landm
             assert views.all() or not views.any()  # a photo is held out with all its views
             held_photos += [photo] * int(not views.any())
     assert sorted(held_photos) == [0, 1, 2]  # each of Blue Tower's photos once, Sky Gate's alone never
-    assert len(out.support_top) == len(out.support_nearest) <= 3
+    assert len(out.support_top) == len(out.support_margin) <= 3
     # 3 photos make 3 folds: the negatives counted are those the 3 folds held out (unless they look like Blue Tower)
     negative = (targets < 0).nonzero().flatten()
     in_run_folds = torch.zeros_like(support)
     in_run_folds[negative[torch.arange(len(negative)) % 5 < 3]] = True
     unlike = ~new_landmarks._lookalike_negatives(features, targets, len(BASE_NAMES), base.memory_features.shape[1])
     assert out.negatives == int((in_run_folds & unlike).sum()) > 0
-    assert len(out.negative_top) == len(out.negative_nearest) <= out.negatives
+    assert len(out.negative_top) == len(out.negative_margin) <= out.negatives
 
 
 def test_added_landmarks_may_not_let_through_more_held_out_negatives_than_allowed(base_path: Path, monkeypatch) -> None:
@@ -222,14 +222,15 @@ def test_added_landmarks_may_not_let_through_more_held_out_negatives_than_allowe
     ramp = torch.linspace(0.5, 1.0, 20)
     monkeypatch.setattr(new_landmarks, "held_out", lambda *args: HeldOut(ramp, ramp, ramp[-10:], ramp[-10:], 100))
     added = torch.nn.Linear(features.shape[1], 1)
-    detector, threshold = new_landmarks._detector(base, added, features, targets)
+    lookalike = torch.zeros_like(targets, dtype=torch.bool)
+    detector, threshold = new_landmarks._detector(base, added, features, targets, lookalike)
     support = (percentile(ramp, ramp) + percentile(ramp, ramp)) / 2
     needed = float(np.quantile(support.numpy(), 0.04, method="lower"))
     negatives = support[-10:] - detector.added_offset
     assert detector.added_offset > 0 and int((negatives >= needed).sum()) == int(MAX_NEGATIVES_ADDED * 100)
     relaxed = HeldOut(ramp, ramp, ramp[:2], ramp[:2], 100)  # held-out negatives all score low: nothing to correct
     monkeypatch.setattr(new_landmarks, "held_out", lambda *args: relaxed)
-    assert new_landmarks._detector(base, added, features, targets)[0].added_offset == 0.0
+    assert new_landmarks._detector(base, added, features, targets, lookalike)[0].added_offset == 0.0
     assert 0 < threshold < 0.2
 
 

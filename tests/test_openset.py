@@ -205,30 +205,42 @@ def test_features_of_two_networks_count_equally_in_the_nearest_similarity() -> N
 
 
 def test_the_added_landmarks_detector_ranks_each_kind_of_photo_among_its_own_held_out_photos() -> None:
-    bank, bank_targets = torch.eye(3), torch.tensor([0, 1, 2])  # class 2 is added (2 original classes)
+    bank, bank_targets = torch.eye(4)[:3], torch.tensor([0, 1, 2])  # class 2 is added (2 original classes)
+    negatives = torch.tensor([[0.0, 0.0, 0.0, 2.0]])  # a remembered photo of no landmark (scaled to length 1)
     original = SoftmaxAndNearest(bank, torch.linspace(0.5, 1, 11), torch.linspace(0.5, 1, 11))
     original_scores = torch.linspace(0, 1, 21)
-    top_reference, nearest_reference, added_scores = torch.linspace(0.3, 0.9, 7), torch.linspace(0.2, 0.8, 7), torch.linspace(0, 1, 5)
-    detector = AddedLandmarksDetector(original, original_scores, bank_targets, 2, top_reference, nearest_reference,
+    top_reference, margin_reference, added_scores = torch.linspace(0.3, 0.9, 7), torch.linspace(0.2, 0.8, 7), torch.linspace(0, 1, 5)
+    detector = AddedLandmarksDetector(original, original_scores, bank_targets, negatives, 2, top_reference, margin_reference,
                                       added_scores, 0.1)
-    features = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # the same photo...
+    features = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # the same photo...
     logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])  # ...called an original landmark, then the added one
     top = F.softmax(logits, 1).max(1).values
     scores = detector(features, logits)
     assert torch.allclose(scores[0], percentile(original_scores, original(features[:1], logits[:1])))
-    # as the added landmark: its nearest photo *of that landmark* (similarity 0, not the identical class-0 photo)
-    added = (percentile(top_reference, top[1:]) + percentile(nearest_reference, torch.zeros(1))) / 2
+    # as the added landmark: its nearest photo *of that landmark* (similarity 0, not the identical class-0 photo),
+    # less its similarity to the nearest photo of no landmark (0)
+    added = (percentile(top_reference, top[1:]) + percentile(margin_reference, torch.zeros(1))) / 2
     as_original = percentile(original_scores, original(features[1:], logits[1:]))
     assert torch.allclose(scores[1:], torch.maximum(percentile(added_scores, added - 0.1), as_original))
     assert percentile(added_scores, added - 0.1) < as_original  # never stricter than an original landmark's standard
-    close = torch.tensor([[0.0, 0.6, 0.8]])  # near the added landmark's photo, confidently called it
+    close = torch.tensor([[0.0, 0.6, 0.8, 0.0]])  # near the added landmark's photo, confidently called it
     own_standard = percentile(added_scores, detector.added_score(close, logits[1:]) - 0.1)
     assert own_standard > percentile(original_scores, original(close, logits[1:]))
     assert torch.allclose(detector(close, logits[1:]), own_standard)
+    # as near the added landmark's photo, but near a photo of no landmark too: the margin is what counts
+    near_negative = torch.tensor([[0.0, 0.0, 0.96, 0.28]])
+    margin = (percentile(top_reference, top[1:]) + percentile(margin_reference, torch.tensor([0.96 - 0.28]))) / 2
+    assert torch.allclose(detector.added_score(near_negative, logits[1:]), margin, atol=1e-3)
+    assert detector.added_score(near_negative, logits[1:]) < detector.added_score(close, logits[1:])
     assert torch.allclose(torch.jit.script(detector)(features, logits), scores)
+    # no remembered photos of no landmark: the plain similarity to the added landmark's photo
+    alone = AddedLandmarksDetector(original, original_scores, bank_targets, torch.zeros(0, 4), 2, top_reference,
+                                   margin_reference, added_scores, 0.1)
+    plain = (percentile(top_reference, top[1:]) + percentile(margin_reference, torch.tensor([0.96]))) / 2
+    assert torch.allclose(alone.added_score(near_negative, logits[1:]), plain, atol=1e-3)
     # no held-out support photos to calibrate on: every photo is scored as an original one
-    uncalibrated = AddedLandmarksDetector(original, original_scores, bank_targets, 2, torch.zeros(0), torch.zeros(0),
-                                          torch.zeros(0), 0.0)
+    uncalibrated = AddedLandmarksDetector(original, original_scores, bank_targets, negatives, 2, torch.zeros(0),
+                                          torch.zeros(0), torch.zeros(0), 0.0)
     assert torch.allclose(uncalibrated(features, logits), percentile(original_scores, original(features, logits)))
 
 
