@@ -367,8 +367,8 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
     original_scores = torch.as_tensor(original_scores).float()
     no_landmark = memory_features[(memory_targets < 0) & ~lookalike]
     out = held_out(base, memory_features, memory_targets, added.out_features)
-    if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones
-        detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark, num_original,
+    if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones (no margin)
+        detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark[:0], num_original,
                                           torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0)
         return detector, unknown_threshold(percentile(detector.original_scores, original_scores).numpy())
     top_reference, margin_reference = out.support_top.sort().values, out.support_margin.sort().values

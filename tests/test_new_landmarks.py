@@ -237,7 +237,7 @@ def test_added_landmarks_may_not_let_through_more_held_out_negatives_than_allowe
 def test_with_too_few_photos_to_hold_out_added_landmarks_are_scored_as_original_ones(base_path: Path, tiny_data: Path) -> None:
     blue = _photos(tiny_data / "train", TINY_CLASSES[2])
     model, _ = add_landmarks(load_exported(base_path), {"Blue Tower": blue[:1], "Sky Gate": blue[1:2]}, num_workers=0)
-    assert model.detector.added_scores.numel() == 0
+    assert model.detector.added_scores.numel() == 0 and model.detector.negative_bank.numel() == 0  # nor a margin to keep
     features = model.combined(torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8))
     logits = model.logits_from_features(features)
     original = model.detector.original(features, logits)
