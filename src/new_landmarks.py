@@ -302,18 +302,19 @@ class HeldOut(NamedTuple):
     negatives: int  # negatives held out and scored in all (predicted as an original landmark too)
 
 
-def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int
-             ) -> HeldOut:
+def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int,
+             lookalike: torch.Tensor) -> HeldOut:
     """:data:`HELD_OUT_FOLDS`-fold cross-fitting of the added rows: every support photo of a landmark with 2
     or more is held out once, with all its views, and scored whole; every remembered negative is held out
-    once too (those that look like an added landmark are not scored: they may show it)."""
+    once too (the ``lookalike`` ones, :func:`_lookalike_negatives` of the whole memory, are not scored: they
+    may show an added landmark)."""
     num_original, split = len(base.class_names), int(base.memory_features.shape[1])
     unit = unit_features(memory_features, split)
     fold = torch.full_like(memory_targets, -1)
     negative = memory_targets < 0
     fold[negative] = torch.arange(int(negative.sum())) % HELD_OUT_FOLDS
     # the rows scored when held out: each support photo's whole view, and the negatives unlike the added landmarks
-    scored = negative & ~_lookalike_negatives(memory_features, memory_targets, num_original, split)
+    scored = negative & ~lookalike
     for target in range(num_original, num_original + num_added):
         rows = (memory_targets == target).nonzero().flatten()
         photo = torch.arange(len(rows)) // VIEWS
@@ -366,7 +367,7 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
         original, original_scores = nearest_detector(as_read[known], bank_rows, validation, logits, split)
     original_scores = torch.as_tensor(original_scores).float()
     no_landmark = memory_features[(memory_targets < 0) & ~lookalike]
-    out = held_out(base, memory_features, memory_targets, added.out_features)
+    out = held_out(base, memory_features, memory_targets, added.out_features, lookalike)
     if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones (no margin)
         detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark[:0], num_original,
                                           torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0)

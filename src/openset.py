@@ -73,17 +73,13 @@ class SoftmaxAndNearest(nn.Module):
         self.register_buffer("training_reference", torch.zeros(0) if training_reference is None
                              else training_reference.float().sort().values)
 
-    def nearest(self, features: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity to the nearest photo of ``bank``."""
-        return _nearest_in(unit_features(features, self.split), self.bank)
-
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         top = F.softmax(logits.float(), dim=1).max(dim=1).values
-        ranks = percentile(self.softmax_reference, top) + percentile(self.nearest_reference, self.nearest(features))
+        unit = unit_features(features, self.split)
+        ranks = percentile(self.softmax_reference, top) + percentile(self.nearest_reference, _nearest_in(unit, self.bank))
         if self.training_bank.numel() == 0:
             return ranks / 2
-        nearest_training = _nearest_in(unit_features(features, self.split), self.training_bank)
-        return (ranks + percentile(self.training_reference, nearest_training)) / 3
+        return (ranks + percentile(self.training_reference, _nearest_in(unit, self.training_bank))) / 3
 
 
 def _nearest_in(unit: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -204,8 +200,7 @@ def nearest_detector(bank: torch.Tensor, bank_rows: torch.Tensor, valid_features
     top, nearest = F.softmax(valid_logits.float(), dim=1).max(dim=1).values, similarity.max(dim=1).values
     if training_bank is not None and len(training_bank) == 0:
         training_bank = None
-    nearest_training = None if training_bank is None else \
-        (unit @ unit_features(training_bank, split).half().float().T).max(dim=1).values
+    nearest_training = None if training_bank is None else _nearest_in(unit, unit_features(training_bank, split).half())
     detector = SoftmaxAndNearest(bank, top, nearest, split, training_bank, nearest_training)
     ranks = [percentile(detector.softmax_reference, top), percentile(detector.nearest_reference, nearest)]
     if nearest_training is not None:

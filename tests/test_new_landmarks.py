@@ -196,7 +196,8 @@ def test_support_photos_are_held_out_whole_and_once_to_calibrate_the_added_landm
     fits = []
     real_fit = new_landmarks._fit_rows
     monkeypatch.setattr(new_landmarks, "_fit_rows", lambda b, f, t, n, lookalike: fits.append(f) or real_fit(b, f, t, n, lookalike))
-    out = held_out(base, features, targets, 2)
+    unlike = ~new_landmarks._lookalike_negatives(features, targets, len(BASE_NAMES), base.memory_features.shape[1])
+    out = held_out(base, features, targets, 2, ~unlike)
     held_photos = []
     for kept in fits:
         kept_rows = {tuple(row.tolist()) for row in kept[-int(support.sum()):]}
@@ -211,7 +212,6 @@ def test_support_photos_are_held_out_whole_and_once_to_calibrate_the_added_landm
     negative = (targets < 0).nonzero().flatten()
     in_run_folds = torch.zeros_like(support)
     in_run_folds[negative[torch.arange(len(negative)) % 5 < 3]] = True
-    unlike = ~new_landmarks._lookalike_negatives(features, targets, len(BASE_NAMES), base.memory_features.shape[1])
     assert out.negatives == int((in_run_folds & unlike).sum()) > 0
     assert len(out.negative_top) == len(out.negative_margin) <= out.negatives
 

@@ -16,7 +16,7 @@ from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
 import src.finish as finish
 from src.factory import create_model
 from src.images import read_image
-from src.openset import AddedLandmarksDetector, MaxSoftmax, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
+from src.openset import AddedLandmarksDetector, MaxSoftmax, _nearest_in, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
@@ -199,8 +199,8 @@ def test_features_of_two_networks_count_equally_in_the_nearest_similarity() -> N
     # a photo close in the small-scale part only is as near as one close in the large-scale part only
     bank = torch.cat([own[:1], general[:1]], 1)
     detector, _ = nearest_detector(bank, torch.tensor([-1]), torch.cat([own, general], 1), torch.zeros(6, 2), split=8)
-    near_general = detector.nearest(torch.cat([-own[:1], general[:1]], 1))
-    near_own = detector.nearest(torch.cat([own[:1], -general[:1]], 1))
+    near_general = _nearest_in(unit_features(torch.cat([-own[:1], general[:1]], 1), detector.split), detector.bank)
+    near_own = _nearest_in(unit_features(torch.cat([own[:1], -general[:1]], 1), detector.split), detector.bank)
     assert torch.allclose(near_general, near_own, atol=1e-3) and torch.allclose(near_own, torch.zeros(1), atol=1e-3)  # fp16 bank
 
 
