@@ -23,12 +23,12 @@ from torchvision import datasets
 
 from .cache import decoded_images
 from .distributed import is_distributed
-from .factory import SCRATCH, data_defaults
 from .helpers import keep_parent_objects
 from .images import is_image_file, load_rgb
 from .location import get_data_location, list_images
-from .preprocessing import PreprocessConfig, resolve_data_config
+from .preprocessing import PreprocessConfig, classic_config
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
+from .statistics import compute_mean_and_std
 
 UNKNOWN_TARGET = -1  # the target of a negative photo (pytorch-ood's convention: targets < 0 are unknown)
 NEGATIVES_HOLDOUT = 0.5  # the share of each negatives folder never trained on, kept to measure on
@@ -201,8 +201,9 @@ def get_data_loaders(
     ``valid_size`` is the fraction of ``train/`` held out for validation (seeded by ``seed``);
     ``limit`` keeps a seeded random sample of that many training photos (and a proportional
     number of test photos), for quick runs. ``num_workers=-1`` uses every CPU core.
-    ``config`` (sizes and normalisation) defaults to the scratch CNN's, resolved from the photos
-    (:func:`~src.preprocessing.resolve_data_config`); pass the model's for a pretrained backbone.
+    ``config`` (sizes and normalisation) defaults to the classic project's 256 -> 224
+    (:func:`~src.preprocessing.classic_config`); the recipes, the CLI and the notebooks pass the
+    model's own, resolved from the photos (:func:`~src.preprocessing.resolve_data_config`).
     Photos are decoded once into ``config.resize`` squares (cached); evaluation centre-crops
     ``config.eval_crop``, training takes random crops of ``config.train_crop``.
     ``negatives`` are folders of photos of no known landmark; their training part joins the
@@ -220,7 +221,7 @@ def get_data_loaders(
     if len(train_folder.classes) < 2:
         raise ValueError(f"{root}/train: {len(train_folder.classes)} class folder(s); a classifier needs at least 2 "
                          "(any one-class model is trivially '100 %' right)")
-    config = config or resolve_data_config(data_defaults(SCRATCH), root)
+    config = config or classic_config(*compute_mean_and_std(root))
 
     train_indices, valid_indices, test_order = split_indices(len(train_folder), len(test_folder), valid_size, seed, limit)
     train_transform = train_preset or ClassificationPresetTrain(config)

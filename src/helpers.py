@@ -1,7 +1,9 @@
 """The run's environment: seeds, device, the dataset folder and the worker-process hook.
 
 ``setup_env()`` is what the notebooks call first, so it keeps the classic project's name and
-call shape; everything else is keyword arguments with safe defaults.
+call shape; everything else is keyword arguments with safe defaults. The classic project's
+notebooks also import ``compute_mean_and_std`` and ``plot_confusion_matrix`` from here: both
+resolve to their modules (``statistics``, ``analysis``) on first use, since those import this one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ import numpy as np
 import torch
 
 from .location import get_data_location
+
+# Names the classic project's notebooks import from this module, and the module that defines each.
+_CLASSIC_NAMES = {"compute_mean_and_std": "statistics", "plot_confusion_matrix": "analysis"}
+
+
+def __getattr__(name: str):
+    """``from src.helpers import compute_mean_and_std`` (and ``plot_confusion_matrix``) as the classic notebooks do."""
+    if name in _CLASSIC_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_CLASSIC_NAMES[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

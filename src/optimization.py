@@ -9,19 +9,19 @@ from torch import nn
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
-class OutlierExposureLoss(nn.Module):
+class OutlierExposureLoss(nn.CrossEntropyLoss):
     """Cross-entropy on photos of known landmarks, plus outlier exposure on negative photos.
 
     Targets below 0 mark negatives (photos of no known landmark; pytorch-ood's convention). Their
     term is the cross-entropy to the uniform distribution (Hendrycks et al., "Deep Anomaly
     Detection with Outlier Exposure", 2019): the network learns to spread its probability on what
     it does not know, so a low top probability means "unknown". A batch without negatives gets the
-    plain (label-smoothed) cross-entropy.
+    plain (label-smoothed) cross-entropy, so it is a drop-in ``nn.CrossEntropyLoss``.
     """
 
     def __init__(self, label_smoothing: float = 0.0, outlier_weight: float = 0.5) -> None:
-        super().__init__()
-        self.label_smoothing, self.outlier_weight = label_smoothing, outlier_weight
+        super().__init__(label_smoothing=label_smoothing)
+        self.outlier_weight = outlier_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         known = target >= 0
@@ -34,9 +34,15 @@ class OutlierExposureLoss(nn.Module):
         return loss
 
 
-def get_loss(label_smoothing: float = 0.0, outlier_weight: float = 0.5) -> OutlierExposureLoss:
-    """Cross-entropy on logits (``label_smoothing`` keeps a small model from over-confident guesses),
-    with outlier exposure (weight ``outlier_weight``) on negative photos, whose targets are below 0."""
+def get_loss(label_smoothing: float = 0.0, outlier_weight: float | None = None) -> nn.CrossEntropyLoss:
+    """Cross-entropy on logits, as the classic project's ``get_loss()``.
+
+    ``label_smoothing`` keeps a small model from over-confident guesses. ``outlier_weight`` opts in
+    to :class:`OutlierExposureLoss` (the recipes do), which training on negative photos (targets
+    below 0, :data:`~src.data.UNKNOWN_TARGET`) needs; the plain loss refuses such targets.
+    """
+    if outlier_weight is None:
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     return OutlierExposureLoss(label_smoothing, outlier_weight)
 
 

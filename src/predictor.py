@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import List, NamedTuple, Tuple
 
@@ -27,7 +27,7 @@ from .checkpoint import checkpoint_config, model_from_checkpoint
 from .files import atomic_write
 from .openset import MaxSoftmax
 from .places import Place
-from .preprocessing import PreprocessConfig, resize_and_crop, square_uint8
+from .preprocessing import PreprocessConfig, classic_config, resize_and_crop, square_uint8
 
 
 class ExportedModel(nn.Module):
@@ -53,6 +53,18 @@ class ExportedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(x)[0]
+
+
+def _preprocess_config(config: PreprocessConfig | Sequence[float] | None, mean: Sequence[float] | None,
+                       std: Sequence[float] | None) -> PreprocessConfig:
+    """A :class:`Predictor`'s config: the one given, or the classic project's from its ``mean`` and ``std``."""
+    if isinstance(config, PreprocessConfig) and mean is None and std is None:
+        return config
+    if mean is None and not isinstance(config, PreprocessConfig):
+        mean, config = config, None  # the classic positional call: Predictor(model, class_names, mean, std)
+    if config is not None or mean is None or std is None:
+        raise TypeError("Predictor takes a PreprocessConfig, or the classic project's mean and std (not both)")
+    return classic_config(mean, std)
 
 
 class Predictor(ExportedModel):
@@ -82,9 +94,13 @@ class Predictor(ExportedModel):
     ``config.eval_crop`` and ``config.resize``.
     """
 
-    def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig,
-                 unknown_threshold: float = 0.0, places: Mapping[str, Place] | None = None) -> None:
+    def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig | Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, unknown_threshold: float = 0.0,
+                 places: Mapping[str, Place] | None = None, *, mean: Sequence[float] | None = None) -> None:
+        """``config`` is the run's preprocessing; the classic call ``Predictor(model, class_names, mean, std)``
+        (positional or keywords) gives the classic 256 -> 224 inputs with that normalisation."""
         super().__init__()
+        config = _preprocess_config(config, mean, std)
         self.model = model.eval()
         self.class_names: List[str] = [str(c) for c in class_names]
         self.image_size: int = config.eval_crop

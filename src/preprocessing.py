@@ -91,6 +91,13 @@ def classic_resize(crop: int) -> int:
     return round(crop * 256 / 224)
 
 
+def classic_config(mean: Sequence[float], std: Sequence[float]) -> PreprocessConfig:
+    """The classic project's inputs, whatever the photos' size: short side resized to 256, 224 crops
+    (random ones for training), normalised with ``mean`` and ``std``."""
+    return PreprocessConfig(eval_crop=224, resize=classic_resize(224), train_crop=224,
+                            mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
 def train_crop_for(eval_crop: int, ratio: float) -> int:
     """``eval_crop x ratio`` rounded down to a multiple of 16 (at least 16)."""
     if not 0 < ratio <= 1:

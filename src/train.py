@@ -1,5 +1,9 @@
 """The training loop: one epoch of training, validation and test, and ``optimize`` around them.
 
+``train_epoch`` and ``evaluate`` return an epoch's loss and accuracy (:class:`EpochMetrics`);
+the classic project's ``train_one_epoch``, ``valid_one_epoch`` and ``one_epoch_test`` keep its
+call shape and return the mean loss alone, as a float.
+
 ``optimize`` steps:
 1. move the model to the device (CUDA when available) and build the learning-rate schedule
    (linear warm-up then cosine decay per step, or reduce-on-plateau per epoch);
@@ -53,7 +57,7 @@ def _device_of(model: nn.Module) -> torch.device:
     return device
 
 
-def train_one_epoch(
+def train_epoch(
     train_dataloader: DataLoader,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -87,7 +91,8 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def _evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: str) -> EpochMetrics:
+def evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: str = "Evaluating") -> EpochMetrics:
+    """Loss and accuracy over ``dataloader``, without gradients or augmentation."""
     device = _device_of(model)
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
@@ -104,16 +109,22 @@ def _evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: s
     return EpochMetrics(total_loss / seen, correct / seen)
 
 
-def valid_one_epoch(valid_dataloader: DataLoader, model: nn.Module, loss: nn.Module) -> EpochMetrics:
-    """Loss and accuracy on the validation split, without gradients or augmentation."""
-    return _evaluate(valid_dataloader, model, loss, "Validating")
+def train_one_epoch(train_dataloader: DataLoader, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    loss: nn.Module) -> float:
+    """One pass of training; the mean training loss (:func:`train_epoch` also gives the accuracy)."""
+    return train_epoch(train_dataloader, model, optimizer, loss).loss
 
 
-def one_epoch_test(test_dataloader: DataLoader, model: nn.Module, loss: nn.Module) -> EpochMetrics:
-    """Loss and accuracy on the test split; prints both."""
-    metrics = _evaluate(test_dataloader, model, loss, "Testing")
+def valid_one_epoch(valid_dataloader: DataLoader, model: nn.Module, loss: nn.Module) -> float:
+    """The mean loss on the validation split (:func:`evaluate` also gives the accuracy)."""
+    return evaluate(valid_dataloader, model, loss, "Validating").loss
+
+
+def one_epoch_test(test_dataloader: DataLoader, model: nn.Module, loss: nn.Module) -> float:
+    """The mean loss on the test split; prints it with the test accuracy."""
+    metrics = evaluate(test_dataloader, model, loss, "Testing")
     print(f"Test loss: {metrics.loss:.4f}   Test accuracy: {metrics.accuracy:.2%}")
-    return metrics
+    return metrics.loss
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -221,9 +232,9 @@ def optimize(
             sampler = data_loaders["train"].sampler
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
-            train = train_one_epoch(data_loaders["train"], training_model, optimizer, loss,
-                                    lr_scheduler if scheduler == "cosine" else None)
-            valid = valid_one_epoch(data_loaders["valid"], model, loss)
+            train = train_epoch(data_loaders["train"], training_model, optimizer, loss,
+                                lr_scheduler if scheduler == "cosine" else None)
+            valid = evaluate(data_loaders["valid"], model, loss, "Validating")
             if scheduler == "plateau":
                 lr_scheduler.step(valid.loss)
             history.append({

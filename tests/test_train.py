@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-import src.train as train_module
 from src import train as train_module
 from src.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from src.data import get_data_loaders
 from src.factory import create_model
 from src.optimization import get_loss, get_optimizer
-from src.train import EpochMetrics, last_state_path, load_best, one_epoch_test, optimize, train_one_epoch, valid_one_epoch
+from src.train import EpochMetrics, evaluate, last_state_path, load_best, optimize, train_epoch
 
 SMALL = {"widths": (8, 16, 32), "dropout": 0.1}
 
@@ -29,12 +28,11 @@ def _setup(lr: float = 3e-3):
     return model, get_optimizer(model, "AdamW", learning_rate=lr), get_loss()
 
 
-def test_one_epoch_functions_return_loss_and_accuracy(loaders) -> None:
+def test_epoch_functions_return_loss_and_accuracy(loaders) -> None:
     model, optimizer, loss = _setup()
     for metrics in (
-        train_one_epoch(loaders["train"], model, optimizer, loss),
-        valid_one_epoch(loaders["valid"], model, loss),
-        one_epoch_test(loaders["test"], model, loss),
+        train_epoch(loaders["train"], model, optimizer, loss),
+        evaluate(loaders["valid"], model, loss),
     ):
         assert isinstance(metrics, EpochMetrics)
         assert metrics.loss > 0 and 0 <= metrics.accuracy <= 1
@@ -61,7 +59,7 @@ def test_optimize_learns_saves_the_best_weights_and_can_resume(loaders, tmp_path
 
 
 def test_interrupted_training_keeps_finished_epochs(loaders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_train = train_module.train_one_epoch
+    real_train = train_module.train_epoch
     calls = {"n": 0}
 
     def interrupted_on_second_epoch(*args, **kwargs):
@@ -70,7 +68,7 @@ def test_interrupted_training_keeps_finished_epochs(loaders, tmp_path: Path, mon
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted_on_second_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", interrupted_on_second_epoch)
     model, optimizer, loss = _setup()
     with pytest.raises(KeyboardInterrupt):
         optimize(loaders, model, optimizer, loss, n_epochs=3, save_path=tmp_path / "m.pt")
@@ -85,7 +83,7 @@ def test_plateau_scheduler_divides_the_rate_when_validation_stalls_and_the_plot_
         loaders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, optimizer, loss = _setup()
     start = optimizer.param_groups[0]["lr"]
-    monkeypatch.setattr(train_module, "valid_one_epoch", lambda *args: train_module.EpochMetrics(1.0, 0.5))  # stalled
+    monkeypatch.setattr(train_module, "evaluate", lambda *args: train_module.EpochMetrics(1.0, 0.5))  # stalled
     drawn: list[list[list[float]]] = []
 
     class RecordingPlot(train_module.LivePlot):
