@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import square_batches
-from .files import cache_dir, touch_cache_file, write_cache_file
+from .files import cache_dir, cache_limit_bytes, touch_cache_file, write_cache_file
 from .location import dataset_fingerprint
 
 CACHE_FORMAT = "decoded-images/2"  # 2: JPEGs draft-decoded to twice the size (src.images.DRAFT_MARGIN)
@@ -45,6 +45,7 @@ def decoded_images(paths: list[Path], root: str | Path, size: int, num_workers: 
     """
     if size < 1:
         raise ValueError(f"cache image size must be positive, got {size}")
+    cache_limit_bytes()  # a bad bound is refused before decoding, not after
     folder = cache_dir()
     key = dataset_fingerprint(root, paths)
     cache_file = folder / f"decoded-{key}-{size}px-{len(paths)}.pt" if folder else None

@@ -22,7 +22,7 @@ from .data import PhotoFolder, get_data_loaders
 from .distributed import init_from_env, is_main_process, rank, shutdown, world_size
 from .evaluation import classification_report
 from .factory import SCRATCH, create_model, data_defaults, list_models
-from .files import check_outputs
+from .files import cache_limit_bytes, check_outputs
 from .finetune import fine_tune
 from .finish import calibrated_predictor, finish_run
 from .helpers import get_device, seed_everything, setup_env
@@ -30,6 +30,7 @@ from .images import ImageReadError
 from .location import DataNotFoundError, get_data_location, negatives_from_env
 from .new_landmarks import add_landmarks_command
 from .optimization import get_loss, get_optimizer
+from .places import read_places_csv
 from .predictor import (export_predictor, load_exported, model_threshold, predict_photo, predict_photos,
                         predictor_from_checkpoint)
 from .preprocessing import resolve_data_config
@@ -110,6 +111,7 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
                    help="negatives folders it was trained with, kept in its feature memory for adding landmarks "
                         "(repeatable; default: the folders in $LANDMARK_NEGATIVES)")
     p.add_argument("--workers", type=workers_count, default=-1)
+    p.add_argument("--force", action="store_true", help="replace an existing --out that is not a model exported by this project")
 
     p = sub.add_parser("add-landmarks", help="add landmarks to an exported model from a few photos each (seconds, no retraining)",
                        description="PHOTOS_DIR holds one folder per new landmark (NN.Name/ or Name/) with a few photos "
@@ -120,6 +122,7 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--places", type=Path, metavar="CSV", help="places of the new landmarks (see train --places)")
     p.add_argument("--replace", action="store_true", help="learn a landmark added earlier again from these photos")
     p.add_argument("--workers", type=workers_count, default=-1)
+    p.add_argument("--force", action="store_true", help="replace an existing --out and its JSON record")
 
     p = sub.add_parser("predict", help="top-k landmarks for photos")
     p.add_argument("photos", type=Path, nargs="+")
@@ -161,12 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_model_name(path: Path, what: str) -> None:
+    """Refuse a model path not ending in .pt: its JSON goes beside it with the suffix swapped, so ``DIR/name``
+    or ``DIR/name.json`` would replace another model's JSON. A folder is left to :func:`check_outputs` to name."""
+    if path.suffix != ".pt" and not path.is_dir():
+        raise ValueError(f"{path}: the {what} is a TorchScript file (its JSON goes beside it as .json); name it .pt")
+
+
+def _is_export(path: Path) -> bool:
+    """Whether ``path`` is a model exported by this project (what ``export`` may replace without --force)."""
+    try:
+        load_exported(path)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def _train_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     """The checkpoint and export paths, refused before any work when they collide or cannot be written."""
     checkpoint = args.checkpoint or Path("checkpoints") / f"{args.model}.pt"
     export = args.export or Path("checkpoints") / f"{args.model}_exported.pt"
-    if export.suffix == ".json":
-        raise ValueError(f"{export}: the export is a TorchScript file; its metrics go beside it as .json, so name it .pt")
+    _check_model_name(export, "export")
     check_outputs(checkpoint=checkpoint, **{"resumable state": last_state_path(checkpoint)}, export=export,
                   **{"metrics JSON": export.with_suffix(".json")})
     return checkpoint, export
@@ -253,7 +271,11 @@ def _load_any(path: Path) -> torch.nn.Module:
 
 
 def _export(args: argparse.Namespace) -> None:
+    _check_model_name(args.out, "exported model")
     check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
+    if args.out.exists() and not args.force and not _is_export(args.out):
+        raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
+                         "or --force to replace it")
     model, checkpoint = model_from_checkpoint(args.checkpoint)
     data_dir = get_data_location(args.data, download=False)  # the photos it was trained on: never a download
     loaders = get_data_loaders(valid_size=args.valid_size, num_workers=args.workers, data_dir=data_dir, seed=args.seed,
@@ -268,11 +290,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _add_landmarks(args: argparse.Namespace) -> None:
-    if args.out.suffix == ".json":
-        raise ValueError(f"{args.out}: the new model is a TorchScript file (its record goes beside it as .json); name it .pt")
+    _check_model_name(args.out, "new model")
     if args.out.resolve() == args.model.resolve():
         raise ValueError(f"{args.out}: the new model would overwrite the one it starts from; give another --out")
     check_outputs(**{"new model": args.out, "record": args.out.with_suffix(".json")})
+    existing = [str(path) for path in (args.out, args.out.with_suffix(".json")) if path.exists()]
+    if existing and not args.force:
+        raise ValueError(f"{' and '.join(existing)} already exist(s): give another --out, or --force to replace")
     record = add_landmarks_command(args.model, args.photos_dir, args.out, args.places, args.replace, args.workers)
     for message in record["skipped"]:
         print(message, file=sys.stderr)
@@ -316,11 +340,20 @@ def _tag(args: argparse.Namespace) -> None:
           f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s) -> {args.out}")
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    """Refuse, before any work, settings that would otherwise stop a run only after minutes of it."""
+    if args.command in ("train", "export"):
+        cache_limit_bytes()  # they decode photos into the bounded cache
+    if getattr(args, "places", None) is not None:
+        read_places_csv(args.places)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in the metrics JSON, so every number says how to reproduce it
     try:
+        _check_settings(args)
         if args.command == "train":
             seed_everything(args.seed)
             if init_from_env():

@@ -1,14 +1,15 @@
 """Photos decoded in parallel worker processes into same-size centre squares, batch by batch.
 
 The decode cache, batch prediction and ``tag`` all read photo folders this way: each photo goes
-through :func:`~src.images.read_image` (JPEGs draft-decoded to no less than twice the target size) and
-:func:`~src.preprocessing.square_uint8`, so photos of any size batch together, and an
-unreadable file comes back as its error message instead of stopping a worker.
+through :func:`~src.images.read_image` (JPEGs draft-decoded, and far larger photos box-averaged, to
+no less than twice the target size) and :func:`~src.preprocessing.square_uint8`, so photos of any
+size batch together, and an unreadable file comes back as its error message instead of stopping a worker.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 from .helpers import keep_parent_objects
 from .images import ImageReadError, read_image
 from .preprocessing import square_uint8
+
+
+def _start_worker(worker_id: int) -> None:
+    """``worker_init_fn``: Ctrl-C is the parent's to handle (it stops the pool); a worker that took it too would
+    print its own traceback after the parent's message. The rest as :func:`~src.helpers.keep_parent_objects`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_parent_objects(worker_id)
 
 
 class SquarePhotos(Dataset):
@@ -51,7 +59,7 @@ def square_batches(paths: list[Path | str], size: int, batch_size: int = 64, num
     """
     workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
     for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
-                            worker_init_fn=keep_parent_objects, generator=torch.Generator().manual_seed(0)):
+                            worker_init_fn=_start_worker, generator=torch.Generator().manual_seed(0)):
         readable = [(index, item) for index, item in batch if not isinstance(item, str)]
         errors = {index: item for index, item in batch if isinstance(item, str)}
         images = torch.stack([image for _, image in readable]) if readable else None

@@ -7,6 +7,7 @@ Every file the package writes (checkpoints, exports, metrics, caches) goes throu
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -39,8 +40,9 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(temporary_path)`` then rename it to ``path``: readers never see half a file,
-    and an interruption leaves the previous file intact (its temporary is removed by the next write)."""
+    """Call ``write(temporary_path)`` then rename it to ``path``: readers never see half a file, and an
+    interruption or a full disk leaves the previous file intact (an OSError naming ``path``; a killed
+    writer's temporary is removed by the next write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -48,6 +50,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:  # name the file: a full disk's error names none
+        if error.errno is None:
+            raise OSError(f"{path}: {error}") from error
+        raise OSError(error.errno, f"{path}: {error.strerror or error}") from error
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -94,12 +100,15 @@ def cache_dir() -> Path | None:
 
 
 def cache_limit_bytes() -> int:
-    """The cache folder's size bound: ``$LANDMARK_CACHE_GB`` gigabytes (default 10)."""
+    """The cache folder's size bound: ``$LANDMARK_CACHE_GB`` gigabytes (default 10). Runs that cache call it
+    before any work, so a bad value is refused at once rather than after decoding every photo."""
     value = os.environ.get(CACHE_LIMIT_ENV_VAR, "")
     try:
         gigabytes = float(value) if value else DEFAULT_CACHE_GB
     except ValueError:
-        raise ValueError(f"${CACHE_LIMIT_ENV_VAR}={value!r} is not a number of gigabytes") from None
+        gigabytes = math.nan
+    if not math.isfinite(gigabytes) or gigabytes < 0:
+        raise ValueError(f"${CACHE_LIMIT_ENV_VAR}={value!r} is not a number of gigabytes (0 or more, e.g. 10)")
     return int(gigabytes * 1e9)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from .files import atomic_write
+from .images import ImageReadError, open_photo
 
 GPS_IFD = 0x8825
 JPEG_FORMATS = ("JPEG", "MPO")  # Pillow calls JPEGs holding a second (preview) image "MPO"
@@ -30,6 +32,10 @@ REENCODED_FORMATS = ("PNG", "WEBP", "TIFF")
 # An APP1 segment's length field counts itself: 65535 - 2 bytes are left for the EXIF.
 _MAX_EXIF_SEGMENT = 0xFFFF - 2
 _PIEXIF_IFDS = ("0th", "Exif", "GPS", "Interop", "1st")
+# Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT, SLONG,
+# SRATIONAL, FLOAT, DOUBLE), and the tags pointing at the Exif, GPS and Interop IFDs.
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+_IFD_POINTERS = (0x8769, 0x8825, 0xA005)
 # Pillow modes that hold more than 8 bits per channel (Pillow has no 16-bit colour modes).
 _DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 # TIFF tags that describe how the source stored its pixels; Pillow writes its own for the copy.
@@ -48,7 +54,7 @@ def read_gps(path: str | Path) -> tuple[float, float] | None:
     :class:`GeotagError` when the file cannot be opened as an image.
     """
     path = Path(path)
-    with _reading(path), Image.open(path) as image:
+    with _reading(path), open_photo(path) as handle, Image.open(handle) as image:
         return _coordinates(image.getexif())
 
 
@@ -65,13 +71,15 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
     """
     source, target = Path(source), Path(target)
     _check_coordinates(latitude, longitude)
-    if target.resolve() == source.resolve():
+    if os.path.realpath(target) == os.path.realpath(source):  # realpath: a symlink loop is the reader's error
         raise GeotagError(f"{source}: the geotagged copy would replace the photo itself; give another target")
     with _reading(source):
-        data = source.read_bytes()
+        with open_photo(source) as handle:
+            data = handle.read()
         image = Image.open(io.BytesIO(data))
         image.load()  # a truncated photo fails here rather than being copied
         has_gps = _coordinates(image.getexif()) is not None
+        frames = getattr(image, "n_frames", 1)  # reads every page's header: a broken second page fails here
     if image.format not in JPEG_FORMATS + REENCODED_FORMATS:
         raise GeotagError(f"{source}: a {image.format} image cannot carry EXIF GPS (only JPEG, PNG, WebP and TIFF can)")
     if has_gps and not overwrite_gps:
@@ -79,29 +87,46 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
         return "kept"
     gps = _gps_ifd(latitude, longitude)
     if image.format in JPEG_FORMATS:
-        copy = _replace_exif_segment(source, data, _exif_segment(source, data, gps))
+        with _encoding(source):
+            copy = _replace_exif_segment(source, data, _exif_segment(source, data, image.info.get("exif", b""), gps))
         atomic_write(target, lambda tmp: tmp.write_bytes(copy))
     else:
-        frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise GeotagError(f"{source}: has {frames} frames; only single images are geotagged")
         bits = _bits_per_channel(image, data)
         if bits > 8 and image.mode not in _DEEP_MODES:
             raise GeotagError(f"{source}: Pillow decodes its {bits}-bit channels as 8-bit {image.mode}; "
                               "a re-encoded copy would lose precision")
-        atomic_write(target, lambda tmp: _save_lossless(image, tmp, gps))
+        with _encoding(source):
+            atomic_write(target, lambda tmp: _save_lossless(image, tmp, gps))
     return "geotagged"
 
 
 @contextmanager
 def _reading(path: Path) -> Iterator[None]:
-    """Turn the ways a photo can fail to open or decode into a :class:`GeotagError` naming it."""
+    """Turn every way a photo can fail to open or decode into a :class:`GeotagError` naming it."""
     try:
         yield
-    except FileNotFoundError:
-        raise GeotagError(f"{path}: file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise GeotagError(f"{path}: unreadable image ({error})") from error
+    except ImageReadError as error:  # not a regular file, no permission, ...: already says so
+        raise GeotagError(str(error)) from error
+    except Exception as error:  # Pillow's plugins fail in their own ways (TIFF pages: TypeError)
+        raise GeotagError(f"{path}: unreadable image ({str(error) or type(error).__name__})") from error
+
+
+@contextmanager
+def _encoding(path: Path) -> Iterator[None]:
+    """A copy Pillow cannot encode is this photo's :class:`GeotagError`; an error of the file system
+    (an ``errno``: disk full, no permission) is the run's and is raised as it is."""
+    try:
+        yield
+    except GeotagError:
+        raise
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        raise GeotagError(f"{path}: cannot write its copy ({error})") from error
+    except Exception as error:
+        raise GeotagError(f"{path}: cannot write its copy ({str(error) or type(error).__name__})") from error
 
 
 def _check_coordinates(latitude: float, longitude: float) -> None:
@@ -148,11 +173,15 @@ def _gps_ifd(latitude: float, longitude: float) -> dict[int, Any]:
     }
 
 
-def _exif_segment(path: Path, data: bytes, gps: dict[int, Any]) -> bytes:
-    """The JPEG's EXIF with ``gps`` as its GPS IFD, as one APP1 segment (at most 64 KB, thumbnail dropped if need be)."""
+def _exif_segment(path: Path, data: bytes, payload: bytes, gps: dict[int, Any]) -> bytes:
+    """The JPEG's EXIF with ``gps`` as its GPS IFD, as one APP1 segment (at most 64 KB, thumbnail dropped if need be).
+
+    ``payload`` is the JPEG's EXIF as Pillow read it (``Exif\\0\\0`` and the TIFF structure piexif parses).
+    """
+    _check_value_counts(path, payload[6:])
     try:
         exif = piexif.load(data)
-    except (ValueError, KeyError, IndexError, TypeError, struct.error) as error:
+    except Exception as error:  # any malformed EXIF (ValueError, KeyError, IndexError, struct.error ...)
         raise GeotagError(f"{path}: its EXIF cannot be parsed ({error!r}); not rewriting it") from error
     exif["GPS"] = gps
     _drop_unwritable_tags(path, exif)
@@ -169,6 +198,35 @@ def _exif_segment(path: Path, data: bytes, gps: dict[int, Any]) -> bytes:
     return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
 
 
+def _check_value_counts(path: Path, tiff: bytes) -> None:
+    """Refuse EXIF whose tags claim more values than it holds, before piexif reads it.
+
+    piexif builds a struct format of one character per claimed value: a 7 KB JPEG claiming 2 billion
+    values took gigabytes. Only the IFDs piexif reads are walked (0th, 1st, Exif, GPS, Interop), so
+    this costs at most a few thousand entries whatever the file claims.
+    """
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return  # not TIFF-structured: piexif refuses it
+    endian = "<" if tiff[:2] == b"II" else ">"
+    first = struct.unpack_from(endian + "I", tiff, 4)[0]
+    todo, seen = [first], set()
+    while todo and len(seen) < len(_PIEXIF_IFDS):
+        offset = todo.pop()
+        if offset == 0 or offset in seen or offset + 2 > len(tiff):  # 0: no such IFD
+            continue
+        seen.add(offset)
+        entries = struct.unpack_from(endian + "H", tiff, offset)[0]
+        for start in range(offset + 2, min(offset + 2 + 12 * entries, len(tiff) - 11), 12):
+            tag, kind, count, value = struct.unpack_from(endian + "HHII", tiff, start)
+            if count * _TYPE_SIZES.get(kind, 1) > len(tiff):
+                raise GeotagError(f"{path}: its EXIF tag {tag} claims {count:,} values, more than its "
+                                  f"{len(tiff):,} bytes of EXIF hold; not rewriting it")
+            if tag in _IFD_POINTERS:
+                todo.append(value)
+        if offset == first and offset + 6 + 12 * entries <= len(tiff):
+            todo.append(struct.unpack_from(endian + "I", tiff, offset + 2 + 12 * entries)[0])  # the 1st IFD
+
+
 def _drop_unwritable_tags(path: Path, exif: dict[str, Any]) -> None:
     """Remove, with a warning, the tags piexif.dump cannot write (e.g. SceneType stored as a number).
 
@@ -180,7 +238,7 @@ def _drop_unwritable_tags(path: Path, exif: dict[str, Any]) -> None:
             probe = {"0th": {}, "Exif": {}, "0th" if ifd == "1st" else ifd: {tag: value}}
             try:
                 piexif.dump(probe)
-            except (ValueError, TypeError, struct.error):
+            except Exception:  # ValueError, TypeError, struct.error, OverflowError ... for one odd value
                 del exif[ifd][tag]
                 dropped.append(f"{ifd} {tag} ({piexif.TAGS[ifd][tag]['name']})")
     if dropped:

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -122,26 +123,34 @@ def _download(url: str, archive: Path) -> None:
         raise DataNotFoundError(f"The download of {url} stopped after {received:,} of {total:,} bytes; try again.")
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def list_images(folder: str | Path, *, keep_unreadable: bool = False, exclude: Sequence[str | Path] = ()) -> list[Path]:
     """All files with a photo extension below ``folder``, sorted for reproducibility.
 
     Linked folders are followed (once each: no loops); folders that cannot be read are named in
-    one warning instead of being skipped silently.
+    one warning instead of being skipped silently. Entries named like photos that are no regular
+    file (a folder ``x.jpg``, a FIFO, a broken or looping link) are returned too with
+    ``keep_unreadable``, so that a tagger gives each its error row; otherwise one warning names
+    them. Folders in ``exclude`` (an output folder) are never scanned, not even through a link.
     """
     unreadable: list[str] = []
     seen: set[str] = set()
+    excluded = [os.path.realpath(path) for path in exclude]
     found: list[Path] = []
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=lambda error: unreadable.append(f"{error.filename} ({error.strerror})")):
         real = os.path.realpath(root)
-        if real in seen:
+        if real in seen or any(real == out or real.startswith(out.rstrip(os.sep) + os.sep) for out in excluded):
             dirs.clear()
             continue
         seen.add(real)
-        found += [Path(root, name) for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        found += [Path(root, name) for name in files + dirs if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
     if unreadable:
         warnings.warn(f"{folder}: skipped {len(unreadable)} folder(s) that cannot be read: {', '.join(unreadable[:10])}",
                       stacklevel=2)
-    return sorted(path for path in found if path.is_file())
+    not_files = sorted(path for path in found if not path.is_file())
+    if not_files and not keep_unreadable:
+        warnings.warn(f"{folder}: left out {len(not_files)} entries named like photos that are no regular files "
+                      f"(folders, FIFOs, broken or looping links): {', '.join(map(str, not_files[:10]))}", stacklevel=2)
+    return sorted(found if keep_unreadable else set(found) - set(not_files))
 
 
 def dataset_fingerprint(folder: str | Path, paths: list[Path] | None = None) -> str:

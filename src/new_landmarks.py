@@ -39,7 +39,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import List, NamedTuple, Tuple
 
@@ -55,12 +55,13 @@ from .imagenet_features import ImageNetFeatures
 from .location import list_images
 from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, own_class_margin, percentile,
                       unit_features, unknown_threshold)
-from .places import Place, places_for
-from .predictor import ExportedModel, load_exported
+from .places import Place, place_key, places_for
+from .predictor import ExportedModel, load_exported, save_scripted
 
 MEMORY_PER_CLASS = 100  # validation photos per class whose features an export keeps
 MEMORY_NEGATIVES = 500  # negative photos whose features an export keeps
 VIEWS = 5  # views per new photo: the photo, mirrored, two corner crops, a mirrored centre crop
+FEATURE_BATCH = 16  # images a network sees at once: its activations take ~22 MB per 224 px image, the batch's peak memory
 OUTLIER_WEIGHT = 0.5  # as the training recipes (src/recipes.py)
 FIT_STEPS = 300  # full-batch AdamW steps: under a second for a few thousand features
 FIT_LR = 1e-2
@@ -138,14 +139,19 @@ def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -
     extractor such as :class:`CombinedFeatures`), the indices of the readable ones, and ``{index: error}`` for
     the others."""
     features, kept, errors = [], [], {}
-    with torch.inference_mode():
-        for indices, images, batch_errors in square_batches(list(paths), int(model.resize_size), batch_size, num_workers):
-            errors.update(batch_errors)
-            if images is not None:
-                features.append(model.features_and_logits(images)[0] if hasattr(model, "features_and_logits")
-                                else model(images))
-                kept += indices
+    extract = (lambda images: model.features_and_logits(images)[0]) if hasattr(model, "features_and_logits") else model
+    for indices, images, batch_errors in square_batches(list(paths), int(model.resize_size), batch_size, num_workers):
+        errors.update(batch_errors)
+        if images is not None:
+            features.append(_in_batches(extract, images))
+            kept += indices
     return (torch.cat(features) if features else torch.zeros(0, 0)), kept, errors
+
+
+def _in_batches(extract: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """``extract(images)``, :data:`FEATURE_BATCH` images at a time: memory stays bounded however many photos are read."""
+    with torch.inference_mode():
+        return torch.cat([extract(batch) for batch in images.split(FEATURE_BATCH)])
 
 
 def _evenly(items: Sequence, n: int) -> list:
@@ -213,6 +219,11 @@ def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"{photos_dir}: folder of new landmarks not found")
     landmarks: dict[str, list[Path]] = {}
     for folder in sorted(p for p in photos_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            folder.name.encode("utf-8")
+        except UnicodeEncodeError:  # a model keeps its landmark names as UTF-8 text
+            raise ValueError(f"{str(folder)!r}: the folder name is not UTF-8 text, as a landmark name must be; "
+                             "rename the folder") from None
         name = display_name(folder.name)
         if name in landmarks:
             raise ValueError(f"{folder}: two folders of {photos_dir} are both named {name!r}")
@@ -222,6 +233,35 @@ def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
     if not landmarks:
         raise ValueError(f"{photos_dir}: no landmark folders in it (one sub-folder of photos per new landmark)")
     return landmarks
+
+
+def _check_new_names(names: Sequence[str], trained: int, new: Iterable[str], replace: bool) -> None:
+    """Refuse new landmark names that are blank, or that :func:`~src.places.place_key` (case, accents, punctuation)
+    cannot tell from a landmark of the model (its first ``trained`` ones trained on, the others added) or from each
+    other: such a name would get that landmark's place, and its answers could not be told apart."""
+    known = {place_key(name): name for name in names}
+    seen: dict[str, str] = {}
+    for name in new:
+        key = place_key(name)
+        if not key:
+            raise ValueError(f"{name!r} is no landmark name: give one with letters or digits")
+        if key in seen:
+            raise ValueError(f"{name!r} and {seen[key]!r} are one landmark (names are compared ignoring case, accents "
+                             "and punctuation): give one of them")
+        seen[key] = name
+        same = known.get(key)
+        if same is None:
+            continue
+        trained_on = names.index(same) < trained
+        if same != name:
+            raise ValueError(f"{name!r} is the model's landmark {same!r} (names are compared ignoring case, accents and "
+                             "punctuation): give the new landmark another name"
+                             + ("" if trained_on else ", or its exact name with --replace to learn it again"))
+        if trained_on:
+            raise ValueError(f"{name!r} is one of the landmarks the model was trained on; a few photos cannot replace "
+                             "it (train again with them, or give the new landmark another name)")
+        if not replace:
+            raise ValueError(f"{name!r} is already a landmark of this model; pass --replace to learn it again from these photos")
 
 
 def _views(squares: torch.Tensor, size: int) -> torch.Tensor:
@@ -248,8 +288,7 @@ def support_features(combined: CombinedFeatures, photos: Mapping[str, Sequence[P
         for indices, squares, errors in square_batches(list(paths), big, 32, num_workers):
             skipped += [f"skipped unreadable photo of {name!r}: {message}" for message in errors.values()]
             if squares is not None:
-                with torch.inference_mode():
-                    views.append(combined(_views(squares, size)))
+                views.append(_in_batches(combined, _views(squares, size)))
         if not views:
             where = Path(paths[0]).parent if paths else "its folder"
             raise ValueError(f"{where}: no readable photo of {name!r} ({len(paths)} file(s) tried)")
@@ -414,12 +453,7 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
     memory_targets = model.memory_targets.clone()
     names = list(model.class_names)
     base_names = list(base.class_names)
-    for name in photos:
-        if name in base_names:
-            raise ValueError(f"{name!r} is one of the landmarks the model was trained on; a few photos cannot replace "
-                             "it (train again with them, or give the new landmark another name)")
-        if name in names and not replace:
-            raise ValueError(f"{name!r} is already a landmark of this model; pass --replace to learn it again from these photos")
+    _check_new_names(names, len(base_names), photos, replace)
     for name in [n for n in names[len(base_names):] if n in photos]:  # replaced: its memory rows go
         index = names.index(name)
         keep = memory_targets != index
@@ -487,7 +521,7 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
 
 def save_added(model: torch.jit.ScriptModule, path: str | Path, record: dict) -> Path:
     """Save an added-landmarks model atomically, with ``record`` (what was added, how long it took) as JSON beside it."""
-    path = atomic_write(path, lambda tmp: model.save(str(tmp)))
+    path = save_scripted(model, path)
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return path
 

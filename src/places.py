@@ -17,7 +17,8 @@ import io
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ REQUIRED_COLUMNS = ("landmark", "latitude", "longitude")
 OPTIONAL_COLUMNS = ("country", "city", "wikidata")
 _NUMBER_PREFIX = re.compile(r"^\s*\d+\.")
 _WIKIDATA_ID = re.compile(r"Q[1-9][0-9]*")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class PlacesError(ValueError):
@@ -69,14 +71,22 @@ def place_key(name: str) -> str:
     return "".join(ch for ch in name if ch.isalnum())
 
 
-def read_places_csv(path: str | Path) -> dict[str, Place]:
+def read_places_csv(path: str | Path, class_names: Sequence[str] | None = None) -> dict[str, Place]:
     """The places of a CSV (``landmark,latitude,longitude[,country][,city][,wikidata]``), keyed by place_key.
 
     Blank lines are skipped, cells are stripped and a UTF-8 BOM is accepted; anything else that is
-    off raises :class:`PlacesError`. A missing file raises FileNotFoundError.
+    off raises :class:`PlacesError`. A missing file raises FileNotFoundError. Given the
+    ``class_names`` the places are for, a row naming none of them (a misspelling) is warned about.
     """
     path = Path(path)
-    data = path.read_bytes()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: places CSV not found")
+    if not path.is_file():  # a FIFO would be waited on forever
+        raise PlacesError(f"{path}: not a file (a folder, FIFO or device); give a places CSV file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise PlacesError(f"{path}: cannot read the places CSV ({error.strerror or error})") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
@@ -86,10 +96,20 @@ def read_places_csv(path: str | Path) -> dict[str, Place]:
         raise PlacesError(f"{path}:{line}: not UTF-8 text: {data[err.start:err.end]!r}") from None
 
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        places = _read_rows(path, reader)
+    except csv.Error as error:  # a cell over csv.field_size_limit(): a binary file
+        raise PlacesError(f"{path}:{reader.line_num}: not CSV text ({error})") from None
+    if class_names is not None:
+        _warn_unmatched(path, places, class_names)
+    return {key: place for key, (place, _, _) in places.items()}
+
+
+def _read_rows(path: Path, reader: Iterator[list[str]]) -> dict[str, tuple[Place, int, str]]:
+    """``{place_key: (place, line, landmark as written)}`` of the rows of a places CSV, each checked."""
     header = [cell.strip() for cell in next(reader, [])]
     _check_header(path, header)
-    places: dict[str, Place] = {}
-    first_line: dict[str, int] = {}
+    places: dict[str, tuple[Place, int, str]] = {}
     for row in reader:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
@@ -101,15 +121,24 @@ def read_places_csv(path: str | Path) -> dict[str, Place]:
         if not key:
             raise PlacesError(f"{path}:{line}: empty landmark name: {cells['landmark']!r}")
         if key in places:
-            raise PlacesError(f"{path}:{line}: landmark {cells['landmark']!r} repeats line {first_line[key]}")
+            raise PlacesError(f"{path}:{line}: landmark {cells['landmark']!r} repeats line {places[key][1]}")
         wikidata = cells.get("wikidata", "")
         if wikidata and not _WIKIDATA_ID.fullmatch(wikidata):
             raise PlacesError(f"{path}:{line}: wikidata id is not like Q42: {wikidata!r}")
-        places[key] = Place(_degrees(path, line, "latitude", cells["latitude"], 90.0),
-                            _degrees(path, line, "longitude", cells["longitude"], 180.0),
-                            cells.get("country", ""), cells.get("city", ""), wikidata)
-        first_line[key] = line
+        place = Place(_degrees(path, line, "latitude", cells["latitude"], 90.0),
+                      _degrees(path, line, "longitude", cells["longitude"], 180.0),
+                      cells.get("country", ""), cells.get("city", ""), wikidata)
+        places[key] = (place, line, cells["landmark"])
     return places
+
+
+def _warn_unmatched(path: Path, places: Mapping[str, tuple[Place, int, str]], class_names: Sequence[str]) -> None:
+    """Warn about each row naming none of ``class_names``: a misspelled landmark would be silently ignored."""
+    keys = {place_key(name) for name in class_names}
+    for key, (_, line, name) in places.items():
+        if key not in keys:
+            warnings.warn(f"{path}:{line}: {name!r} is none of the landmarks placed here ({len(keys)}); row ignored "
+                          "(misspelled?)", stacklevel=3)
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -123,11 +152,9 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 
 def _degrees(path: Path, line: int, column: str, value: str, limit: float) -> float:
-    """A finite decimal coordinate within ±limit degrees; degree-minute text, NaN or 123° latitude are refused."""
-    try:
-        degrees = float(value)
-    except ValueError:
-        degrees = math.nan
+    """A finite decimal coordinate within ±limit degrees; degree-minute text, NaN, 123° latitude and what only
+    Python reads as a number (``1_0``, other scripts' digits) are refused."""
+    degrees = float(value) if _DECIMAL.fullmatch(value) else math.nan
     if not math.isfinite(degrees) or abs(degrees) > limit:
         raise PlacesError(f"{path}:{line}: {column} is not a number in [-{limit:g}, {limit:g}]: {value!r}")
     return degrees
@@ -146,5 +173,5 @@ def places_for(class_names: Sequence[str], extra_csv: str | Path | None = None) 
     """
     known = default_places()
     if extra_csv is not None:
-        known.update(read_places_csv(extra_csv))
+        known.update(read_places_csv(extra_csv, class_names))
     return {name: known[key] for name in class_names if (key := place_key(name)) in known}

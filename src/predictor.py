@@ -7,6 +7,7 @@ names and the network, so the app and any other consumer need only ``torch`` and
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
@@ -153,7 +154,15 @@ def export_predictor(predictor: Predictor, path: str | Path) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
         scripted = torch.jit.freeze(torch.jit.script(predictor.cpu().eval()), preserved_attrs=EXPORTED_ATTRIBUTES)
-    return atomic_write(path, lambda tmp: scripted.save(str(tmp)))
+    return save_scripted(scripted, path)
+
+
+def save_scripted(module: torch.jit.ScriptModule, path: str | Path) -> Path:
+    """Save a TorchScript module atomically. It is serialised in memory, then written with Python's file API:
+    TorchScript's own file writer aborts the whole process on a full disk, Python's raises an OSError."""
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def predictor_from_checkpoint(checkpoint_path: str | Path) -> Predictor:
@@ -175,6 +184,10 @@ def load_exported(path: str | Path) -> torch.jit.ScriptModule:
         raise ValueError(f"{path}: not a TorchScript export ({error}); training checkpoints go through `export` first") from error
     if not hasattr(model, "class_names"):
         raise ValueError(f"{path}: TorchScript file without class_names; it was not exported by this project")
+    if not hasattr(model, "resize_size"):
+        raise ValueError(f"{path}: has no resize_size (the size photos are resized to); it was not exported by this project")
+    if not isinstance(model.resize_size, int) or model.resize_size < 1:
+        raise ValueError(f"{path}: resize_size {model.resize_size!r} is not a size in pixels; the export is damaged")
     return model.eval()
 
 

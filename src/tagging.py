@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .decoding import square_batches
 from .geotag import GeotagError, write_geotagged_copy
-from .images import URI_SCHEMES, is_uri, photo_sizes
+from .images import URI_SCHEMES, file_uri_path, is_uri, photo_sizes
 from .location import list_images
 from .places import Place, place_key, read_places_csv
 from .predictor import model_threshold, scored
@@ -162,8 +162,11 @@ def done_paths(out: Path) -> set[str]:
 
 
 def photo_key(path: str | Path) -> str:
-    """What identifies a photo across runs: its absolute path (the same photo however the folder was named), or its URI."""
-    return path if is_uri(path) else str(Path(path).resolve())
+    """What identifies a photo across runs: its absolute path (the same photo however the folder was named), or its URI.
+
+    ``os.path.realpath``, not ``Path.resolve``: a symlink loop is that photo's error row, not the run's.
+    """
+    return path if is_uri(path) else os.path.realpath(path)
 
 
 def _settings(model: torch.jit.ScriptModule, k: int, threshold: float, model_path: str | Path | None,
@@ -180,7 +183,7 @@ def model_places(model: torch.jit.ScriptModule, places_csv: str | Path | None = 
     """The places the exported model carries, with a user CSV's rows added or taking precedence."""
     places = {name: Place.from_dict(d) for name, d in json.loads(getattr(model, "places_json", "{}")).items()}
     if places_csv is not None:
-        extra = read_places_csv(places_csv)
+        extra = read_places_csv(places_csv, list(model.class_names))
         places.update({name: extra[place_key(name)] for name in model.class_names if place_key(name) in extra})
     return places
 
@@ -314,33 +317,47 @@ def local_scored_batches(model: torch.jit.ScriptModule, paths: list[Path], batch
 
 
 def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path | str]:
-    """The photos a text file names, one per line (blank lines and ``#`` comments skipped): relative
-    paths are below ``photos_dir``, absolute ones must lie inside it, and URIs (``s3://bucket/key.jpg``;
-    :data:`~src.images.URI_SCHEMES`) are read from where they are, so that a library on shared storage
-    need not be walked from one machine. Paths come back below ``photos_dir`` as given, like
+    """The photos a text file names, one per line (blank lines and ``#`` comments skipped, a UTF-8 BOM ignored):
+    relative paths are below ``photos_dir``, absolute ones and ``file://`` URIs must lie inside it, and other URIs
+    (``s3://bucket/key.jpg``; :data:`~src.images.URI_SCHEMES`) are read from where they are, so that a library on
+    shared storage need not be walked from one machine. Paths come back below ``photos_dir`` as given, like
     :func:`~src.location.list_images` (geotagged copies keep the path below it); URIs as strings.
     Duplicates are dropped; a listed photo that does not exist gets an error row when tagged."""
     list_file, root = Path(list_file), Path(photos_dir).resolve()
     photos: dict[Path | str, None] = {}
-    with list_file.open(encoding="utf-8", errors="surrogateescape") as lines:
+    with list_file.open(encoding="utf-8-sig", errors="surrogateescape") as lines:
         for number, line in enumerate(lines, 1):
-            entry = line.strip()
+            entry, where = line.strip(), f"{list_file}:{number}"
             if not entry or entry.startswith("#"):
                 continue
+            if "\x00" in entry:
+                raise ValueError(f"{where}: the line holds a NUL byte, which no file name can (is {list_file} a text file?)")
             if is_uri(entry):
                 scheme = entry.split("://", 1)[0].lower()
                 if scheme not in URI_SCHEMES:
-                    raise ValueError(f"{list_file}:{number}: {entry!r}: {scheme}:// is not a storage this reads "
+                    raise ValueError(f"{where}: {entry!r}: {scheme}:// is not a storage this reads "
                                      f"(one of {', '.join(s + '://' for s in URI_SCHEMES)})")
+                if scheme == "file":  # a local file: the same rule as a path
+                    try:
+                        local = file_uri_path(entry)
+                    except ValueError as error:
+                        raise ValueError(f"{where}: {error}") from None
+                    _inside(where, entry, local, root, photos_dir)
                 photos[entry] = None
                 continue
-            path = Path(os.path.normpath(root / entry))  # an absolute entry replaces root
-            if path != root and root not in path.parents:
-                raise ValueError(f"{list_file}:{number}: {entry!r} is not inside the photo folder {photos_dir}")
-            photos[Path(photos_dir) / path.relative_to(root)] = None
-    if any(is_uri(photo) for photo in photos) and importlib.util.find_spec("pyarrow") is None:
+            photos[Path(photos_dir) / _inside(where, entry, root / entry, root, photos_dir).relative_to(root)] = None
+    if any(is_uri(photo) and not photo.lower().startswith("file://") for photo in photos) \
+            and importlib.util.find_spec("pyarrow") is None:
         raise ValueError(f"{list_file} names URIs; reading them needs pyarrow: pip install -r requirements-scale.txt")
     return list(photos)
+
+
+def _inside(where: str, entry: str, path: Path, root: Path, photos_dir: str | Path) -> Path:
+    """``path`` normalised (``..`` folded, an absolute one kept), or ValueError when it lies outside ``root``."""
+    path = Path(os.path.normpath(path))
+    if path != root and root not in path.parents:
+        raise ValueError(f"{where}: {entry!r} is not inside the photo folder {photos_dir}")
+    return path
 
 
 def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str | Path, k: int = 5,
@@ -381,7 +398,8 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
     places = model_places(model, places_csv)
     settings = _settings(model, k, threshold, model_path, places, geotag_dir, overwrite_gps)
     names = settings["class_names"]
-    photos = photos_from_list(from_list, photos_dir) if from_list is not None else list_images(photos_dir)
+    photos = (photos_from_list(from_list, photos_dir) if from_list is not None
+              else list_images(photos_dir, keep_unreadable=True, exclude=[geotag_dir] if geotag_dir is not None else []))
     if geotag_dir is not None and any(is_uri(photo) for photo in photos):
         raise ValueError(f"{from_list}: --geotag writes copies below the photo folder; photos given by URI have no "
                          "place there (tag them without --geotag)")
@@ -393,9 +411,9 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
         summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
         writer = _Writer(out)
         start = time.perf_counter()
+        batches = (ray_scored_batches(model_path, todo, int(model.resize_size), batch_size, address) if engine == "ray"
+                   else local_scored_batches(model, todo, batch_size, num_workers))
         try:
-            batches = (ray_scored_batches(model_path, todo, int(model.resize_size), batch_size, address) if engine == "ray"
-                       else local_scored_batches(model, todo, batch_size, num_workers))
             with tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
                 for indices, probabilities, known_scores, errors in batches:
                     records = [_error_record(todo[i], message) for i, message in errors.items()]
@@ -411,6 +429,7 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
                     writer.write(records)
                     progress.update(len(indices) + len(errors))
         finally:
+            batches.close()  # the decode workers stop here, before the caller reports an interruption
             writer.close()
             summary.seconds = time.perf_counter() - start
     return summary

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import os
-from pathlib import Path
-
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +119,85 @@ def landmarks10() -> Path:
 @pytest.fixture(scope="session")
 def canonical_sample() -> Path:
     return shared_folder(CANONICAL_SAMPLE / "train").parent
+
+
+# Files named like photos that no reader may choke on, and words their error must contain.
+BAD_PHOTO_KINDS = {
+    "bomb": "too large", "truncated": "truncated", "empty": "empty", "random_bytes": "not an image",
+    "text": "not an image", "corrupt_dds": "corrupt or unsupported", "directory": "is a directory",
+    "fifo": "not a regular file (FIFO)", "no_permission": "permission denied", "broken_symlink": "broken symlink",
+    "symlink_loop": "symlink loop",
+}
+
+
+def bomb_png_header(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A PNG signature and header claiming ``width`` x ``height`` pixels, with no image data: a few dozen bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+
+
+def _unblock_later(fifo: Path, seconds: float = 10) -> None:
+    """Open the FIFO for writing after ``seconds``: a reader that wrongly opened it gets EOF instead of hanging the suite."""
+    timer = threading.Timer(seconds, lambda: fifo.open("wb").close())
+    timer.daemon = True
+    timer.start()
+
+
+@pytest.fixture
+def make_bad_photo(monkeypatch: pytest.MonkeyPatch):
+    """``make_bad_photo(kind, folder) -> Path``: a file ``<kind>.jpg`` of one of :data:`BAD_PHOTO_KINDS` in ``folder``.
+
+    Tests run as root in CI, where no file is unreadable: ``no_permission`` is then simulated by
+    refusing to open that one path (``os.open`` and ``open``) with the error a user would get.
+    """
+    def make(kind: str, folder: Path) -> Path:
+        path = folder / f"{kind}.jpg"
+        if kind == "bomb":
+            path.write_bytes(bomb_png_header())
+        elif kind in ("truncated", "no_permission"):
+            Image.new("RGB", (200, 200), (100, 150, 200)).save(path, quality=95)
+            if kind == "truncated":
+                path.write_bytes(path.read_bytes()[:400])
+            else:
+                _refuse_to_open(path, monkeypatch)
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "random_bytes":
+            path.write_bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes())
+        elif kind == "text":
+            path.write_text("hello, I am a text file\n")
+        elif kind == "corrupt_dds":  # Pillow raises NotImplementedError for its pixel format
+            path.write_bytes(b"DDS " + struct.pack("<I", 124) + bytes(120) + bytes(range(50)))
+        elif kind == "directory":
+            path.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(path)
+            _unblock_later(path)
+        elif kind == "broken_symlink":
+            path.symlink_to(folder / "gone.jpg")
+        elif kind == "symlink_loop":
+            path.symlink_to(path.name)
+        else:
+            raise ValueError(f"unknown bad photo kind {kind!r}")
+        return path
+
+    return make
+
+
+def _refuse_to_open(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path.chmod(0)
+    if os.geteuid() != 0:
+        return
+    target = os.path.abspath(path)
+    for module, name in ((os, "open"), (builtins, "open"), (io, "open")):
+        real = getattr(module, name)
+
+        def refuse(file, *args, _real=real, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == target:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+            return _real(file, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, refuse)

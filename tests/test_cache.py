@@ -92,3 +92,10 @@ def test_unwritable_cache_still_decodes(tiny_data: Path, tmp_path: Path, monkeyp
     with pytest.warns(UserWarning, match="cannot create the cache folder"):
         images, readable = decoded_images(list_images(tiny_data / "test"), tiny_data / "test", 16, num_workers=0)
     assert readable.all() and images.shape[0] == 12
+
+
+def test_a_bad_cache_bound_is_refused_before_decoding(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANDMARK_CACHE_GB", "nan")
+    monkeypatch.setattr(cache, "square_batches", lambda *args, **kwargs: pytest.fail("decoded before checking the bound"))
+    with pytest.raises(ValueError, match="LANDMARK_CACHE_GB='nan'"):
+        decoded_images(list_images(tiny_data / "test"), tiny_data / "test", 17, num_workers=0)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import BAD_PHOTO_KINDS, REPO
+import src.cli as cli
 from src.cli import main
 from src.data import split_negatives
 from src.predictor import load_exported
@@ -178,3 +179,49 @@ def test_summary_names_top_k_by_the_class_count(trained: dict[str, Path], capsys
     assert main(["evaluate", str(trained["export"]), "--data", str(trained["data"]), "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "top-3" in out and "top-5" not in out
+
+
+def test_export_writes_only_a_pt_file_and_replaces_a_foreign_file_only_with_force(trained: dict[str, Path], tmp_path: Path,
+                                                                                  capsys) -> None:
+    metrics = tmp_path / "ex.json"
+    metrics.write_text('{"top1": 0.9}')
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes, not a model")
+    export = ["export", str(trained["checkpoint"]), "--data", str(trained["data"]), "--workers", "0", "--out"]
+    assert main([*export, str(metrics)]) == 2
+    assert "name it .pt" in capsys.readouterr().err and metrics.read_text() == '{"top1": 0.9}'
+    assert main([*export, str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "not a model exported by this project" in err and "--force" in err
+    assert notes.read_text() == "my notes, not a model"
+    assert main([*export, str(notes), "--force"]) == 0
+    assert list(load_exported(notes).class_names) == ["Red Fort", "Green Gate", "Blue Tower"]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_bad_cache_bound_is_refused_before_any_work(tiny_data: Path, tmp_path: Path, value: str,
+                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("LANDMARK_CACHE_GB", value)
+    monkeypatch.setattr(cli, "get_data_loaders", lambda *args, **kwargs: pytest.fail("loaded data before checking the bound"))
+    assert main(["train", "--data", str(tiny_data), *TINY_TRAIN, "--checkpoint", str(tmp_path / "m.pt")]) == 2
+    assert f"$LANDMARK_CACHE_GB={value!r}" in capsys.readouterr().err
+
+
+def test_a_bad_places_file_is_refused_before_any_work(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys) -> None:
+    (tmp_path / "places.csv").mkdir()
+    monkeypatch.setattr(cli, "get_data_loaders", lambda *args, **kwargs: pytest.fail("loaded data before reading --places"))
+    assert main(["train", "--data", str(tiny_data), *TINY_TRAIN, "--checkpoint", str(tmp_path / "m.pt"),
+                 "--places", str(tmp_path / "places.csv")]) == 2
+    assert "places.csv: not a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", BAD_PHOTO_KINDS)
+def test_predict_names_a_bad_file_and_what_it_is_without_a_traceback(trained: dict[str, Path], tmp_path: Path,
+                                                                    make_bad_photo, kind: str, capsys) -> None:
+    bad = make_bad_photo(kind, tmp_path)
+    good = next((trained["data"] / "test" / "00.Red_Fort").iterdir())
+    assert main(["predict", str(bad), str(good), "--model", str(trained["export"])]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {bad}: ") and BAD_PHOTO_KINDS[kind] in captured.err[len(f"error: {bad}: "):]
+    assert "Traceback" not in captured.err and captured.out.startswith(str(good))

@@ -75,3 +75,10 @@ def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.warns(UserWarning, match="could not write the cache file"):
         assert not files.write_cache_file(tmp_path / "file" / "x.pt", lambda tmp: tmp.write_text("x"))
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e400"])
+def test_a_cache_bound_that_is_no_size_is_refused_naming_the_variable(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANDMARK_CACHE_GB", value)
+    with pytest.raises(ValueError, match=rf"\$LANDMARK_CACHE_GB={value!r}"):
+        files.cache_limit_bytes()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import piexif
 import pytest
 from PIL import Image, ImageCms
 
-from conftest import CANONICAL_SAMPLE
+from conftest import BAD_PHOTO_KINDS, CANONICAL_SAMPLE, REPO
 from src.geotag import GPS_IFD, GeotagError, read_gps, write_geotagged_copy
 
 REAL_JPEGS = CANONICAL_SAMPLE / "train" / "00.Haleakala_National_Park"
@@ -311,3 +314,65 @@ def test_a_real_photo_keeps_its_compressed_data(tmp_path: Path) -> None:
     assert np.array_equal(pixels(target), pixels(source))
     assert read_gps(target) == pytest.approx((20.7097, -156.2533), abs=1e-5)
     only_target_in(target.parent, target)
+
+
+@pytest.mark.parametrize("kind", BAD_PHOTO_KINDS)
+def test_every_bad_kind_of_file_is_refused_by_name_saying_what_it_is(tmp_path: Path, make_bad_photo, kind: str) -> None:
+    source = make_bad_photo(kind, tmp_path)
+    content = ("bomb", "truncated", "empty", "random_bytes", "text", "corrupt_dds")
+    reason = "unreadable image" if kind in content else BAD_PHOTO_KINDS[kind]
+    for geotag in (lambda: write_geotagged_copy(source, tmp_path / "out" / "photo.jpg", *EIFFEL), lambda: read_gps(source)):
+        with pytest.raises(GeotagError, match=f"^{re.escape(str(source))}: .*{re.escape(reason)}"):
+            geotag()
+    assert not (tmp_path / "out").exists()
+
+
+def exif_claiming(values: int) -> bytes:
+    """A small JPEG whose EXIF has one SHORT tag claiming ``values`` values (the whole file is under 2 KB)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHII", 0x0102, 3, values, 26) + bytes(20)
+    payload = b"Exif\x00\x00" + tiff
+    plain = io.BytesIO()
+    Image.fromarray(noise()).save(plain, "JPEG")
+    return b"\xff\xd8\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + plain.getvalue()[2:]
+
+
+# The process's own peak (VmHWM, kB): ru_maxrss would start at the resident size of the test process it forked from.
+PEAK_KB = "int(next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1])"
+GEOTAG_PEAK = f"""
+import resource, sys
+from src.geotag import GeotagError, write_geotagged_copy
+mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (mapped + (1 << 30),) * 2)  # a regression fails here instead of taking the machine
+before = {PEAK_KB}
+try:
+    write_geotagged_copy(sys.argv[1], sys.argv[2], 48.85, 2.29)
+except GeotagError as error:
+    print(error)
+print(({PEAK_KB} - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_exif_claiming_billions_of_values_is_refused_without_allocating_them(tmp_path: Path) -> None:
+    # piexif builds a format string of one character per claimed value: 2**31 - 1 values took 5 GB.
+    source = tmp_path / "claims.jpg"
+    source.write_bytes(exif_claiming(2**31 - 1))
+    result = subprocess.run([sys.executable, "-c", GEOTAG_PEAK, str(source), str(tmp_path / "out.jpg")], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    message, peak_megabytes = result.stdout.strip().splitlines()
+    assert message.startswith(f"{source}: its EXIF tag 258 claims 2,147,483,647 values"), result.stderr
+    assert int(peak_megabytes) < 50 and not (tmp_path / "out.jpg").exists()
+
+
+def test_a_tiff_whose_second_page_is_broken_is_refused_by_name(tmp_path: Path) -> None:
+    pages = [Image.fromarray(noise(seed=seed)) for seed in (1, 2)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    data = bytearray((tmp_path / "pages.tif").read_bytes())
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
+    for entry in range(struct.unpack_from("<H", data, second)[0]):  # the second page loses its width and height
+        if struct.unpack_from("<H", data, second + 2 + 12 * entry)[0] in (256, 257):
+            struct.pack_into("<H", data, second + 2 + 12 * entry, 999)
+    (tmp_path / "pages.tif").write_bytes(bytes(data))
+    with pytest.raises(GeotagError, match="pages.tif: unreadable image .*Missing dimensions"):
+        write_geotagged_copy(tmp_path / "pages.tif", tmp_path / "out" / "pages.tif", *EIFFEL)

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import re
+import socket
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
-from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, read_image
-from src.preprocessing import square_uint8
+import src.images as images
+from conftest import BAD_PHOTO_KINDS, REPO, TINY_CLASSES, bomb_png_header
+from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, photo_sizes, read_image
+from src.preprocessing import DataDefaults, resolve_data_config, square_uint8
 
 
 def _odd_mode_images(folder: Path) -> dict[str, Path]:
@@ -180,3 +185,123 @@ def test_is_image_file_checks_extension_and_header(tmp_path: Path) -> None:
     assert is_image_file(tmp_path / "ok.png")
     assert not is_image_file(tmp_path / "notes.txt")
     assert not is_image_file(tmp_path / "fake.png")
+
+
+@pytest.mark.parametrize("kind", BAD_PHOTO_KINDS)
+def test_every_bad_kind_of_file_is_an_error_naming_the_file_and_what_it_is(tmp_path: Path, make_bad_photo, kind: str) -> None:
+    path = make_bad_photo(kind, tmp_path)
+    for read in (load_rgb, read_image):
+        with pytest.raises(ImageReadError, match=f"^{re.escape(str(path))}: .*{re.escape(BAD_PHOTO_KINDS[kind])}"):
+            read(path)
+    assert not is_image_file(path) or kind == "truncated"  # a cut photo may keep a readable header
+    assert photo_sizes([path]).shape == (0, 2)
+
+
+def _header(width: int, height: int, kind: str) -> bytes:
+    """The first bytes of a ``kind`` image claiming ``width`` x ``height`` pixels, without its image data."""
+    if kind == "png":
+        return bomb_png_header(width, height)
+    if kind == "gif":
+        return b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b"," + struct.pack("<HHHHB", 0, 0, width, height, 0)
+    if kind == "bmp":
+        return b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
+    if kind == "jpeg":
+        return b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    if kind == "webp":
+        return (b"RIFF" + struct.pack("<I", 22) + b"WEBPVP8X" + struct.pack("<I", 10) + bytes(4)
+                + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little"))
+    entries = ((256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 200), (279, 4, 100))
+    return (b"II*\x00" + struct.pack("<IH", 8, len(entries))
+            + b"".join(struct.pack("<HHII" if kind == 4 else "<HHIHH", tag, kind, 1, value, *(() if kind == 4 else (0,)))
+                       for tag, kind, value in entries) + bytes(4))
+
+
+@pytest.mark.parametrize("content", [
+    *[_header(40_000, 40_000, kind) for kind in ("png", "tiff", "gif", "bmp", "jpeg", "webp")],
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x03IHDR\x00\x00\x01\x00\x00\x00\x00",  # Pillow: ValueError "Truncated IHDR chunk"
+    b"P6\n99999999999999999999 7\n255\n", b"P6 3 3 25x\n",  # broken PPM headers
+    b"#define x_width 0\n#define x_height 0\n",  # XBM
+    b"\x01\xda\x00\x01\x00\x03" + struct.pack(">HHH", 40_000, 40_000, 3) + bytes(500),  # SGI
+], ids=["png", "tiff", "gif", "bmp", "jpeg", "webp", "truncated_ihdr", "ppm_long", "ppm_garbage", "xbm", "sgi"])
+def test_header_probes_skip_every_bad_header(tmp_path: Path, content: bytes) -> None:
+    Image.new("RGB", (30, 20)).save(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(content)
+    assert photo_sizes([tmp_path / "good.png", tmp_path / "bad.jpg", tmp_path / "good.png"]).tolist() == [[30, 20]] * 2
+    with pytest.raises(ImageReadError, match=f"^{re.escape(str(tmp_path / 'bad.jpg'))}: "):
+        load_rgb(tmp_path / "bad.jpg")
+
+
+def test_picking_training_sizes_skips_header_only_files(tiny_data_copy: Path) -> None:
+    folder = tiny_data_copy / "train" / TINY_CLASSES[0]
+    (folder / "bomb.png").write_bytes(bomb_png_header())
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x03IHDR\x00\x00\x01\x00\x00\x00\x00")
+    config = resolve_data_config(DataDefaults(native_size=32, mean=(0.5,) * 3, std=(0.25,) * 3), tiny_data_copy)
+    assert config.resize == 37  # the photos' median short side (40), capped at 32 x 256/224
+
+
+def test_file_uris_are_read_as_local_files_with_the_same_checks(tmp_path: Path, make_bad_photo) -> None:
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(tmp_path / "a photo.png")
+    assert load_rgb((tmp_path / "a photo.png").as_uri()).size == (30, 20)
+    fifo = make_bad_photo("fifo", tmp_path)
+    with pytest.raises(ImageReadError, match=re.escape(f"{fifo.as_uri()}: not a regular file (FIFO)")):
+        load_rgb(fifo.as_uri())
+
+
+@pytest.mark.parametrize("uri, missing", [("abfs://photos@account.dfs.core.windows.net/x.jpg", "no Azure credentials"),
+                                          ("gs://bucket/x.jpg", "no Google Cloud credentials")])
+def test_storage_without_credentials_is_refused_before_pyarrow_is_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        uri: str, missing: str) -> None:
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # importing it would fail: it must not be reached
+    with pytest.raises(ImageReadError, match=f"^{re.escape(uri)}: {missing}"):
+        load_rgb(uri)
+
+
+def test_storage_that_never_answers_costs_one_photo_not_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyarrow.fs", reason="URIs are read with pyarrow: pip install -r requirements-scale.txt")
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "AWS_ACCESS_KEY_ID": "x",
+                            "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(images, "URI_TIMEOUT_S", 1.0)
+        started = time.perf_counter()
+        with pytest.raises(ImageReadError, match=r"^s3://photos/x.jpg: no answer within 1 s"):
+            load_rgb("s3://photos/x.jpg")
+        assert time.perf_counter() - started < 5
+
+
+def test_a_photo_far_larger_than_its_target_is_reduced_to_close_pixels_and_an_ordinary_one_is_not(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for side, reduced in ((2048, True), (800, False)):
+        smooth = np.kron(rng.integers(0, 256, (side // 16, side // 16, 3)), np.ones((16, 16, 1)))
+        Image.fromarray(np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)).save(tmp_path / "p.png")
+        full = square_uint8(read_image(tmp_path / "p.png"), 128).float()
+        drafted = square_uint8(read_image(tmp_path / "p.png", 128), 128).float()
+        assert min(load_rgb(tmp_path / "p.png", draft_size=(128, 128)).size) == (256 if reduced else side)
+        assert (drafted - full).abs().mean() < (1.0 if reduced else 1e-9)  # the JPEG draft rule's closeness
+
+
+# The process's own peak (VmHWM, kB): ru_maxrss would start at the resident size of the test process it forked from.
+PEAK_KB = "int(next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1])"
+SQUARE_PEAK = f"""
+import sys
+from src.decoding import SquarePhotos
+before = {PEAK_KB}
+SquarePhotos([sys.argv[1]], 128)[0]
+print(({PEAK_KB} - before) * 1024 / int(sys.argv[2]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_a_large_png_costs_its_decoded_pixels_not_a_float_copy_to_square(tmp_path: Path) -> None:
+    # Resized whole, an 88-megapixel PNG took 1.3 GB (the image in float32) in every decode worker.
+    width, height = 6000, 4000
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)
+    Image.fromarray(np.broadcast_to(ramp[None, :, None], (height, width, 3))).save(tmp_path / "large.png", compress_level=1)
+    result = subprocess.run([sys.executable, "-c", SQUARE_PEAK, str(tmp_path / "large.png"), str(width * height)], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    assert float(result.stdout) < 6, f"{float(result.stdout):.1f} bytes per pixel"  # PIL's RGB buffer is 4

@@ -131,3 +131,13 @@ def test_archive_with_a_damaged_member_is_refused(tiny_data: Path, tmp_path: Pat
     with pytest.raises(DataNotFoundError, match="fails its checksum"):
         download_and_extract(archive.as_uri(), tmp_path / "landmark_images")
     assert not (tmp_path / "landmark_images").exists()
+
+
+def test_entries_named_like_photos_that_are_no_files_are_named_or_kept(tmp_path: Path, make_bad_photo) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    odd = [make_bad_photo(kind, tmp_path) for kind in ("directory", "fifo", "broken_symlink", "symlink_loop")]
+    with pytest.warns(UserWarning, match=r"left out 4 entries named like photos that are no regular files") as warned:
+        assert list_images(tmp_path) == [tmp_path / "a.jpg"]
+    assert all(str(path) in str(warned[0].message) for path in odd)
+    assert list_images(tmp_path, keep_unreadable=True) == sorted([tmp_path / "a.jpg", *odd])
+    assert list_images(tmp_path, keep_unreadable=True, exclude=[tmp_path]) == []

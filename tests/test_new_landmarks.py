@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CLASSES, run_without_src, tiny_config
+import src.cli as cli
 from src.cli import main
 from src.factory import create_model, list_models
 from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatures
@@ -158,6 +161,8 @@ def test_adding_twice_keeps_every_landmark_and_replace_learns_one_again(base_pat
     assert (twice.memory_targets == 2).sum() == 4 * 5 and (twice.memory_targets == 3).sum() == 4 * 5  # 5 views a photo
     with pytest.raises(ValueError, match="'Blue Tower' is already a landmark of this model; pass --replace"):
         add_landmarks(twice, {"Blue Tower": blue[:2]}, num_workers=0)
+    with pytest.raises(ValueError, match="'blue tower' is the model's landmark 'Blue Tower'.*its exact name with --replace"):
+        add_landmarks(twice, {"blue tower": blue[:2]}, replace=True, num_workers=0)
     again, _ = add_landmarks(twice, {"Blue Tower": blue[8:10]}, replace=True, num_workers=0)
     assert list(again.class_names) == BASE_NAMES + ["Sky Gate", "Blue Tower"]
     assert (again.memory_targets == 3).sum() == 2 * 5 and (again.memory_targets == 2).sum() == 4 * 5
@@ -295,3 +300,78 @@ def test_every_model_can_learn_a_landmark_and_stay_scriptable(name: str, tiny_da
     reloaded = torch.jit.load(str(tmp_path / "added.pt"))
     probabilities = reloaded(torch.randint(0, 256, (2, 3, 70, 90), dtype=torch.uint8))
     assert probabilities.shape == (2, 3) and torch.allclose(probabilities.sum(1), torch.ones(2))
+
+
+def test_the_command_writes_only_a_pt_file_and_replaces_files_only_with_force(base_path: Path, new_dir: Path,
+                                                                             tmp_path: Path, monkeypatch, capsys) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "transfer_exported.json").write_text('{"test": "the metrics of another model"}')
+    (models / "other.pt").write_bytes(b"another model")
+    (models / "record_only.json").write_text("{}")
+    files = {path.name: path.read_bytes() for path in models.iterdir()}
+    command = ["add-landmarks", str(base_path), str(new_dir), "--workers", "0", "--out"]
+    for out, message in (("transfer_exported", "name it .pt"), ("x.json", "name it .pt"),
+                         ("other.pt", "other.pt already exist(s)"), ("record_only.pt", "record_only.json already exist(s)")):
+        assert main([*command, str(models / out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert {path.name: path.read_bytes() for path in models.iterdir()} == files
+    monkeypatch.setattr(cli, "add_landmarks_command", lambda *args: {"skipped": [], "added": {"Blue Tower": 7}, "seconds": 1.0,
+                                                                     "class_names": BASE_NAMES + ["Blue Tower"],
+                                                                     "unknown_threshold": 0.5})
+    assert main([*command, str(models / "other.pt"), "--force"]) == 0
+
+
+def test_landmark_names_are_checked_before_any_work(base_path: Path, tmp_path: Path, tiny_data: Path, monkeypatch,
+                                                    capsys) -> None:
+    monkeypatch.setattr(new_landmarks, "support_features", lambda *args: pytest.fail("read the photos before the names"))
+    photos = _photos(tiny_data / "train", TINY_CLASSES[2])[:2]
+    base = load_exported(base_path)
+    for name, message in (("red fort", "'red fort' is the model's landmark 'Red Fort'"),
+                          ("Green_Gate!", "'Green_Gate!' is the model's landmark 'Green Gate'"),
+                          ("   ", "'   ' is no landmark name")):
+        with pytest.raises(ValueError, match=message):
+            add_landmarks(base, {name: photos}, num_workers=0)
+    with pytest.raises(ValueError, match="'Blue tower' and 'Blue Tower' are one landmark"):
+        add_landmarks(base, {"Blue Tower": photos, "Blue tower": photos}, num_workers=0)
+    latin1 = os.fsdecode(b"Caf\xe9_Tower")  # a folder name that is not UTF-8 (a Latin-1 file system)
+    (tmp_path / "new" / latin1).mkdir(parents=True)
+    shutil.copy(photos[0], tmp_path / "new" / latin1 / "a.jpg")
+    assert main(["add-landmarks", str(base_path), str(tmp_path / "new"), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Caf\\udce9_Tower" in err and "not UTF-8" in err and "Traceback" not in err
+
+
+def test_a_full_disk_while_saving_is_a_clear_error_and_leaves_no_temporary(base_path: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    def full_disk(path: Path, data: bytes) -> int:
+        with open(path, "wb") as file:
+            file.write(bytes(data[:1000]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "added.pt"
+    out.write_bytes(b"the model saved before")
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match=rf"{out}: No space left on device") as error:
+        new_landmarks.save_added(load_exported(base_path), out, {"added": {}})
+    assert error.value.errno == errno.ENOSPC
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["added.pt"] and out.read_bytes() == b"the model saved before"
+
+
+def test_networks_see_bounded_batches_however_many_photos_are_read(tiny_data: Path) -> None:
+    """A network's activations grow with its batch (~22 MB per 224 px image): 12 photos, 60 views, go in parts."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        resize_size = 40
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return x.float().mean(dim=(2, 3))
+
+    photos = _photos(tiny_data / "train", TINY_CLASSES[2])
+    features, _ = new_landmarks.support_features(Recorder(), {"Blue Tower": photos}, num_workers=0)
+    assert features["Blue Tower"].shape == (len(photos) * VIEWS, 3) and sum(seen) == len(photos) * VIEWS
+    assert photo_features(Recorder(), photos * 6, num_workers=0)[0].shape == (len(photos) * 6, 3)
+    assert max(seen) <= new_landmarks.FEATURE_BATCH

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,31 @@ def test_place_round_trip_and_map_link() -> None:
     assert Place.from_dict({"latitude": "1.5", "longitude": -2}) == Place(1.5, -2.0)
     assert place.osm_url() == (f"https://www.openstreetmap.org/?mlat={place.latitude}&mlon={place.longitude}"
                                f"#map=16/{place.latitude}/{place.longitude}")
+
+
+@pytest.mark.parametrize("value", ["1_0", "４１.８９"])
+def test_coordinates_are_plain_decimals(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, HEADER + f"Colosseum,{value},12.49,Italy,Rome,\n")
+    with pytest.raises(PlacesError, match=rf"places\.csv:2: latitude .*{value!r}"):
+        read_places_csv(path)
+
+
+def test_a_row_that_matches_no_landmark_is_named_in_a_warning(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "Colosseum,41.89,12.49,,,\nColoseum,41.89,12.49,,,\n")
+    with pytest.warns(UserWarning, match=r"places\.csv:3: 'Coloseum' is none of the landmarks"):
+        places = places_for(["01.Colosseum", "Red Fort"], extra_csv=path)
+    assert list(places) == ["01.Colosseum"]
+
+
+def test_a_places_file_that_is_not_a_csv_file_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "folder.csv").mkdir()
+    os.mkfifo(tmp_path / "fifo.csv")  # reading it would wait forever
+    (tmp_path / "blob.csv").write_bytes(HEADER.encode() + b'"' + b"A" * 200_000)  # one unterminated 200 KB cell
+    (tmp_path / "photo.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    for name in ("folder.csv", "fifo.csv"):
+        with pytest.raises(PlacesError, match=rf"{name}: not a file"):
+            read_places_csv(tmp_path / name)
+    with pytest.raises(PlacesError, match=r"blob\.csv:2: not CSV text"):
+        read_places_csv(tmp_path / "blob.csv")
+    with pytest.raises(PlacesError, match=r"photo\.csv:1: not UTF-8 text"):
+        read_places_csv(tmp_path / "photo.csv")

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -82,3 +85,39 @@ def test_predictor_test_batches_match_single_photo_prediction(tiny_data: Path, t
         ranking = top_k(exported, path, k=5)
         assert len(ranking) == 3 and NAMES.index(ranking[0][0]) == expected
         assert ranking[0][1] >= ranking[1][1] >= ranking[2][1]
+
+
+class _Foreign(torch.nn.Module):
+    """A TorchScript module with class names, but not a whole export."""
+
+    def __init__(self, resize_size: int | None) -> None:
+        super().__init__()
+        self.class_names: List[str] = ["a", "b"]
+        if resize_size is not None:
+            self.resize_size: int = resize_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("resize_size, message", [(None, "has no resize_size"), (0, "resize_size 0 is not a size")])
+def test_load_exported_refuses_an_export_without_a_usable_size(tmp_path: Path, resize_size: int | None, message: str) -> None:
+    torch.jit.script(_Foreign(resize_size)).save(str(tmp_path / "foreign.pt"))
+    with pytest.raises(ValueError, match=rf"foreign\.pt: {message}"):
+        load_exported(tmp_path / "foreign.pt")
+
+
+def test_a_full_disk_while_exporting_is_a_clear_error_and_keeps_the_old_model(tmp_path: Path, monkeypatch) -> None:
+    path = export_predictor(_predictor(), tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def full_disk(file: Path, data: bytes) -> int:
+        with open(file, "wb") as handle:
+            handle.write(bytes(data[:1000]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match=rf"{path}: No space left on device") as error:
+        export_predictor(_predictor(), path)
+    assert error.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.pt"]

@@ -81,7 +81,8 @@ def test_address_joins_an_existing_cluster(exported: Path, photos: Path, tmp_pat
 def test_ray_reads_photos_given_by_uri(exported: Path, photos: Path, tmp_path: Path) -> None:
     listed = sorted((photos / "holiday").rglob("*.jpg"))
     list_file = tmp_path / "uris.txt"
-    list_file.write_text("\n".join(p.resolve().as_uri() for p in listed) + "\nfile:///no/such/photo.jpg\n")
+    missing = (photos.resolve() / "holiday" / "no_such_photo.jpg").as_uri()  # inside the photo folder, as --from-list asks
+    list_file.write_text("\n".join(p.resolve().as_uri() for p in listed) + f"\n{missing}\n")
     for engine in ("local", "ray"):
         assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / f"{engine}.jsonl"),
                      "--engine", engine, "--from-list", str(list_file), "--workers", "0"]) == 0
@@ -89,4 +90,4 @@ def test_ray_reads_photos_given_by_uri(exported: Path, photos: Path, tmp_path: P
     assert set(ray) == set(local) and len(ray) == len(listed) + 1 and all(path.startswith("file:///") for path in ray)
     for path, row in local.items():
         assert (ray[path]["landmark"], ray[path]["error"]) == (row["landmark"], row["error"]), path
-    assert ray["file:///no/such/photo.jpg"]["error"] == "file:///no/such/photo.jpg: file not found"
+    assert ray[missing]["error"] == f"{missing}: file not found"

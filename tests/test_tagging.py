@@ -6,14 +6,16 @@ import csv
 import fcntl
 import json
 import os
+import re
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import tiny_config
+from conftest import BAD_PHOTO_KINDS, tiny_config
 import src.tagging as tagging
 from src.cli import main
 from src.factory import create_model
@@ -365,3 +367,93 @@ def test_from_list_reads_uris_like_paths_and_refuses_what_it_cannot_read(exporte
                  "--from-list", str(list_file)]) == 2
     error = capsys.readouterr().err
     assert f"{list_file}:2:" in error and "https:// is not a storage" in error
+
+
+@pytest.fixture
+def three_photos(tiny_data: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for path in sorted((tiny_data / "test").rglob("*.jpg"))[:3]:
+        shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+    return folder
+
+
+@pytest.mark.parametrize("kind", BAD_PHOTO_KINDS)
+def test_every_bad_kind_of_file_gets_its_error_row_and_the_run_goes_on(exported: Path, three_photos: Path, tmp_path: Path,
+                                                                      make_bad_photo, kind: str) -> None:
+    bad = make_bad_photo(kind, three_photos)
+    out = tmp_path / "tags.jsonl"
+    summary = tag_photos(load_exported(exported), three_photos, out, num_workers=0)
+    rows = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert summary.tagged == 3 and len(rows) == 4
+    assert re.match(f"{re.escape(str(bad))}: .*{re.escape(BAD_PHOTO_KINDS[kind])}", rows[str(bad)]["error"])
+    assert all(row["landmark"] in NAMES for path, row in rows.items() if path != str(bad))
+
+
+def test_from_list_ignores_a_bom(exported: Path, photos: Path, tmp_path: Path) -> None:
+    photo = sorted((photos / "holiday").rglob("*.jpg"))[0].relative_to(photos)
+    list_file = tmp_path / "photos.txt"
+    list_file.write_text(f"\ufeff{photo}\n", encoding="utf-8")
+    out = tmp_path / "tags.jsonl"
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(out), "--from-list", str(list_file),
+                 "--workers", "0"]) == 0
+    [row] = map(json.loads, out.read_text().splitlines())
+    assert row["path"] == str(photos / photo) and row["error"] is None
+
+
+def test_from_list_names_the_line_of_a_nul_byte(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    list_file = tmp_path / "photos.txt"
+    list_file.write_text("holiday/a.jpg\nholiday/x\x00.jpg\n")
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "nul.csv"), "--from-list",
+                 str(list_file)]) == 2
+    assert f"{list_file}:2: the line holds a NUL byte" in capsys.readouterr().err
+
+
+def test_from_list_file_uris_must_lie_inside_the_photo_folder(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    list_file = tmp_path / "photos.txt"
+    for outside in ("file:///etc/passwd", (photos / ".." / "elsewhere.jpg").as_uri(), "file://otherhost/photos/x.jpg"):
+        list_file.write_text(f"# outside\n{outside}\n")
+        assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "tags.csv"), "--from-list",
+                     str(list_file)]) == 2
+        assert f"{list_file}:2: " in capsys.readouterr().err and not (tmp_path / "tags.csv").exists()
+
+
+def test_from_list_entries_that_are_no_files_get_error_rows(exported: Path, photos: Path, tmp_path: Path) -> None:
+    (photos / "loop.jpg").symlink_to("loop.jpg")
+    os.mkfifo(photos / "pipe.jpg")
+    good = sorted((photos / "holiday").rglob("*.jpg"))[0]
+    list_file = tmp_path / "photos.txt"
+    list_file.write_text(f"loop.jpg\npipe.jpg\n{(photos / 'pipe.jpg').as_uri()}\n{good.relative_to(photos)}\n")
+    out = tmp_path / "tags.jsonl"
+    summary = tag_photos(load_exported(exported), photos, out, num_workers=0, from_list=list_file)
+    errors = [row["error"] for row in map(json.loads, out.read_text().splitlines()) if row["error"]]
+    assert summary.tagged == 1 and len(errors) == 3
+    assert "symlink loop" in errors[0] and all("not a regular file (FIFO)" in error for error in errors[1:])
+
+
+def test_a_link_to_the_geotag_folder_inside_the_photos_is_never_scanned(tmp_path: Path, photos: Path) -> None:
+    model = load_exported(_export(tmp_path / "m.pt", threshold=0.0, places={name: Place(1.0, 2.0) for name in NAMES}))
+    geo = tmp_path / "gps"
+    geo.mkdir()
+    (photos / "link").symlink_to(geo)
+    for run in range(2):
+        summary = tag_photos(model, photos, tmp_path / "tags.csv", num_workers=0, geotag_dir=geo)
+        assert summary.geotagged == (12 if run == 0 else 0) and summary.skipped_done == (0 if run == 0 else 13)
+    assert not (geo / "link").exists()
+
+
+def _exif_claiming_billions(path: Path) -> None:
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHII", 0x0102, 3, 2**31 - 1, 26) + bytes(20)
+    Image.new("RGB", (40, 32), (200, 40, 40)).save(path, exif=b"Exif\x00\x00" + tiff)
+
+
+@pytest.mark.filterwarnings("ignore:Tag data larger than file")  # Pillow's own reading of that EXIF
+def test_a_photo_that_fails_to_geotag_keeps_its_row_and_the_run_goes_on(tmp_path: Path, photos: Path) -> None:
+    model = load_exported(_export(tmp_path / "m.pt", threshold=0.0, places={name: Place(1.0, 2.0) for name in NAMES}))
+    _exif_claiming_billions(photos / "holiday" / "claims.jpg")
+    out = tmp_path / "tags.jsonl"
+    summary = tag_photos(model, photos, out, num_workers=0, batch_size=4, geotag_dir=tmp_path / "gps")
+    rows = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    claims = rows[str(photos / "holiday" / "claims.jpg")]
+    assert len(rows) == 14 and summary.geotagged == 12
+    assert claims["landmark"] in NAMES and "claims 2,147,483,647 values" in claims["geotag"]
