@@ -17,14 +17,14 @@ QUICK = {
     "cnn_from_scratch.ipynb": {"LIMIT": 300, "RECIPE": {"epochs": 2}},
     "transfer_learning.ipynb": {"LIMIT": 200, "RECIPE": {"head_epochs": 2, "epochs": 1, "unfreeze": 2},
                                 "COMPARISON_BACKBONES": "mobilenet_v2",
-                                "COMPARISON_ARGS": "--limit 200 --epochs 1 --head-epochs 2",
+                                "COMPARISON_ARGS": "--limit 100 --epochs 1 --head-epochs 1",
                                 # section 9: outlier exposure on one scene folder, another one never trained on
                                 "NEGATIVES": [str(LANDMARKS10.parent / "non_landmarks" / "forest")],
                                 "UNSEEN_UNKNOWN": {"sea": [str(LANDMARKS10.parent / "non_landmarks" / "sea")]},
-                                # section 10: two landmarks added from 1-20 photos, one draw each
+                                # section 10: two landmarks added from 1-20 of their first 30 photos, one draw each
                                 "NEW_LANDMARKS": [str(LANDMARKS10.parent / "new_landmarks" / name)
                                                   for name in ("10.India_Gate", "13.Lotus_Temple")],
-                                "FEW_SHOT_DRAWS": 1},
+                                "FEW_SHOT_DRAWS": 1, "NEW_LANDMARK_PHOTOS": 30},
 }
 # scratch: class counts, photo sizes, batch, augmentations, live plot, confusion matrix, per class, mistakes;
 # transfer: comparison, batch, live plot, confusion matrix, per class, mistakes, known scores, tagged photos, few-shot

@@ -58,26 +58,6 @@ def test_address_needs_the_ray_engine(exported: Path, photos: Path, tmp_path: Pa
     assert "--address only applies with --engine ray" in capsys.readouterr().err
 
 
-def test_address_joins_an_existing_cluster(exported: Path, photos: Path, tmp_path: Path) -> None:
-    """Two Ray nodes (one CPU each) simulated on this machine, joined through --address as a real cluster is."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # the other tests' local Ray
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "tags.jsonl"),
-                     "--engine", "ray", "--address", cluster.address, "--batch-size", "4"]) == 0
-        assert len(ray.nodes()) == 2
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    rows = _rows(tmp_path / "tags.jsonl")
-    assert len(rows) == 13 and sum(row["error"] is not None for row in rows.values()) == 1
-
-
 def test_ray_reads_photos_given_by_uri(exported: Path, photos: Path, tmp_path: Path) -> None:
     listed = sorted((photos / "holiday").rglob("*.jpg"))
     list_file = tmp_path / "uris.txt"
@@ -91,3 +71,23 @@ def test_ray_reads_photos_given_by_uri(exported: Path, photos: Path, tmp_path: P
     for path, row in local.items():
         assert (ray[path]["landmark"], ray[path]["error"]) == (row["landmark"], row["error"]), path
     assert ray[missing]["error"] == f"{missing}: file not found"
+
+
+def test_address_joins_an_existing_cluster(exported: Path, photos: Path, tmp_path: Path) -> None:
+    """Two Ray nodes (one CPU each) simulated on this machine, joined through --address as a real cluster is."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # the other tests' local Ray (this test comes last: it is started once)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "tags.jsonl"),
+                     "--engine", "ray", "--address", cluster.address, "--batch-size", "4"]) == 0
+        assert len(ray.nodes()) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    rows = _rows(tmp_path / "tags.jsonl")
+    assert len(rows) == 13 and sum(row["error"] is not None for row in rows.values()) == 1
