@@ -1,6 +1,6 @@
 """Adding landmarks from a few photos: accuracy on new and original landmarks, unknown detection, seconds.
 
-    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3]
+    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3] [--without-floor]
 
 New landmarks: the folders of ``../shared/data/new_landmarks``, in three settings:
 
@@ -16,13 +16,19 @@ photos of every new landmark (the *support*); the others (the *query*) measure i
 (mean over draws): new-landmark top-1 among all classes and share accepted as known, original
 top-1 and share accepted on the base's test split, unknown detection against the held-out
 everyday scenes of ``non_landmarks`` (AUROC, FPR@95TPR and the share accepted) before and after
-adding, with the never-trained landmarks the share of *other* landmarks accepted (the held-out photos
-of the landmarks trained against, which look most like the added ones: the cost of accepting the
-added landmarks' photos), plus the seconds ``add_landmarks`` took (read, features, fit, script); see
+adding, the share of ``everyday`` photos accepted (:func:`everyday_sources`: ``everyday_tuned``, the
+categories the similarity floor's share was chosen on, and ``everyday_left_out``, the categories kept out
+of training, fitting, calibration and that choice: the honest figure), with the never-trained landmarks the share
+of *other* landmarks accepted (the held-out photos of the landmarks trained against, which look most like
+the added ones: the cost of accepting the added landmarks' photos), plus the seconds ``add_landmarks``
+took (read, features, fit, script); see
 :func:`src.new_landmarks.few_shot_draw`. Predictions come from each photo's features, computed once
 (:func:`src.new_landmarks.combined_features`; ``logits_from_features`` of the new model, checked equal
-to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set).
-Writes ``bench/results/add_landmarks.json``.
+to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set), and
+the model it writes is compared in file size and photos per second with its base.
+Writes ``bench/results/add_landmarks.json``; ``--without-floor`` measures the same draws with no
+similarity floor for added landmarks (:func:`src.openset.similarity_floor`: what it buys) and writes
+``bench/results/add_landmarks_without_floor.json``.
 """
 
 from __future__ import annotations
@@ -43,11 +49,13 @@ from utils import REPO, write_result
 from src.data import PhotoFolder, display_name, split_negatives
 from src.decoding import square_batches
 from src.location import list_images
+import src.new_landmarks as new_landmarks
 from src.new_landmarks import add_landmarks, combined_features, few_shot_draw, photo_features
 from src.openset import open_set_report
 from src.predictor import load_exported
 
 SHARED = REPO.parent / "shared" / "data"
+FLOOR_CHOSEN_ON = ("animals", "clothing", "food", "indoor", "street", "vehicles")  # with the scenes; pets, objects, plants, people stay out
 
 
 def new_landmark_photos(trained_negatives: list[str]) -> dict[str, dict[str, list[Path]]]:
@@ -80,8 +88,22 @@ def photos_per_second(model: torch.jit.ScriptModule, paths: list[Path]) -> float
     return len(paths) / (time.perf_counter() - start)
 
 
-def command_seconds(model_path: Path, photos: dict[str, list[Path]], shots: int) -> float:
-    """Wall-clock seconds of the whole ``add-landmarks`` command (interpreter start included)."""
+def everyday_sources(trained_negatives: list[str]) -> dict[str, list[Path]]:
+    """Photos of no landmark beside the scenes: ``everyday_tuned``, the ``everyday`` categories that
+    :data:`~src.openset.FLOOR_SHARE` was chosen on (:data:`FLOOR_CHOSEN_ON`) or that the base trained on as
+    negatives (their held-out half), and ``everyday_left_out``, every photo of the other categories, kept
+    out of training, fitting, calibration and every choice."""
+    trained = {Path(folder).resolve() for folder in trained_negatives}
+    folders = sorted(p for p in (SHARED / "everyday").iterdir() if p.is_dir()) if (SHARED / "everyday").is_dir() else []
+    tuned = [f for f in folders if f.name in FLOOR_CHOSEN_ON or f.resolve() in trained]
+    sources = {"everyday_tuned": [p for f in tuned for p in (split_negatives(f)[1] if f.resolve() in trained else list_images(f))],
+               "everyday_left_out": [p for f in folders if f not in tuned for p in list_images(f)]}
+    return {source: paths for source, paths in sources.items() if paths}
+
+
+def command_run(model_path: Path, photos: dict[str, list[Path]], shots: int) -> tuple[float, int]:
+    """Wall-clock seconds of the whole ``add-landmarks`` command (interpreter start included), and the bytes of
+    the model it writes."""
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in photos.items():
             folder = Path(tmp, "photos", name.replace(" ", "_"))
@@ -91,7 +113,7 @@ def command_seconds(model_path: Path, photos: dict[str, list[Path]], shots: int)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "src", "add-landmarks", str(model_path), f"{tmp}/photos", "--out",
                         f"{tmp}/added.pt"], cwd=REPO, check=True, capture_output=True)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, Path(tmp, "added.pt").stat().st_size
 
 
 def main() -> None:
@@ -99,7 +121,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"))
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--without-floor", action="store_true", help="added landmarks get no similarity floor (the ablation)")
     args = parser.parse_args()
+    if args.without_floor:
+        new_landmarks.similarity_floor = lambda *_, **__: -2.0  # the floor of "none": every similarity reaches it
     base = load_exported(args.model)
     metrics = json.loads(args.model.with_suffix(".json").read_text())
     test_folder = PhotoFolder(Path(metrics["data"]) / "test")
@@ -113,6 +138,8 @@ def main() -> None:
     features = {everything[i]: f for i, f in zip(kept, new_features)}
     scene_photos = split_negatives(SHARED / "non_landmarks")[1]
     scenes = photo_features(extractor, scene_photos)[0]
+    everyday = everyday_sources(metrics.get("negatives", []))
+    everyday_features = {source: photo_features(extractor, paths)[0] for source, paths in everyday.items()}
     base_test = photo_features(base, test_folder.paths)[0]  # before adding: the base as it runs alone
     with torch.inference_mode():
         base_probabilities = F.softmax(base.logits_from_features(base_test), 1)
@@ -123,7 +150,11 @@ def main() -> None:
         other_photos = [p for name, paths in settings["all at once"].items() if name not in never for p in paths]
         other_scores = base.known_score_from_features(photo_features(base, other_photos)[0])
         other_before = round(float((other_scores >= float(base.unknown_threshold)).float().mean()), 4)
-    print(f"Before adding: {other_before:.1%} of {len(other_photos)} photos of other landmarks accepted")
+        everyday_before = {source: round(float((base.known_score_from_features(photo_features(base, paths)[0])
+                                                >= float(base.unknown_threshold)).float().mean()), 4)
+                           for source, paths in everyday.items()}
+    print(f"Before adding: {other_before:.1%} of {len(other_photos)} photos of other landmarks accepted; everyday photos "
+          + ", ".join(f"{source} {everyday_before[source]:.1%} of {len(paths)}" for source, paths in everyday.items()))
     added = check_features_route(base, never, test_folder.paths[:20])
     speed = {"base": round(photos_per_second(base, test_folder.paths[:500]), 1),
              "with_added_landmarks": round(photos_per_second(added, test_folder.paths[:500]), 1)}
@@ -135,7 +166,8 @@ def main() -> None:
     for setting, group in groups.items():
         measure_others = setting != "all at once"  # there, the other landmarks are added too
         for shots in args.shots:
-            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes, others if measure_others else None)
+            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes, others if measure_others else None,
+                                   everyday_features)
                      for photos in group for seed in range(args.draws)]
             row = {"setting": setting, "new_landmarks": len(group[0]), "photos_per_landmark": shots, "draws": args.draws,
                    **{key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}}
@@ -143,15 +175,21 @@ def main() -> None:
             print(f"{setting:22s} {len(group[0]):2d} new x {shots:2d} photos: new top-1 {row['new_top1']:.1%} (accepted "
                   f"{row['new_accepted']:.1%}), original top-1 {row['original_top1']:.2%} (accepted {row['original_accepted']:.1%}), "
                   f"scenes accepted {row['unknown_accepted']:.1%} (AUROC {row['unknown_auroc']:.4f}), "
+                  + "".join(f"{source} accepted {row[source + '_accepted']:.1%}, " for source in everyday)
                   + (f"other landmarks accepted {row['other_landmarks_accepted']:.1%}, " if measure_others else "")
                   + f"{row['seconds']:.1f} s", flush=True)
-    command = command_seconds(args.model, never, 10)
-    print(f"Whole add-landmarks command, {len(never)} landmarks x 10 photos: {command:.1f} s")
-    write_result("add_landmarks", {"model": str(args.model),
-                                   "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
-                                   "scenes_before": before, "other_landmarks_before": other_before,
-                                   "command_seconds_10_photos": round(command, 1),
-                                   "photos_per_second": speed, "rows": rows})
+    name = "add_landmarks_without_floor" if args.without_floor else "add_landmarks"
+    record = {"model": str(args.model), "similarity_floor": not args.without_floor,
+              "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
+              "scenes_before": before, "other_landmarks_before": other_before, "everyday_before": everyday_before,
+              "everyday_photos": {source: len(paths) for source, paths in everyday.items()},
+              "photos_per_second": speed, "rows": rows}
+    if not args.without_floor:
+        command, size = command_run(args.model, never, 10)
+        print(f"Whole add-landmarks command, {len(never)} landmarks x 10 photos: {command:.1f} s; the model it writes is "
+              f"{size / args.model.stat().st_size:.2f}x its base's file size")
+        record.update(command_seconds_10_photos=round(command, 1), file_size_ratio=round(size / args.model.stat().st_size, 3))
+    write_result(name, record)
 
 
 if __name__ == "__main__":

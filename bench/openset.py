@@ -9,6 +9,9 @@ folders it trained on; ``src.data.split_negatives`` says which half of each was 
 - ``scenes``: the held-out half of ``../shared/data/non_landmarks`` (everyday scenes);
 - ``other landmarks (held-out photos)``: the held-out half of the ``new_landmarks`` folders trained on;
 - ``other landmarks (never trained on)``: the ``new_landmarks`` folders not trained on at all;
+- ``everyday (held-out photos)``: the held-out half of the ``everyday`` categories trained on;
+- ``everyday (categories never trained on)``: every photo of the ``everyday`` categories kept out of
+  training, fitting and calibration (animals are trained on, pets are not: the left-out source);
 - ``Haleakala (full-size)``: ``../shared/data/landmark_images_sample`` (a class of the canonical dataset).
 
 Scores compared, all from one pass (``features_and_logits``): ``msp_nearest`` (the exported
@@ -96,10 +99,13 @@ def scores(model: torch.jit.ScriptModule, features: torch.Tensor, logits: torch.
 def unknown_sets(negatives: list[str]) -> dict[str, list[Path]]:
     trained = {Path(folder).resolve() for folder in negatives}
     landmarks = sorted(p for p in (SHARED / "new_landmarks").iterdir() if p.is_dir()) if (SHARED / "new_landmarks").is_dir() else []
+    everyday = sorted(p for p in (SHARED / "everyday").iterdir() if p.is_dir()) if (SHARED / "everyday").is_dir() else []
     sets = {
         "scenes (held-out photos)": split_negatives(SHARED / "non_landmarks")[1] if (SHARED / "non_landmarks").is_dir() else [],
         "other landmarks (held-out photos)": [p for f in landmarks if f.resolve() in trained for p in split_negatives(f)[1]],
         "other landmarks (never trained on)": [p for f in landmarks if f.resolve() not in trained for p in list_images(f)],
+        "everyday (held-out photos)": [p for f in everyday if f.resolve() in trained for p in split_negatives(f)[1]],
+        "everyday (categories never trained on)": [p for f in everyday if f.resolve() not in trained for p in list_images(f)],
         "Haleakala (full-size)": list_images(SHARED / "landmark_images_sample") if (SHARED / "landmark_images_sample").is_dir() else [],
     }
     return {name: paths for name, paths in sets.items() if paths}

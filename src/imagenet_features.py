@@ -23,11 +23,15 @@ GENERAL_SIZE = 224  # its native input size: at 128 px MobileNetV2's features na
 
 class ImageNetFeatures(nn.Module):
     """Raw photos ``(B, 3, H, W)`` or ``(3, H, W)`` (uint8 0-255 or float 0-1, any size) -> the ImageNet
-    backbone's features of their centre square at ``size`` px. Scriptable with ``torch.jit.script``."""
+    backbone's features of their centre square at ``size`` px. Scriptable with ``torch.jit.script``.
+
+    The network runs in channels-last memory order, in which a CPU runs its depthwise convolutions
+    much faster (same features to float rounding)."""
 
     def __init__(self, backbone: str = GENERAL_BACKBONE, size: int = GENERAL_SIZE) -> None:
         super().__init__()
-        self.backbone = create_model(backbone, 1, pretrained=True).backbone.eval().requires_grad_(False)
+        network = create_model(backbone, 1, pretrained=True).backbone.eval().requires_grad_(False)
+        self.backbone = network.to(memory_format=torch.channels_last)
         self.backbone_name: str = backbone
         self.resize_size: int = int(size)
         defaults = data_defaults(backbone)
@@ -39,4 +43,5 @@ class ImageNetFeatures(nn.Module):
             x = x.unsqueeze(0)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         with torch.no_grad():
-            return self.backbone((resize_and_crop(x, self.resize_size, self.resize_size) - self.mean) / self.std)
+            x = (resize_and_crop(x, self.resize_size, self.resize_size) - self.mean) / self.std
+            return self.backbone(x.contiguous(memory_format=torch.channels_last))

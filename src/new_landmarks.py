@@ -23,7 +23,10 @@ the new photos:
    added landmark's new photos will be, by their top probability and how much nearer they are to the
    landmark's photos than to the memory's photos of no landmark (:func:`~src.openset.own_class_margin`).
    One threshold keeps the same share of both
-   (:func:`~src.openset.unknown_threshold`, the rule of training);
+   (:func:`~src.openset.unknown_threshold`, the rule of training). A photo called an added landmark must
+   also be close to its photos, not just closer than to the negatives: as close in ImageNet features as
+   the original landmarks' photos are to the nearest of as many of their own
+   (:func:`~src.openset.similarity_floor`);
 5. script an :class:`AddedLandmarksPredictor` (the original export and the ImageNet extractor + the
    new rows + the memory with the new views), which has the interface of every export and loads with
    ``torch.jit.load`` alone. Carrying a second network makes it slower than its base (README).
@@ -47,14 +50,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .data import display_name, split_negatives
 from .decoding import square_batches
 from .files import atomic_write
 from .imagenet_features import ImageNetFeatures
 from .location import list_images
-from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, own_class_margin, percentile,
-                      unit_features, unknown_threshold)
+from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, own_class_margin,
+                      percentile, similarity_floor, unit_features, unknown_threshold)
 from .places import Place, place_key, places_for
 from .predictor import ExportedModel, load_exported, save_scripted
 
@@ -283,7 +287,7 @@ def support_features(combined: CombinedFeatures, photos: Mapping[str, Sequence[P
     big = round(size * 9 / 8)  # the corner crops keep 8/9 of the photo's sides
     features: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
-    for name, paths in photos.items():
+    for name, paths in tqdm(photos.items(), desc="Features of the new photos", unit="landmark", ncols=80):
         views = []
         for indices, squares, errors in square_batches(list(paths), big, 32, num_workers):
             skipped += [f"skipped unreadable photo of {name!r}: {message}" for message in errors.values()]
@@ -297,9 +301,10 @@ def support_features(combined: CombinedFeatures, photos: Mapping[str, Sequence[P
 
 
 def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: torch.Tensor, num_added: int,
-                   seed: int = 0) -> nn.Linear:
+                   seed: int = 0, progress: str | None = None) -> nn.Linear:
     """New class rows ``W f + b`` beside fixed ``base_logits`` (class-balanced cross-entropy over all classes;
-    rows with target -1 are pulled to the uniform distribution: outlier exposure)."""
+    rows with target -1 are pulled to the uniform distribution: outlier exposure). ``progress``: the
+    label of a progress bar over the steps (none without it)."""
     torch.manual_seed(seed)
     num_classes = base_logits.shape[1] + num_added
     added = nn.Linear(features.shape[1], num_added)
@@ -309,7 +314,7 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
     counts = torch.bincount(targets[known], minlength=num_classes).float()
     weights = torch.where(counts > 0, known.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
     optimizer = torch.optim.AdamW(added.parameters(), lr=FIT_LR, weight_decay=FIT_WEIGHT_DECAY)
-    for _ in range(FIT_STEPS):
+    for _ in tqdm(range(FIT_STEPS), desc=progress, unit="step", ncols=80, disable=progress is None):
         logits = torch.cat([base_logits, added(features)], dim=1)
         loss = F.cross_entropy(logits[known], targets[known], weight=weights)
         if (~known).any():
@@ -321,12 +326,12 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
 
 
 def _fit_rows(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int,
-              lookalike: torch.Tensor) -> nn.Linear:
+              lookalike: torch.Tensor, progress: str | None = None) -> nn.Linear:
     """The added rows fitted on a memory of :class:`CombinedFeatures`, its ``lookalike`` negatives left out
     (:func:`_lookalike_negatives`)."""
     split = int(base.memory_features.shape[1])
     features, targets = memory_features[~lookalike], memory_targets[~lookalike]
-    return fit_added_rows(base.logits_from_features(features[:, :split]), features, targets, num_added)
+    return fit_added_rows(base.logits_from_features(features[:, :split]), features, targets, num_added, progress=progress)
 
 
 class HeldOut(NamedTuple):
@@ -362,7 +367,7 @@ def held_out(base: torch.jit.ScriptModule, memory_features: torch.Tensor, memory
             fold[rows] = photo % min(HELD_OUT_FOLDS, int(photo.max()) + 1)
     parts: dict[str, list[torch.Tensor]] = {"support_top": [], "support_margin": [], "negative_top": [], "negative_margin": []}
     negatives = 0
-    for k in range(HELD_OUT_FOLDS):
+    for k in tqdm(range(HELD_OUT_FOLDS), desc="Calibrating on held-out photos", unit="fold", ncols=80):
         held = fold == k
         if not (held & (memory_targets >= 0)).any():
             continue
@@ -406,10 +411,11 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
         original, original_scores = nearest_detector(as_read[known], bank_rows, validation, logits, split)
     original_scores = torch.as_tensor(original_scores).float()
     no_landmark = memory_features[(memory_targets < 0) & ~lookalike]
+    floors = _similarity_floors(memory_features[in_validation, split:], memory_targets, num_original)
     out = held_out(base, memory_features, memory_targets, added.out_features, lookalike)
     if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones (no margin)
         detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark[:0], num_original,
-                                          torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0)
+                                          torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0, floors)
         return detector, unknown_threshold(percentile(detector.original_scores, original_scores).numpy())
     top_reference, margin_reference = out.support_top.sort().values, out.support_margin.sort().values
     support = (percentile(top_reference, out.support_top) + percentile(margin_reference, out.support_margin)) / 2
@@ -422,9 +428,21 @@ def _detector(base: torch.jit.ScriptModule, added: nn.Linear, memory_features: t
         needed = max(needed, float(negative.sort(descending=True).values[allowed]) + 1e-6)
     offset = needed - accepting
     detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark, num_original,
-                                      out.support_top, out.support_margin, support, offset)
+                                      out.support_top, out.support_margin, support, offset, floors)
     ranks = torch.cat([percentile(detector.original_scores, original_scores), percentile(detector.added_scores, support)])
     return detector, unknown_threshold(ranks.numpy())
+
+
+def _similarity_floors(validation_general: torch.Tensor, memory_targets: torch.Tensor, num_original: int) -> torch.Tensor:
+    """Each class's similarity floor (:func:`~src.openset.similarity_floor`): for an added landmark, the
+    original landmarks' standard for as many remembered photos as it has (its rows over :data:`VIEWS`),
+    measured on the remembered validation photos' ImageNet features; -2 (none) for the original ones."""
+    validation_targets = memory_targets[(memory_targets >= 0) & (memory_targets < num_original)]
+    floors = torch.full((int(memory_targets.max()) + 1,), -2.0)
+    for target in range(num_original, len(floors)):
+        photos = max(1, int((memory_targets == target).sum()) // VIEWS)
+        floors[target] = similarity_floor(validation_general, validation_targets, photos)
+    return floors
 
 
 def _lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int) -> torch.Tensor:
@@ -466,7 +484,8 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
     lookalike = _lookalike_negatives(memory_features, memory_targets, len(base_names), int(base.memory_features.shape[1]))
-    added = _fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike)
+    added = _fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike,
+                      progress="Fitting the new landmarks")
     detector, threshold = _detector(base, added, memory_features, memory_targets, lookalike)
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
@@ -480,16 +499,19 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
 
 def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]], shots: int, seed: int,
                   features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor,
-                  other_landmarks: torch.Tensor | None = None) -> dict[str, float]:
+                  other_landmarks: torch.Tensor | None = None, other_unknown: Mapping[str, torch.Tensor] | None = None
+                  ) -> dict[str, float]:
     """One measurement of adding landmarks: ``shots`` random photos of each landmark of ``photos`` are added
     to ``base``; the others (their ``features``, computed once: :func:`photo_features` of
     :func:`combined_features`) measure it.
 
     ``known`` is ``(features, targets)`` of the base's test photos, ``unknown`` the features of photos of
     no landmark (combined features too), ``other_landmarks`` optionally those of photos of landmarks neither
-    known nor added. Returns new-landmark top-1 among all classes and share accepted as known, the same for
-    the original test photos, unknown detection against ``unknown`` (:func:`~src.openset.open_set_report`),
-    the share of ``other_landmarks`` accepted, and the seconds ``add_landmarks`` took.
+    known nor added, ``other_unknown`` optionally ``{source: features}`` of more photos of no landmark.
+    Returns new-landmark top-1 among all classes, share accepted as known and share both accepted and named
+    right, the same for the original test photos, unknown detection against ``unknown``
+    (:func:`~src.openset.open_set_report`), the share of ``other_landmarks`` and of each ``other_unknown``
+    source accepted (``{source}_accepted``), and the seconds ``add_landmarks`` took.
     """
     rng = random.Random(seed)
     support: dict[str, list[Path]] = {}
@@ -513,8 +535,13 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     test_pred, test_score = predicted(known[0])
     after = open_set_report(test_score, predicted(unknown)[1], threshold)
     others = {} if other_landmarks is None else {"other_landmarks_accepted": float((predicted(other_landmarks)[1] >= threshold).mean())}
-    return {"new_top1": float((query_pred == np.asarray(query_targets)).mean()), "new_accepted": float((query_score >= threshold).mean()),
+    others.update({f"{source}_accepted": float((predicted(photos)[1] >= threshold).mean())
+                   for source, photos in (other_unknown or {}).items()})
+    named = query_pred == np.asarray(query_targets)
+    return {"new_top1": float(named.mean()), "new_accepted": float((query_score >= threshold).mean()),
+            "new_named_and_accepted": float((named & (query_score >= threshold)).mean()),
             "original_top1": float((test_pred == known[1]).mean()), "original_accepted": after["known_accepted"],
+            "original_named_and_accepted": float(((test_pred == known[1]) & (test_score >= threshold)).mean()),
             "unknown_auroc": after["auroc"], "unknown_fpr95": after["fpr95"], "unknown_accepted": after["unknown_accepted"],
             **others, "unknown_threshold": threshold, "seconds": seconds, "query_photos": len(query)}
 

@@ -32,6 +32,8 @@ from pytorch_ood.metrics import OODMetrics
 from torch import nn
 
 ACCEPT_KNOWN = 0.96  # share of validation photos of known landmarks the threshold accepts (target: 95 % on new ones)
+FLOOR_SHARE = 0.05  # share of the original landmarks' photos that the similarity floor of added landmarks would turn away
+FLOOR_DRAWS = 10  # random draws of k remembered photos per original landmark that the floor is measured on
 TRAINING_BANK_PHOTOS = 3000  # training photos (evenly over the classes) the detector compares with: 7.7 MB in fp16 at 1,280 wide
 
 
@@ -107,21 +109,30 @@ class AddedLandmarksDetector(nn.Module):
     will, so a photo called an added landmark also keeps the score an original landmark's photo would
     get (the higher of the two counts). ``added_scores`` empty (too few support photos to hold any
     out): added landmarks are scored like original ones.
+
+    Both scores are relative: a photo far from everything remembered (an animal, an object, when the
+    remembered negatives hold none like it) can still be nearer to an added landmark than to any
+    negative. So a photo called an added landmark must also be *close* to it: the ImageNet-feature
+    similarity (the columns after ``original.split``) to the nearest remembered photo of that landmark
+    must reach its ``added_floors`` entry (:func:`similarity_floor`; -2 for the original landmarks, and
+    no floor when ``added_floors`` is empty), or the photo scores 0, unknown.
     """
 
     def __init__(self, original: SoftmaxAndNearest, original_scores: torch.Tensor, bank_targets: torch.Tensor,
                  negative_bank: torch.Tensor, num_original: int, softmax_reference: torch.Tensor,
-                 margin_reference: torch.Tensor, added_scores: torch.Tensor, added_offset: float) -> None:
+                 margin_reference: torch.Tensor, added_scores: torch.Tensor, added_offset: float,
+                 added_floors: torch.Tensor | None = None) -> None:
         super().__init__()
         self.original = original
         self.num_original: int = int(num_original)
+        self.register_buffer("original_scores", original_scores.float().sort().values)
         self.register_buffer("bank_targets", bank_targets.long())
         self.register_buffer("negative_bank", unit_features(negative_bank, original.split).half())
-        self.register_buffer("original_scores", original_scores.float().sort().values)
         self.register_buffer("softmax_reference", softmax_reference.float().sort().values)
         self.register_buffer("margin_reference", margin_reference.float().sort().values)
         self.register_buffer("added_scores", added_scores.float().sort().values)
         self.added_offset: float = float(added_offset)
+        self.register_buffer("added_floors", torch.zeros(0) if added_floors is None else added_floors.float())
 
     def added_score(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The score of a photo as one of the added landmarks: the class it is predicted as is taken to be one."""
@@ -131,11 +142,19 @@ class AddedLandmarksDetector(nn.Module):
         return (percentile(self.softmax_reference, top) + percentile(self.margin_reference, margin)) / 2
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        known = percentile(self.original_scores, self.original(features, logits))
-        if self.added_scores.numel() == 0:
-            return known
-        added = percentile(self.added_scores, self.added_score(features, logits) - self.added_offset)
-        return torch.where(logits.argmax(dim=1) >= self.num_original, torch.maximum(added, known), known)
+        score = percentile(self.original_scores, self.original(features, logits))
+        predicted = logits.argmax(dim=1)
+        called_added = predicted >= self.num_original
+        if self.added_scores.numel() > 0:
+            added = percentile(self.added_scores, self.added_score(features, logits) - self.added_offset)
+            score = torch.where(called_added, torch.maximum(added, score), score)
+        if self.added_floors.numel() == 0:
+            return score
+        split = self.original.split
+        general = F.normalize(features[:, split:].float(), dim=1)
+        bank = F.normalize(self.original.bank[:, split:].float(), dim=1)
+        own = nearest_of_class(general @ bank.T, self.bank_targets, predicted)
+        return torch.where(called_added & (own < self.added_floors[predicted]), torch.zeros_like(score), score)
 
 
 def own_class_margin(unit: torch.Tensor, bank: torch.Tensor, bank_targets: torch.Tensor, classes: torch.Tensor,
@@ -153,6 +172,28 @@ def own_class_margin(unit: torch.Tensor, bank: torch.Tensor, bank_targets: torch
     if negatives.numel() == 0:
         return own
     return own - _nearest_in(unit, negatives)
+
+
+def similarity_floor(general: torch.Tensor, targets: torch.Tensor, k: int, share: float = FLOOR_SHARE,
+                     draws: int = FLOOR_DRAWS, seed: int = 0) -> float:
+    """How close a photo must be to the nearest of ``k`` remembered photos of a landmark added from ``k``:
+    the cosine similarity that all but ``share`` of the original landmarks' photos reach when ``k`` of
+    their class are drawn at random as the remembered ones (``draws`` times per class). ``general``
+    holds ImageNet features (never trained on any landmark, so the original landmarks' standard holds
+    for new ones) of photos of the classes ``targets``; -2, no floor, when no class has more than one."""
+    generator = torch.Generator().manual_seed(seed)
+    unit = F.normalize(general.float(), dim=1)
+    nearest = []
+    for target in targets.unique().tolist():
+        rows = (targets == target).nonzero().flatten()
+        remembered = min(k, len(rows) - 1)
+        for _ in range(draws if remembered > 0 else 0):
+            order = rows[torch.randperm(len(rows), generator=generator)]
+            nearest.append((unit[order[remembered:]] @ unit[order[:remembered]].T).max(dim=1).values)
+    if not nearest:
+        return -2.0
+    ordered = torch.cat(nearest).sort().values
+    return float(ordered[math.floor(share * len(ordered))])
 
 
 def nearest_of_class(similarity: torch.Tensor, bank_targets: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import TINY_CLASSES, run_without_src, tiny_config
@@ -21,7 +22,7 @@ from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatur
 import src.new_landmarks as new_landmarks
 from src.new_landmarks import (MAX_NEGATIVES_ADDED, MEMORY_NEGATIVES, VIEWS, HeldOut, add_landmarks, add_landmarks_command,
                                 feature_memory, held_out, keep_memory, photo_features, read_new_landmarks)
-from src.openset import percentile, unit_features
+from src.openset import nearest_of_class, percentile, similarity_floor, unit_features
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
 
@@ -245,8 +246,29 @@ def test_with_too_few_photos_to_hold_out_added_landmarks_are_scored_as_original_
     assert model.detector.added_scores.numel() == 0 and model.detector.negative_bank.numel() == 0  # nor a margin to keep
     features = model.combined(torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8))
     logits = model.logits_from_features(features)
-    original = model.detector.original(features, logits)
-    assert torch.allclose(model.known_score_from_features(features), percentile(model.detector.original_scores, original))
+    original = percentile(model.detector.original_scores, model.detector.original(features, logits))
+    floors = model.detector.added_floors  # the original landmarks' standard for one photo: still a floor
+    assert floors.tolist()[:2] == [-2.0, -2.0] and all(-1 < floor < 1 for floor in floors.tolist()[2:])
+    split, predicted = model.detector.original.split, logits.argmax(1)
+    general = F.normalize(features[:, split:], dim=1) @ F.normalize(model.detector.original.bank[:, split:].float(), dim=1).T
+    floored = (predicted >= 2) & (nearest_of_class(general, model.detector.bank_targets, predicted) < floors[predicted])
+    assert torch.allclose(model.known_score_from_features(features), torch.where(floored, torch.zeros_like(original), original))
+
+
+def test_a_photo_far_from_everything_is_unknown_after_adding(base_path: Path, new_dir: Path) -> None:
+    model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
+    split, floors = model.detector.original.split, model.detector.added_floors
+    validation = model.memory_targets[(model.memory_targets >= 0) & (model.memory_targets < 2)]
+    assert floors[2] == similarity_floor(model.memory_features[:len(validation), split:], validation, 6)  # 6 photos added
+    # features called the new landmark (along its row) whose ImageNet part is unlike each of its remembered photos
+    row = model.added.weight[0]
+    remembered = model.memory_features.float()[model.memory_targets == 2, split:]
+    general = row[split:] - remembered.T @ torch.linalg.lstsq(remembered.T, row[split:].unsqueeze(1)).solution.squeeze(1)
+    far = torch.cat([row[:split], general]).unsqueeze(0) / row.norm() * model.memory_features.float().norm(dim=1).mean() * 4
+    assert model.logits_from_features(far).argmax(1).item() == 2
+    assert float(model.known_score_from_features(far)) == 0.0 < float(model.unknown_threshold)
+    model.detector.added_floors = torch.zeros(0)  # the same photo without the floor: the relative scores alone let it through
+    assert float(model.known_score_from_features(far)) >= float(model.unknown_threshold)
 
 
 def test_bad_folders_are_refused_naming_them(base_path: Path, tmp_path: Path) -> None:
@@ -280,6 +302,8 @@ def test_the_command_writes_a_model_that_predict_and_tag_use(base_path: Path, ne
     assert main(["add-landmarks", str(base_path), str(new_dir), "--out", str(out), "--places", str(places), "--workers", "0"]) == 0
     printed = capsys.readouterr()
     assert "Added Blue Tower (7 photos)" in printed.out and "damaged.jpg" in printed.err
+    for step in ("Features of the new photos", "Fitting the new landmarks", "Calibrating on held-out photos"):
+        assert f"{step}: 100%" in printed.err  # each step shows its progress, to its end
     photo = next(p for p in (new_dir / "02.Blue_Tower").iterdir() if p.suffix == ".jpg" and p.stat().st_size > 100)
     assert main(["predict", str(photo), "--model", str(out)]) == 0
     assert "Blue Tower" in capsys.readouterr().out

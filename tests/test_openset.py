@@ -16,7 +16,7 @@ from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
 import src.finish as finish
 from src.factory import create_model
 from src.images import read_image
-from src.openset import AddedLandmarksDetector, MaxSoftmax, _nearest_in, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, unit_features, unknown_threshold
+from src.openset import AddedLandmarksDetector, MaxSoftmax, _nearest_in, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, similarity_floor, unit_features, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
 from src.predictor import Predictor, export_predictor, load_exported
@@ -242,6 +242,41 @@ def test_the_added_landmarks_detector_ranks_each_kind_of_photo_among_its_own_hel
     uncalibrated = AddedLandmarksDetector(original, original_scores, bank_targets, negatives, 2, torch.zeros(0),
                                           torch.zeros(0), torch.zeros(0), 0.0)
     assert torch.allclose(uncalibrated(features, logits), percentile(original_scores, original(features, logits)))
+
+
+def test_a_photo_called_an_added_landmark_but_far_from_its_photos_is_unknown() -> None:
+    # features: 2 own columns, then 2 ImageNet ones (split 2); class 2 is added (2 original classes)
+    bank, bank_targets = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0.6, 0.8]]), torch.tensor([0, 1, 2])
+    original = SoftmaxAndNearest(bank, torch.linspace(0.5, 1, 11), torch.linspace(0.5, 1, 11), split=2)
+    references = torch.linspace(0.3, 0.9, 7), torch.linspace(-0.5, 0.8, 7), torch.linspace(0, 1, 5)
+    # unlike the added landmark's photo in ImageNet features (cosine 0.35), though confidently called it
+    far, called_added = torch.tensor([[1.0, 1, 0.96, -0.28]]), torch.tensor([[0.0, 0.0, 4.0]])
+    loose = AddedLandmarksDetector(original, torch.linspace(0, 1, 21), bank_targets, torch.zeros(0, 4), 2, *references, 0.0)
+    floored = AddedLandmarksDetector(original, torch.linspace(0, 1, 21), bank_targets, torch.zeros(0, 4), 2, *references, 0.0,
+                                     added_floors=torch.tensor([-2.0, -2.0, 0.5]))
+    assert loose(far, called_added) > 0.5  # relative scores alone: confidently the added landmark
+    assert floored(far, called_added) == 0  # below its floor: unknown, whatever its relative scores
+    close = torch.tensor([[1.0, 1, 0.8, 0.6]])  # cosine 0.96 in ImageNet features
+    assert torch.allclose(floored(close, called_added), loose(close, called_added))  # above it: unchanged
+    as_original = torch.tensor([[4.0, 0.0, 0.0]])  # a photo called an original landmark is never floored
+    assert torch.allclose(floored(far, as_original), loose(far, as_original))
+    assert torch.allclose(torch.jit.script(floored)(far, called_added), floored(far, called_added))
+
+
+def test_the_similarity_floor_is_what_the_original_landmarks_photos_reach_from_as_many_of_their_own() -> None:
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(4, 16), dim=1)
+    general = torch.cat([centre + 0.3 * torch.randn(30, 16) for centre in centres])
+    targets = torch.arange(4).repeat_interleave(30)
+    floors = [similarity_floor(general, targets, k, share=0.05) for k in (1, 5, 20)]
+    assert -1 < floors[0] < floors[1] < floors[2] < 1  # more remembered photos: a nearer nearest one, a higher floor
+    # all but about the share of photos measured that way reach it
+    unit, reached = F.normalize(general, dim=1), []
+    for target in range(4):
+        rows = (targets == target).nonzero().flatten()
+        reached.append((unit[rows[5:]] @ unit[rows[:5]].T).max(dim=1).values >= floors[1])
+    assert 0.85 <= torch.cat(reached).float().mean() <= 1.0
+    assert similarity_floor(general[:4], torch.arange(4), 5) == -2.0  # one photo per class: nothing to measure
 
 
 def test_max_softmax_scores_the_top_probability() -> None:
