@@ -11,7 +11,7 @@ folders it trained on; ``src.data.split_negatives`` says which half of each was 
 - ``other landmarks (never trained on)``: the ``new_landmarks`` folders not trained on at all;
 - ``everyday (held-out photos)``: the held-out half of the ``everyday`` categories trained on;
 - ``everyday (categories never trained on)``: every photo of the ``everyday`` categories kept out of
-  training, fitting and calibration (animals are trained on, pets are not: the left-out source);
+  training, fitting and calibration (all of them for a model that trained on none: the left-out source);
 - ``Haleakala (full-size)``: ``../shared/data/landmark_images_sample`` (a class of the canonical dataset).
 
 Scores compared, all from one pass (``features_and_logits``): ``msp_nearest`` (the exported
