@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The real photos beside the repository are the default dataset here; elsewhere the canonical
-# 50-class dataset is found in ./landmark_images or downloaded (see README "Data").
+# 50-class dataset is found in ./landmark_images or downloaded (see docs/data.md).
 SHARED_DATA := $(wildcard ../shared/data/landmarks10/train)
 ifneq ($(SHARED_DATA),)
 export LANDMARK_DATA ?= $(abspath ../shared/data/landmarks10)

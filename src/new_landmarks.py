@@ -29,10 +29,10 @@ the new photos:
    (:func:`~src.openset.similarity_floor`);
 5. script an :class:`AddedLandmarksPredictor` (the original export and the ImageNet extractor + the
    new rows + the memory with the new views), which has the interface of every export and loads with
-   ``torch.jit.load`` alone. Carrying a second network makes it slower than its base (README).
+   ``torch.jit.load`` alone. Carrying a second network makes it slower than its base (docs/adding-landmarks.md).
 
 Adding again to such a model refits all added rows from its memory, so models never nest.
-Measured by ``bench/add_landmarks.py`` (README, "Adding landmarks").
+Measured by ``bench/add_landmarks.py`` (docs/adding-landmarks.md).
 """
 
 from __future__ import annotations

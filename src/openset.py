@@ -12,8 +12,8 @@ pieces fix that:
    threshold chosen on validation photos of the known landmarks (never on test ones):
    :func:`unknown_threshold`, the score :data:`ACCEPT_KNOWN` of them reach.
 
-The detector is :class:`SoftmaxAndNearest`, chosen by measurement (``bench/openset.py``, README
-"Unknown photos and places"): the top probability (after outlier exposure, better than energy,
+The detector is :class:`SoftmaxAndNearest`, chosen by measurement (``bench/openset.py``,
+docs/unknown-photos.md): the top probability (after outlier exposure, better than energy,
 the max-logit or the relative Mahalanobis distance), the similarity to the nearest remembered
 validation photo (the export's feature memory, :mod:`src.new_landmarks`) and the similarity to the
 nearest of up to :data:`TRAINING_BANK_PHOTOS` training photos each rank a photo among the validation
@@ -56,7 +56,7 @@ class SoftmaxAndNearest(nn.Module):
     photo that ranks low in one needs a high rank in the others to pass. The two banks see a photo
     differently: the network was trained on the training photos (their features are drawn tighter
     around its classes), not on the validation ones; each ranked on its own, they add up
-    (``bench/openset.py``, README "Unknown photos and places").
+    (``bench/openset.py``, docs/unknown-photos.md).
     ``softmax_reference``, ``nearest_reference`` and ``training_reference`` are the sorted validation values.
     ``split > 0``: features are two vectors end to end (a model with added landmarks: its base's, then
     ImageNet ones), each normalised on its own so that both count equally (:func:`unit_features`).
@@ -167,7 +167,7 @@ def own_class_margin(unit: torch.Tensor, bank: torch.Tensor, bank_targets: torch
     still to some remembered street or building; a photo of the landmark does not. On the landmarks the
     shipped model never trained against, 10 photos each, this accepted 92 % of their new photos against
     89 % for the plain similarity, fewer photos of other landmarks and slightly more everyday scenes (4.3 %
-    against 3.4 %). It costs a landmark whose photos the negatives hold (README, "Adding landmarks")."""
+    against 3.4 %). It costs a landmark whose photos the negatives hold (docs/adding-landmarks.md)."""
     own = nearest_of_class(unit @ bank.to(unit.dtype).T, bank_targets, classes)
     if negatives.numel() == 0:
         return own
