@@ -10,7 +10,11 @@ trained against (its metrics JSON lists the negatives). For each extractor, each
 (centre square at the extractor's input size); ``shots`` random photos per landmark give each
 landmark's mean feature (nearest class mean, cosine, no training), and the other photos are
 named by the nearest mean among the new landmarks only. Mean top-1 over ``draws`` draws.
-Writes ``bench/results/new_landmark_features.json``.
+
+It also times, at the export's input size, the MobileNetV2 stages the transfer recipe keeps frozen
+(pure ImageNet in the export too) against the rest: the share of the work a general extractor that
+started from the export's own frozen stages would not repeat. Its features are the
+"mobilenet_v2 ImageNet" row at that size. Writes ``bench/results/new_landmark_features.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from src.factory import create_model, data_defaults
 from src.location import list_images
 from src.new_landmarks import photo_features
 from src.predictor import load_exported
+from src.recipes import recipe_for
 
 SHARED = REPO.parent / "shared" / "data"
 EXTRACTORS = [("mobilenet_v2", 128), ("mobilenet_v2", 224), ("efficientnet_lite0", 224), ("efficientnet_lite2", 260)]
@@ -64,6 +69,27 @@ def nearest_mean_top1(features: torch.Tensor, labels: torch.Tensor, shots: int, 
     return float(np.mean(scores))
 
 
+def frozen_stage_share(size: int, batch: int = 64, repeats: int = 5) -> dict[str, float]:
+    """Seconds a photo of MobileNetV2 at ``size`` px in the stages the transfer recipe keeps frozen and in the
+    rest (channels-last, as the extractors run), and the frozen stages' share of the whole."""
+    stages = create_model("mobilenet_v2", 2, pretrained=True).backbone.features.eval().to(memory_format=torch.channels_last)
+    frozen = len(stages) - recipe_for("mobilenet_v2").unfreeze
+    trunk, rest = stages[:frozen], stages[frozen:]
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        rest(trunk(x))  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            middle = trunk(x)
+        split = time.perf_counter()
+        for _ in range(repeats):
+            rest(middle)
+        end = time.perf_counter()
+    frozen_seconds, rest_seconds = (split - start) / repeats / batch, (end - split) / repeats / batch
+    return {"size": size, "frozen_stages": frozen, "stages": len(stages), "frozen_ms_per_photo": round(frozen_seconds * 1000, 3),
+            "rest_ms_per_photo": round(rest_seconds * 1000, 3), "frozen_share": round(frozen_seconds / (frozen_seconds + rest_seconds), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
@@ -92,8 +118,11 @@ def main() -> None:
         rows.append({"features": label, "dim": features.shape[1], "top1": round(top1, 4),
                      "seconds_per_photo": round(seconds / len(paths), 4)})
         print(f"{label:45s} nearest-mean top-1 {top1:.1%} ({seconds / len(paths) * 1000:.1f} ms a photo)", flush=True)
+    share = frozen_stage_share(int(load_exported(args.model).image_size))
+    print(f"MobileNetV2 at {share['size']} px: its {share['frozen_stages']} frozen stages take {share['frozen_share']:.0%} "
+          f"of its time ({share['frozen_ms_per_photo']} + {share['rest_ms_per_photo']} ms a photo)")
     write_result("new_landmark_features", {"new_landmarks": [f.name for f in folders], "photos": len(paths),
-                                           "shots": args.shots, "draws": args.draws, "rows": rows})
+                                           "shots": args.shots, "draws": args.draws, "rows": rows, "frozen_stages": share})
 
 
 if __name__ == "__main__":

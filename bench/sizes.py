@@ -1,12 +1,17 @@
-"""The size rule on photos other than landmarks10: the CLI's defaults against the 128 px sizes.
+"""The default transfer recipe on landmarks it was not tuned on, as full-size and as thumbnail photos.
 
-    python bench/sizes.py [--photos ../shared/data/new_landmarks]
+    python bench/sizes.py [--photos ../shared/data/new_landmarks] [--tuned 10]
 
 ``--photos`` is a folder of class folders without a train/test split (``new_landmarks``: 19
-landmarks, web photos with the short side up to 256 px). A seeded 75/25 split per class is made
-of symbolic links in a temporary folder (the photos are not copied), then the transfer recipe is
-trained twice with ``python -m src train``: with the sizes the rule resolves, and forced to
-``landmarks10``'s 128 px. Prints and writes ``bench/results/sizes.json``.
+landmarks, web photos with the short side up to 256 px). Its first ``--tuned`` classes are the ones
+recipe choices may look at (the size rule's ``UPSCALE_FROM`` was chosen on them); the others are held
+out of every choice and only reported. Each group gets a seeded 75/25 split per class as symbolic
+links in a temporary folder, and a second copy as *thumbnails* (long side at most 256 px, JPEG
+quality 90, as photos saved from the web often are), written there too. Then the transfer recipe is
+trained with ``python -m src train --model MODEL --data D`` and no other flag on each of the four,
+and once more on the held-out thumbnails at their own size (``--eval-crop``/``--resize`` = their
+median short side, what the size rule gives a network with no pretrained size). Prints each run and
+writes ``bench/results/sizes.json``.
 """
 
 from __future__ import annotations
@@ -21,50 +26,77 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from utils import REPO, RESULTS, write_result
 from src.location import list_images
+from src.preprocessing import typical_short_side
 
-RUNS = {"rule (defaults)": [], "forced 128 px": ["--eval-crop", "128", "--resize", "128", "--train-crop", "112"]}
+THUMBNAIL = 256  # long side of a thumbnail copy, in pixels
 
 
-def split_folder(photos: Path, destination: Path, test_fraction: float = 0.25, seed: int = 0) -> dict[str, int]:
-    """``destination/{train,test}/<class>/`` as links to a seeded split of each class of ``photos``."""
+def split_folder(folders: list[Path], destination: Path, thumbnails: bool, test_fraction: float = 0.25,
+                 seed: int = 0) -> dict[str, int]:
+    """``destination/{train,test}/<class>/``: a seeded split of each folder's photos, as links or as thumbnails."""
     rng = random.Random(seed)
     counts = {"train": 0, "test": 0}
-    for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
+    for folder in folders:
         files = list_images(folder)
         rng.shuffle(files)
         n_test = int(len(files) * test_fraction)
         for split, part in (("test", files[:n_test]), ("train", files[n_test:])):
             (destination / split / folder.name).mkdir(parents=True, exist_ok=True)
             for path in part:
-                (destination / split / folder.name / path.name).symlink_to(path.resolve())
+                if thumbnails:
+                    with Image.open(path) as photo:
+                        photo = photo.convert("RGB")
+                        photo.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.BICUBIC)
+                        photo.save(destination / split / folder.name / f"{path.stem}.jpg", quality=90)
+                else:
+                    (destination / split / folder.name / path.name).symlink_to(path.resolve())
             counts[split] += len(part)
     return counts
+
+
+def train(data: Path, model: str, work: Path, flags: list[str]) -> dict:
+    """Train with ``python -m src train`` on ``data``; the run's figures."""
+    export = work / f"{data.name}_{len(flags)}_exported.pt"
+    command = [sys.executable, "-m", "src", "train", "--data", str(data), "--model", model, "--workers", "1",
+               "--checkpoint", str(export.with_name(export.name.replace("_exported", ""))), "--export", str(export), *flags]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
+    metrics = json.loads(export.with_suffix(".json").read_text())
+    return {"flags": " ".join(flags) or "(none)", "preprocess": metrics["preprocess"],
+            "epochs": metrics["epochs"], "valid_accuracy": round(metrics["valid_accuracy"], 4), "test_top1": round(metrics["test"]["top1"], 4),
+            "train_minutes": round(metrics["train_seconds"] / 60, 1), "wall_minutes": round((time.perf_counter() - start) / 60, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "new_landmarks")
+    parser.add_argument("--tuned", type=int, default=10, help="the first this many classes may be tuned on; the rest are held out")
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    folders = sorted(p for p in args.photos.iterdir() if p.is_dir())
+    groups = {"tuned": folders[:args.tuned], "held out": folders[args.tuned:]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        counts = split_folder(args.photos, data)
-        for name, sizes in RUNS.items():
-            export = Path(tmp) / f"{len(rows)}_exported.pt"
-            command = [sys.executable, "-m", "src", "train", "--data", str(data), "--model", args.model, "--workers", "1",
-                       "--checkpoint", str(Path(tmp) / f"{len(rows)}.pt"), "--export", str(export), *sizes]
-            start = time.perf_counter()
-            subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
-            metrics = json.loads(export.with_suffix(".json").read_text())
-            rows.append({"run": name, "preprocess": metrics["preprocess"], "valid_accuracy": round(metrics["valid_accuracy"], 4),
-                         "test_top1": round(metrics["test"]["top1"], 4), "train_minutes": round(metrics["train_seconds"] / 60, 1),
-                         "wall_minutes": round((time.perf_counter() - start) / 60, 1)})
-            print(f"{name}: {rows[-1]}", flush=True)
-    write_result("sizes", {"photos": str(args.photos), "split": counts, "model": args.model, "rows": rows}, args.results)
+        for group, members in groups.items():
+            for photos in ("as is", "thumbnails"):
+                data = Path(tmp) / f"{group.replace(' ', '_')}_{photos.replace(' ', '_')}"
+                counts = split_folder(members, data, thumbnails=photos == "thumbnails")
+                short_side = typical_short_side(list_images(data / "train"))
+                runs = [[]]
+                if group == "held out" and photos == "thumbnails":
+                    runs.append(["--eval-crop", str(short_side), "--resize", str(short_side)])
+                for flags in runs:
+                    row = {"classes": group, "photos": photos, "short_side": short_side, "split": counts,
+                           **train(data, args.model, Path(tmp), flags)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    write_result("sizes", {"photos": str(args.photos), "model": args.model, "tuned": [f.name for f in groups["tuned"]],
+                           "held_out": [f.name for f in groups["held out"]], "rows": rows}, args.results)
 
 
 if __name__ == "__main__":

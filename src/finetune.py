@@ -8,6 +8,8 @@
    freshly augmented photos, the backbone with its own, lower learning rate
    (``backbone_lr``) so the pretrained filters move less than the new head. ``unfreeze=0``
    keeps training only the head, on augmented photos.
+   Unless ``epochs`` is given, a small dataset gets more epochs than the default, so that it gets
+   at least ``min_steps`` updates (:meth:`~src.recipes.TransferRecipe.stage2_epochs`).
 3. **Selection.** The epoch with the best validation loss is kept (``optimize``).
 
 Stage 1 gives stage 2 a good head to start from, so the pretrained features are not wrecked
@@ -29,7 +31,7 @@ from .checkpoint import save_checkpoint
 from .helpers import get_device, keep_parent_objects
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
-from .recipes import TransferRecipe
+from .recipes import EPOCHS, TransferRecipe
 from .train import checkpoint_metadata, last_state_path, optimize
 from .transfer import TransferModel
 
@@ -129,8 +131,12 @@ def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_pa
     if recipe.epochs == 0:  # frozen backbone, head from stage 1 only
         save_checkpoint(save_path, model, checkpoint_metadata(data_loaders), history=head_history)
         return {"head": head_history, "head_seconds": head_seconds, "fine_tune": []}
+    steps = len(data_loaders["train"])
+    epochs = recipe.stage2_epochs(steps)
+    if recipe.epochs is None:
+        print(f"Stage 2: {epochs} epochs of {steps} steps (at least {EPOCHS}, and at least {recipe.min_steps} steps)")
     model.unfreeze_last(recipe.unfreeze)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe.lr, recipe.backbone_lr), weight_decay=recipe.weight_decay)
-    history = optimize(data_loaders, model, optimizer, get_loss(recipe.label_smoothing, recipe.outlier_weight), recipe.epochs, save_path,
+    history = optimize(data_loaders, model, optimizer, get_loss(recipe.label_smoothing, recipe.outlier_weight), epochs, save_path,
                        interactive_tracking=interactive_tracking, warmup_epochs=recipe.warmup_epochs, resume=resume)
     return {"head": head_history, "head_seconds": head_seconds, "fine_tune": history}

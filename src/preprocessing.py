@@ -10,8 +10,11 @@ caller's overrides (as timm's ``resolve_data_config`` merges flags over a model'
 **The size rule** (when not given): ``resize = min(median short side of the training photos,
 native x 256/224)`` and ``eval_crop = min(native, resize)``, where ``native`` is the model's
 native input size (224 for MobileNetV2, 240/260 for EfficientNet-Lite1/2, 160 for the scratch
-CNN). Full-size photos thus get the classic 256 -> 224 resize and crop; photos smaller than
+CNN). Full-size photos thus get the classic 256 -> 224 resize and crop; photos much smaller than
 that (``landmarks10``'s 128 px) are used whole at their own size instead of being blown up.
+A network pretrained at its native size (``DataDefaults.pretrained``) reads photos of at least
+:data:`UPSCALE_FROM` of that size (web thumbnails of 170-220 px) at the native size, as full-size
+ones: its filters were trained on objects at that scale (docs/data.md).
 ``train_crop`` is ``eval_crop x train_crop_ratio`` (a recipe setting, rounded down to a
 multiple of 16): training on slightly smaller crops is faster and tests better (FixRes).
 
@@ -38,15 +41,18 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PHOTOS_SAMPLED = 256  # headers read to find the typical photo size (a fraction of a second)
 MIN_SIZE = 16
+UPSCALE_FROM = 0.75  # photos with a short side of at least this share of a pretrained model's native size are read at it
 
 
 @dataclass(frozen=True)
 class DataDefaults:
-    """What a model itself says about its input: native size, and normalisation (None: the data's own)."""
+    """What a model itself says about its input: native size, normalisation (None: the data's own), and
+    whether it was ``pretrained`` at that size (then slightly smaller photos are scaled up to it)."""
 
     native_size: int
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    pretrained: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,8 @@ def resolve_data_config(defaults: DataDefaults, data_dir: str | Path | None = No
         photos = typical_short_side(list_images(root / "train"))
         if resize is None:
             limit = classic_resize(defaults.native_size if eval_crop is None else eval_crop)
+            if photos and defaults.pretrained and eval_crop is None and photos >= UPSCALE_FROM * defaults.native_size:
+                photos = limit
             resize = max(min(photos or limit, limit), eval_crop or MIN_SIZE)
         if eval_crop is None:
             eval_crop = min(defaults.native_size, resize)

@@ -16,6 +16,7 @@ from typing import Any
 from .optimization import OPTIMIZERS
 
 SCHEDULERS = ("cosine", "plateau")
+EPOCHS = 12  # the transfer recipe's stage-2 epochs on a dataset with enough photos for its min_steps
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -63,7 +64,9 @@ class TransferRecipe:
     head_epochs: int = _setting(30, "stage 1: head epochs on cached backbone features (0 skips stage 1)")
     feature_views: int = _setting(1, "stage 1: augmented views per photo (plus the centre view)")
     unfreeze: int = _setting(12, "stage 2: backbone stages trained with the head (0: none, -1: all)")
-    epochs: int = _setting(12, "stage 2: epochs on augmented photos (0: stop after stage 1)")
+    epochs: int | None = _setting(None, f"stage 2: epochs on augmented photos (0: stop after stage 1; auto: {EPOCHS}, "
+                                        "more when a small dataset would get fewer than min_steps steps)")
+    min_steps: int = _setting(240, "stage 2: steps that the automatic epoch count reaches at least")
     batch_size: int = _setting(64, "photos per step")
     lr: float = _setting(1e-3, "learning rate of the head (both stages)")
     backbone_lr: float = _setting(5e-4, "stage 2: learning rate of the unfrozen backbone stages")
@@ -77,8 +80,8 @@ class TransferRecipe:
 
     def __post_init__(self) -> None:
         _check_common(self)
-        for name in ("head_epochs", "feature_views", "epochs"):
-            if getattr(self, name) < 0:
+        for name in ("head_epochs", "feature_views", "epochs", "min_steps"):
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.head_epochs == 0 and self.epochs == 0:
             raise ValueError("head_epochs and epochs are both 0: nothing would be trained")
@@ -88,7 +91,15 @@ class TransferRecipe:
             raise ValueError(f"head_batch_size must be at least 1, got {self.head_batch_size}")
         _check_range("lr", self.lr, 0, 10, low_open=True)
         _check_range("backbone_lr", self.backbone_lr, 0, 10, low_open=True)
-        _check_range("warmup_epochs", self.warmup_epochs, 0, max(self.epochs, 1))
+        _check_range("warmup_epochs", self.warmup_epochs, 0, max(EPOCHS if self.epochs is None else self.epochs, 1))
+
+    def stage2_epochs(self, steps_per_epoch: int) -> int:
+        """Stage 2's epochs: ``epochs`` when given; else :data:`EPOCHS`, or more when an epoch of a small dataset
+        has so few steps that they would not reach ``min_steps`` (an epoch count suited to thousands of photos
+        gives a few hundred a tenth of the updates)."""
+        if self.epochs is not None:
+            return self.epochs
+        return max(EPOCHS, math.ceil(self.min_steps / max(1, steps_per_epoch)))
 
 
 def _check_common(recipe: ScratchRecipe | TransferRecipe) -> None:
@@ -124,10 +135,11 @@ def recipe_for(model_name: str, **overrides: Any) -> Recipe:
 
 
 def recipe_settings() -> dict[str, tuple[type, str, list[str]]]:
-    """Every recipe setting as ``name -> (type, help, ["scratch 42", "transfer 12"])``, for command-line flags."""
+    """Every recipe setting as ``name -> (type, help, ["scratch 42", "transfer auto"])``, for command-line flags."""
     settings: dict[str, tuple[type, str, list[str]]] = {}
     for cls in RECIPE_CLASSES:
         label = cls.__name__.removesuffix("Recipe").lower()
         for f in fields(cls):
-            settings.setdefault(f.name, (type(f.default), f.metadata["help"], []))[2].append(f"{label} {f.default}")
+            shown = "auto" if f.default is None else f.default
+            settings.setdefault(f.name, (type(f.default), f.metadata["help"], []))[2].append(f"{label} {shown}")
     return settings

@@ -104,9 +104,9 @@ def _efficientnet_lite(index: int) -> Callable[[bool], tuple[nn.Module, int]]:
 
 
 OFFLINE_BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v2": BackboneSpec(_mobilenet_v2, _features_stages, DataDefaults(224, IMAGENET_MEAN, IMAGENET_STD)),
+    "mobilenet_v2": BackboneSpec(_mobilenet_v2, _features_stages, DataDefaults(224, IMAGENET_MEAN, IMAGENET_STD, pretrained=True)),
     **{f"efficientnet_lite{i}": BackboneSpec(_efficientnet_lite(i), _efficientnet_stages,
-                                             DataDefaults(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+                                             DataDefaults(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained=True))
        for i, size in enumerate((224, 240, 260))},
 }
 
@@ -152,7 +152,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return OFFLINE_BACKBONES[name]
     if name in torchvision.models.list_models(module=torchvision.models):
         return BackboneSpec(_torchvision_backbone(name), _features_stages,
-                            DataDefaults(_torchvision_native_size(name), IMAGENET_MEAN, IMAGENET_STD))
+                            DataDefaults(_torchvision_native_size(name), IMAGENET_MEAN, IMAGENET_STD, pretrained=True))
     raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")
 
 

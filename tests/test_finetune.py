@@ -12,7 +12,7 @@ from src.checkpoint import load_checkpoint
 from src.data import get_data_loaders
 from src.factory import create_model, list_models
 from src.finetune import cached_view_features, fine_tune, parameter_groups
-from src.recipes import TransferRecipe
+from src.recipes import EPOCHS, TransferRecipe
 
 BACKBONES = list_models()[1:]
 
@@ -91,3 +91,24 @@ def test_head_only_recipe_stops_after_stage_one(tiny_data: Path, tmp_path: Path)
     history = fine_tune(_loaders(tiny_data, model), model, tmp_path / "head.pt", TransferRecipe(head_epochs=3, epochs=0))
     assert history["fine_tune"] == [] and len(history["head"]) == 3
     assert load_checkpoint(tmp_path / "head.pt")["class_names"] == ["Red Fort", "Green Gate", "Blue Tower"]
+
+
+@pytest.mark.parametrize("epochs, steps_per_epoch, expected", [
+    (None, 93, EPOCHS),  # landmarks10's 6,000 training photos: the default count already gives over min_steps
+    (None, 10, 24),  # a few hundred photos: enough epochs for 240 steps
+    (None, 1000, EPOCHS),
+    (2, 10, 2),  # epochs given: exactly those
+    (0, 10, 0),
+])
+def test_a_small_dataset_gets_enough_steps_unless_epochs_are_given(epochs: int | None, steps_per_epoch: int, expected: int) -> None:
+    assert TransferRecipe(epochs=epochs, min_steps=240).stage2_epochs(steps_per_epoch) == expected
+
+
+def test_automatic_epochs_are_printed_and_run(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = create_model("mobilenet_v2", 3)
+    loaders = _loaders(tiny_data, model)
+    steps = len(loaders["train"])
+    recipe = TransferRecipe(head_epochs=1, unfreeze=1, min_steps=EPOCHS * steps + 1)  # one step short with EPOCHS epochs
+    history = fine_tune(loaders, model, tmp_path / "auto.pt", recipe)
+    assert len(history["fine_tune"]) == EPOCHS + 1
+    assert f"Stage 2: {EPOCHS + 1} epochs of {steps} steps" in capsys.readouterr().out

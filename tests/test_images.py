@@ -15,7 +15,8 @@ from PIL import Image
 import src.images as images
 from conftest import BAD_PHOTO_KINDS, REPO, TINY_CLASSES, bomb_png_header
 from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, photo_sizes, read_image
-from src.preprocessing import DataDefaults, resolve_data_config, square_uint8
+from src.location import list_images
+from src.preprocessing import DataDefaults, classic_resize, resolve_data_config, square_uint8, typical_short_side
 
 
 def _odd_mode_images(folder: Path) -> dict[str, Path]:
@@ -237,6 +238,22 @@ def test_picking_training_sizes_skips_header_only_files(tiny_data_copy: Path) ->
     (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x03IHDR\x00\x00\x01\x00\x00\x00\x00")
     config = resolve_data_config(DataDefaults(native_size=32, mean=(0.5,) * 3, std=(0.25,) * 3), tiny_data_copy)
     assert config.resize == 37  # the photos' median short side (40), capped at 32 x 256/224
+
+
+@pytest.mark.parametrize("native, pretrained, upscaled", [
+    (48, True, True),  # ~40 px photos are >= 3/4 of 48: read at the pretrained size, from the classic resize
+    (48, False, False),  # no pretrained size to match: used whole at their own size
+    (64, True, False),  # < 3/4 of 64: not blown up
+])
+def test_photos_a_little_smaller_than_a_pretrained_size_are_read_at_it(tiny_data_copy: Path, native: int, pretrained: bool,
+                                                                      upscaled: bool) -> None:
+    own = typical_short_side(list_images(tiny_data_copy / "train"))
+    assert 36 <= own < 48
+    config = resolve_data_config(DataDefaults(native, (0.5,) * 3, (0.25,) * 3, pretrained=pretrained), tiny_data_copy)
+    assert (config.eval_crop, config.resize) == ((native, classic_resize(native)) if upscaled else (own, own))
+    given = [resolve_data_config(DataDefaults(native, (0.5,) * 3, (0.25,) * 3, pretrained=flag), tiny_data_copy, eval_crop=36)
+             for flag in (True, False)]
+    assert given[0] == given[1] and given[0].eval_crop == 36  # a crop the caller gives is kept, whatever the model
 
 
 def test_file_uris_are_read_as_local_files_with_the_same_checks(tmp_path: Path, make_bad_photo) -> None:
