@@ -32,7 +32,7 @@ from .new_landmarks import add_landmarks_command
 from .optimization import get_loss, get_optimizer
 from .places import read_places_csv
 from .predictor import (export_predictor, load_exported, model_threshold, predict_photo, predict_photos,
-                        predictor_from_checkpoint)
+                        predictor_from_checkpoint, torchscript_on_purpose)
 from .preprocessing import resolve_data_config
 from .recipes import ScratchRecipe, recipe_for, recipe_settings
 from .tagging import model_places, tag_photos
@@ -267,7 +267,8 @@ def _load_any(path: Path) -> torch.nn.Module:
     try:
         return load_exported(path)
     except ValueError:
-        return torch.jit.script(predictor_from_checkpoint(path))
+        with torchscript_on_purpose():
+            return torch.jit.script(predictor_from_checkpoint(path))
 
 
 def _export(args: argparse.Namespace) -> None:

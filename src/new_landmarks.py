@@ -41,7 +41,6 @@ import json
 import math
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import List, NamedTuple, Tuple
@@ -60,7 +59,7 @@ from .location import list_images
 from .openset import (ACCEPT_KNOWN, AddedLandmarksDetector, nearest_detector, open_set_report, own_class_margin,
                       percentile, similarity_floor, unit_features, unknown_threshold)
 from .places import Place, place_key, places_for
-from .predictor import ExportedModel, load_exported, save_scripted
+from .predictor import ExportedModel, load_exported, save_scripted, torchscript_on_purpose
 
 MEMORY_PER_CLASS = 100  # validation photos per class whose features an export keeps
 MEMORY_NEGATIVES = 500  # negative photos whose features an export keeps
@@ -490,8 +489,7 @@ def add_landmarks(model: torch.jit.ScriptModule, photos: Mapping[str, Sequence[P
     known_places = {name: Place.from_dict(d) for name, d in json.loads(str(model.places_json)).items()}
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+    with torchscript_on_purpose():
         scripted = torch.jit.script(AddedLandmarksPredictor(combined, added, names, detector, threshold, places_json,
                                                             memory_features, memory_targets))
     return scripted, skipped

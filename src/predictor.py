@@ -7,11 +7,12 @@ names and the network, so the app and any other consumer need only ``torch`` and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import List, NamedTuple, Tuple
 
@@ -145,14 +146,22 @@ EXPORTED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "mean", "std"
                        "known_score", "known_score_from_features"]
 
 
+@contextlib.contextmanager
+def torchscript_on_purpose() -> Iterator[None]:
+    """TorchScript is the exported file's format by choice (it loads with torch alone): PyTorch's warning that it is
+    deprecated in favour of ``torch.export`` is not the user's to act on, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        yield
+
+
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
     """Script ``predictor`` with TorchScript, freeze it and save it (atomically) to ``path``, on the CPU.
 
     Freezing folds batch norm into the convolutions (about 10 % faster on a CPU) and keeps
     the attributes consumers read (:data:`EXPORTED_ATTRIBUTES`).
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+    with torchscript_on_purpose():
         scripted = torch.jit.freeze(torch.jit.script(predictor.cpu().eval()), preserved_attrs=EXPORTED_ATTRIBUTES)
     return save_scripted(scripted, path)
 
@@ -161,7 +170,8 @@ def save_scripted(module: torch.jit.ScriptModule, path: str | Path) -> Path:
     """Save a TorchScript module atomically. It is serialised in memory, then written with Python's file API:
     TorchScript's own file writer aborts the whole process on a full disk, Python's raises an OSError."""
     buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
+    with torchscript_on_purpose():
+        torch.jit.save(module, buffer)
     return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
@@ -177,8 +187,7 @@ def load_exported(path: str | Path) -> torch.jit.ScriptModule:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: exported model not found")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        with torchscript_on_purpose():
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # TorchScript raises RuntimeError or ValueError for foreign files
         raise ValueError(f"{path}: not a TorchScript export ({error}); training checkpoints go through `export` first") from error

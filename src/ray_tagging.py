@@ -47,8 +47,11 @@ class _Scorer:
     def __init__(self, model_bytes: bytes) -> None:
         import io
 
+        from .predictor import torchscript_on_purpose
+
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = torch.jit.load(io.BytesIO(model_bytes), map_location=self.device).eval()
+        with torchscript_on_purpose():
+            self.model = torch.jit.load(io.BytesIO(model_bytes), map_location=self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .predictor import scored

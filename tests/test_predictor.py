@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from pathlib import Path
 from typing import List
 
@@ -121,3 +122,11 @@ def test_a_full_disk_while_exporting_is_a_clear_error_and_keeps_the_old_model(tm
         export_predictor(_predictor(), path)
     assert error.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_exporting_and_loading_show_no_torchscript_deprecation_warning(tmp_path: Path) -> None:
+    """TorchScript is the export format on purpose: PyTorch's FutureWarning about it is not shown to users."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_exported(export_predictor(_predictor(), tmp_path / "m.pt"))
+    assert not [w for w in caught if "torch.jit" in str(w.message)], [str(w.message) for w in caught]
