@@ -152,8 +152,9 @@ class AddedLandmarksDetector(nn.Module):
             return score
         split = self.original.split
         general = F.normalize(features[:, split:].float(), dim=1)
-        bank = F.normalize(self.original.bank[:, split:].float(), dim=1)
-        own = nearest_of_class(general @ bank.T, self.bank_targets, predicted)
+        # the bank holds unit_features: each half is already of length 1/sqrt(2), so the cosine needs only that factor
+        similarity = (general @ self.original.bank[:, split:].float().T) * math.sqrt(2.0)
+        own = nearest_of_class(similarity, self.bank_targets, predicted)
         return torch.where(called_added & (own < self.added_floors[predicted]), torch.zeros_like(score), score)
 
 

@@ -132,9 +132,8 @@ def resolve_data_config(defaults: DataDefaults, data_dir: str | Path | None = No
         photos = typical_short_side(list_images(root / "train"))
         if resize is None:
             limit = classic_resize(defaults.native_size if eval_crop is None else eval_crop)
-            if photos and defaults.pretrained and eval_crop is None and photos >= UPSCALE_FROM * defaults.native_size:
-                photos = limit
-            resize = max(min(photos or limit, limit), eval_crop or MIN_SIZE)
+            near_native = defaults.pretrained and eval_crop is None and (photos or 0) >= UPSCALE_FROM * defaults.native_size
+            resize = limit if near_native else max(min(photos or limit, limit), eval_crop or MIN_SIZE)
         if eval_crop is None:
             eval_crop = min(defaults.native_size, resize)
     if mean is None or std is None:
