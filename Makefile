@@ -15,7 +15,7 @@ ifneq ($(strip $(SHARED_NEGATIVES)),)
 export LANDMARK_NEGATIVES ?= $(subst $(eval) ,:,$(abspath $(SHARED_NEGATIVES)))
 endif
 
-.PHONY: setup app demo test notebooks train-scratch train-transfer bench clean
+.PHONY: setup app demo test notebooks train-scratch train-transfer bench tables clean
 
 $(VENV)/.installed: requirements.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench: setup
 	$(PY) bench/predict.py checkpoints/transfer_exported.pt
 	$(PY) bench/predict.py checkpoints/original_exported.pt
 	$(PY) bench/reference.py
+
+# The tables in README.md and docs/*.md rebuilt from bench/results/*.json (standard library only, no setup;
+# `bench/tables.py --check` says which table differs instead).
+tables:
+	$(PYTHON) bench/tables.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

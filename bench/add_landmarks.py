@@ -22,7 +22,7 @@ of training, fitting, calibration and that choice: the honest figure), with the 
 of *other* landmarks accepted (the held-out photos of the landmarks trained against, which look most like
 the added ones: the cost of accepting the added landmarks' photos), plus the seconds ``add_landmarks``
 took (read, features, fit, script); see
-:func:`src.new_landmarks.few_shot_draw`. Predictions come from each photo's features, computed once
+:func:`few_shot.few_shot_draw`. Predictions come from each photo's features, computed once
 (:func:`src.new_landmarks.combined_features`; ``logits_from_features`` of the new model, checked equal
 to its ``classify``). The whole command line is also timed once (10 photos each, never-trained set), and
 the model it writes is compared in file size and photos per second with its base.
@@ -46,13 +46,17 @@ import torch
 import torch.nn.functional as F
 
 from utils import REPO, write_result
-from src.data import PhotoFolder, display_name, split_negatives
+from src.data import PhotoFolder
+from src.location import split_negatives
+from src.places import display_name
 from src.decoding import square_batches
 from src.location import list_images
-import src.new_landmarks as new_landmarks
-from src.new_landmarks import add_landmarks, combined_features, few_shot_draw, photo_features
+import src.added_fit as added_fit
+from src.new_landmarks import add_landmarks, combined_features
+from few_shot import few_shot_draw
+from src.memory import photo_features
 from src.openset import open_set_report
-from src.predictor import load_exported
+from src.export import load_exported
 
 SHARED = REPO.parent / "shared" / "data"
 FLOOR_CHOSEN_ON = ("animals", "clothing", "food", "indoor", "street", "vehicles")  # with the scenes; pets, objects, plants, people stay out
@@ -124,7 +128,7 @@ def main() -> None:
     parser.add_argument("--without-floor", action="store_true", help="added landmarks get no similarity floor (the ablation)")
     args = parser.parse_args()
     if args.without_floor:
-        new_landmarks.similarity_floor = lambda *_, **__: -2.0  # the floor of "none": every similarity reaches it
+        added_fit.similarity_floor = lambda *_, **__: -2.0  # the floor of "none": every similarity reaches it
     base = load_exported(args.model)
     metrics = json.loads(args.model.with_suffix(".json").read_text())
     test_folder = PhotoFolder(Path(metrics["data"]) / "test")

@@ -4,7 +4,7 @@
 
 Runs the code cells of ``app.ipynb`` in this process (what the Voilà kernel runs), then times,
 per photo of the canonical sample (800x600 JPEGs, ``landmark_images_sample``) and for one
-12-megapixel JPEG made from the first of them: reading the upload (decode, EXIF, RGB), the
+12-megapixel JPEG made from the first of them: reading the upload (decode, EXIF, RGB; ``src.answer.read_for``), the
 top-5, and the occlusion map; and the whole kernel-side path from the upload to the result on
 screen (``LandmarkApp.result``: read, verdict, thumbnail with the model's square, top-5 bars, why
 map, JPEG encoding). Median and 90th percentile over every photo.
@@ -32,7 +32,7 @@ def app_namespace(model: Path) -> dict:
     for cell in nbformat.read(REPO / "app.ipynb", as_version=4).cells:
         if cell.cell_type == "code":
             exec(cell.source.replace("display(app.widget())", ""), namespace)
-            namespace["MODELS_DIR"], namespace["DEFAULT_MODEL"] = str(model.parent), model.name
+            namespace["MODELS_DIR"], namespace["DEFAULT_MODEL"], namespace["PROJECT_DIR"] = str(model.parent), model.name, str(REPO)
     return namespace
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON figures")
     args = parser.parse_args()
     app = app_namespace(args.model)
-    model = app["load_model"](args.model)
+    model = app["open_export"](args.model)
     photos = [(p.name, p.read_bytes()) for p in list_images(args.photos)]
     first = Image.open(io.BytesIO(photos[0][1]))
     buffer = io.BytesIO()
@@ -62,8 +62,8 @@ def main() -> None:
     big = ("12mp.jpg", buffer.getvalue())
 
     def one(name: str, data: bytes) -> tuple[float, float, float]:
-        image, read_ms = timed(app["read_photo"], name, data)
-        (ranking, _, _), top5_ms = timed(app["identify"], model, image)  # top-5, known score and verdict
+        image, read_ms = timed(app["read_for"], model, data, name)
+        (ranking, _, _), top5_ms = timed(app["answer"], model, image)  # top-5, known score and verdict
         view = app["model_view"](model, image)
         _, why_ms = timed(app["occlusion_map"], model, view, list(model.class_names).index(ranking[0][0]))
         return read_ms, top5_ms, why_ms

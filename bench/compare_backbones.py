@@ -25,7 +25,7 @@ from train import RECIPES
 from utils import REPO, RESULTS, write_result
 from src.data import PhotoFolder
 from src.location import get_data_location, list_images
-from src.predictor import load_exported
+from src.export import load_exported
 from src.transfer import OFFLINE_BACKBONES
 
 PREDICTOR_TEST_TARGET_SECONDS = 15.0

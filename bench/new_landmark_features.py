@@ -32,8 +32,8 @@ from utils import REPO, write_result
 from src.decoding import square_batches
 from src.factory import create_model, data_defaults
 from src.location import list_images
-from src.new_landmarks import photo_features
-from src.predictor import load_exported
+from src.memory import photo_features
+from src.export import load_exported
 from src.recipes import recipe_for
 
 SHARED = REPO.parent / "shared" / "data"

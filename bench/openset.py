@@ -41,12 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from utils import REPO, RESULTS, write_result
-from src.data import PhotoFolder, split_indices, split_negatives
+from src.data import PhotoFolder, split_indices
+from src.location import split_negatives
 from src.decoding import square_batches
 from src.location import list_images
-from src.new_landmarks import MEMORY_PER_CLASS, rows_per_class
+from src.memory import MEMORY_PER_CLASS, rows_per_class
 from src.openset import SoftmaxAndNearest, nearest_detector, open_set_report, unknown_threshold
-from src.predictor import load_exported, predict_photos
+from src.predictor import predict_photos
+from src.export import load_exported
 
 SHARED = REPO.parent / "shared" / "data"
 SCORES = ("msp_nearest", "msp_nearest_memory", "msp", "max_logit", "energy", "knn", "rel_mahalanobis")

@@ -25,7 +25,8 @@ from utils import RESULTS, REPO, peak_memory_mb, write_result
 from src.data import PhotoFolder
 from src.evaluation import classification_report
 from src.location import get_data_location, list_images
-from src.predictor import load_exported, predict_photos, top_k
+from src.predictor import predict_photos, top_k
+from src.export import load_exported
 
 SAMPLE = REPO.parent / "shared" / "data" / "landmark_images_sample"
 

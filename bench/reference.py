@@ -26,7 +26,8 @@ from utils import RESULTS, peak_memory_mb, write_result
 from src.data import PhotoFolder, split_indices
 from src.finetune import extract_features
 from src.location import get_data_location, list_images
-from src.predictor import Predictor, export_predictor, load_exported
+from src.predictor import Predictor
+from src.export import export_predictor, load_exported
 from src.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 from src.presets import ClassificationPresetEval
 from src.transfer import get_model_transfer_learning

@@ -30,7 +30,7 @@ from PIL import Image
 
 from utils import REPO, RESULTS, write_result
 from src.location import list_images
-from src.preprocessing import typical_short_side
+from src.data_config import typical_short_side
 
 THUMBNAIL = 256  # long side of a thumbnail copy, in pixels
 

@@ -7,7 +7,7 @@ JPEGs (4000×3000, quality 90) made in a temporary folder from ``landmark_images
 photos, then mirrored copies). For each:
 the whole ``tag_photos`` run with ``engine="local"`` and ``engine="ray"`` (a local Ray on this
 machine, started before the clock), and the two parts alone: decoding (``square_batches``, all
-cores, no model) and the model (``scored`` on already decoded batches, one process). The decode
+cores, no model) and the model (``classify`` on already decoded batches, one process). The decode
 ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
 draft mode + the model's square, 40 photos, no process start-up). The two engines' outputs are
 compared photo by photo (each photo once, same landmark, largest probability difference). Last, the
@@ -32,7 +32,8 @@ from utils import REPO, write_result
 from src.decoding import square_batches
 from src.images import read_image
 from src.location import list_images
-from src.predictor import load_exported, scored
+from src.export import export_view
+from src.export import load_exported
 from src.ray_tagging import start_ray
 from src.preprocessing import square_uint8
 from src.tagging import tag_photos
@@ -67,9 +68,10 @@ def measure(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work:
     batches = [images for _, images, _ in square_batches(photos, size, 50) if images is not None]
     decode = time.perf_counter() - start
     start = time.perf_counter()
+    view = export_view(model)
     with torch.inference_mode():
         for images in batches:
-            scored(model, images)
+            view.classify(images)
     network = time.perf_counter() - start
     figures = {"photos": len(photos), "decode_ms_per_photo_one_core": round(one_core * 1000, 1),
                "decode_ceiling_photos_per_s": round((os.cpu_count() or 1) / one_core, 1),

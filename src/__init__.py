@@ -1,15 +1,22 @@
 """Landmark classification and tagging: data, models, training, export and prediction.
 
-Modules: ``helpers`` (the run's environment), ``location`` (finding and downloading the dataset),
-``statistics`` (channel mean/std), ``files`` (safe writes, the cache folder), ``images`` (robust
-photo reading), ``preprocessing`` (the sizes and normalisation of one run, the one
-resize-and-crop), ``presets`` (transforms), ``decoding`` (photo folders decoded in parallel),
-``cache`` (decode once), ``data`` (loaders), ``model`` (scratch CNN), ``transfer`` (pretrained
-backbones), ``factory`` (``create_model``), ``recipes`` (the training recipes), ``optimization``
-(loss, optimizer), ``train`` (training loop), ``finetune`` (the transfer stages), ``checkpoint``
-(saving/loading), ``predictor`` (TorchScript export and prediction), ``finish`` (export, test and
-record a run), ``evaluation`` (accuracy figures), ``analysis`` (the notebooks' figures),
-``tagging`` (batch tagging), ``cli`` (command line).
+Modules, from the bottom of the import graph up:
+
+- photos and files: ``images`` (robust photo reading), ``files`` (safe writes, the cache folder), ``location``
+  (finding and downloading the dataset, negatives folders), ``places`` (landmark names and places), ``geotag``
+  (EXIF GPS copies), ``defaults`` (shared settings), ``helpers`` (device, seeds, the run's environment);
+- preprocessing and data: ``preprocessing`` (the config of one run, the one resize-and-crop), ``data_config``
+  (resolving it from the photos), ``statistics`` (channel mean/std), ``presets`` (transforms), ``decoding``
+  (photo folders decoded in parallel), ``cache`` (decode once), ``data`` (loaders), ``distributed``;
+- models and training: ``model`` (scratch CNN), ``transfer`` (pretrained backbones), ``factory``
+  (``create_model``), ``imagenet_features`` (plain ImageNet features), ``recipes``, ``optimization`` (loss,
+  optimizer), ``train`` (training loop), ``finetune`` (the transfer stages), ``checkpoint`` (saving/loading);
+- the exported model: ``export`` (the TorchScript format and its one reader), ``openset`` (unknown detection),
+  ``memory`` (the feature memory an export keeps), ``answer`` (one photo's answer, shared with the app),
+  ``predictor`` (answers for photos on disk), ``new_landmarks`` and ``added_fit`` (adding landmarks);
+- runs and commands: ``finish`` (export, test and record a run), ``run`` (one training run), ``evaluation``
+  (accuracy figures), ``analysis`` (the notebooks' figures), ``tagging``, ``tag_output`` and ``ray_tagging``
+  (batch tagging), ``commands`` (what each command does), ``cli`` (command line).
 """
 
 __version__ = "0.1.0"

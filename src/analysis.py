@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .data import LandmarkDataset, PhotoFolder, show_normalized
-from .images import ImageReadError, load_rgb, photo_sizes
+from .images import ImageReadError, load_rgb, photo_sizes  # noqa: F401  the notebooks call analysis.photo_sizes
 
 
 def class_counts(folder: PhotoFolder) -> dict[str, int]:

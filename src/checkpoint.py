@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .export import Predictor
 from .factory import create_model
 from .files import atomic_write
 from .preprocessing import PreprocessConfig, classic_resize
@@ -85,3 +86,10 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path}: does not record its architecture; load it into a model with load_weights()")
     model = create_model(arch["name"], arch["num_classes"], pretrained=False, **arch["kwargs"])
     return load_weights(model, checkpoint, path).eval(), checkpoint
+
+
+def predictor_from_checkpoint(checkpoint_path: str | Path) -> Predictor:
+    """A training checkpoint's model as a :class:`~src.export.Predictor` with the preprocessing it was trained with
+    (uncalibrated: its known score is the top probability; the ``export`` command calibrates)."""
+    model, checkpoint = model_from_checkpoint(checkpoint_path)
+    return Predictor(model, checkpoint["class_names"], checkpoint_config(checkpoint, checkpoint_path))

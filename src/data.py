@@ -4,16 +4,14 @@
 every run), keeps ``test/`` untouched for the final measurement, and skips unreadable photos
 with a warning that names them. Folders of *negative* photos (no known landmark) can join the
 training split with the target :data:`UNKNOWN_TARGET`, for outlier exposure; a stable part of
-them is held out (:func:`split_negatives`) to measure unknown detection on. Photos are decoded
+them is held out (:func:`~src.location.split_negatives`) to measure unknown detection on. Photos are decoded
 once per dataset and size (``src.cache``); augmentation runs on uint8 tensors.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,21 +20,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 
 from .cache import decoded_images
+from .decoding import keep_parent_objects
+from .defaults import SEED, VALID_SIZE
 from .distributed import is_distributed
-from .helpers import keep_parent_objects
 from .images import is_image_file, load_rgb
-from .location import get_data_location, list_images
+from .location import get_data_location, list_images, split_negatives
+from .places import display_name
 from .preprocessing import PreprocessConfig, classic_config
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .statistics import compute_mean_and_std
 
 UNKNOWN_TARGET = -1  # the target of a negative photo (pytorch-ood's convention: targets < 0 are unknown)
-NEGATIVES_HOLDOUT = 0.5  # the share of each negatives folder never trained on, kept to measure on
-
-
-def display_name(folder_name: str) -> str:
-    """``"09.St_Stephen_Cathedral_Vienna"`` -> ``"St Stephen Cathedral Vienna"``."""
-    return re.sub(r"^\d+\.", "", folder_name).replace("_", " ").strip() or folder_name
 
 
 class PhotoFolder(datasets.ImageFolder):
@@ -125,30 +119,6 @@ class LandmarkDataset(Dataset):
         return (self.transform(image) if self.transform else image), target
 
 
-def split_negatives(folder: str | Path, holdout: float = NEGATIVES_HOLDOUT) -> tuple[list[Path], list[Path]]:
-    """``(train, held_out)`` photos of a negatives folder, split by a hash of each photo's path below it.
-
-    The split is the same on every machine and run and does not move when photos are added, so the
-    held-out photos can measure unknown detection on photos the model never trained on.
-    """
-    if not 0 <= holdout <= 1:
-        raise ValueError(f"holdout must be in [0, 1], got {holdout}")
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"{folder}: negatives folder not found")
-    folder = Path(folder).resolve()  # as the decode cache names photos: a linked folder gives the same paths
-    train: list[Path] = []
-    held_out: list[Path] = []
-    for path in list_images(folder):
-        bucket = zlib.crc32(path.relative_to(folder).as_posix().encode("utf-8", "surrogateescape")) % 1000
-        (held_out if bucket < holdout * 1000 else train).append(path)
-    return train, held_out
-
-
-def held_out_negatives(folders: Sequence[str | Path]) -> list[Path]:
-    """The held-out photos (:func:`split_negatives`) of every negatives folder: unknown photos never trained on."""
-    return [path for folder in folders for path in split_negatives(folder)[1]]
-
-
 def _decoded_negatives(folders: Sequence[Path], size: int, num_workers: int) -> tuple[torch.Tensor, list[Path]]:
     """The training part (:func:`split_negatives`) of every negatives folder, decoded like the landmark photos."""
     parts, paths = [torch.zeros(0, 3, size, size, dtype=torch.uint8)], []
@@ -166,7 +136,7 @@ def _seeded_permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def split_indices(n_train: int, n_test: int, valid_size: float = 0.2, seed: int = 42, limit: int | None = None
+def split_indices(n_train: int, n_test: int, valid_size: float = VALID_SIZE, seed: int = SEED, limit: int | None = None
                   ) -> tuple[list[int], list[int], list[int]]:
     """``(train, valid, test)`` photo indices: a seeded split of ``train/`` (the same every run).
 
@@ -187,12 +157,12 @@ def split_indices(n_train: int, n_test: int, valid_size: float = 0.2, seed: int 
 
 def get_data_loaders(
     batch_size: int = 32,
-    valid_size: float = 0.2,
+    valid_size: float = VALID_SIZE,
     num_workers: int = -1,
     limit: int | None = None,
     data_dir: str | Path | None = None,
     config: PreprocessConfig | None = None,
-    seed: int = 42,
+    seed: int = SEED,
     train_preset: Callable | None = None,
     negatives: Sequence[str | Path] = (),
 ) -> dict[str, DataLoader]:
@@ -203,7 +173,7 @@ def get_data_loaders(
     number of test photos), for quick runs. ``num_workers=-1`` uses every CPU core.
     ``config`` (sizes and normalisation) defaults to the classic project's 256 -> 224
     (:func:`~src.preprocessing.classic_config`); the recipes, the CLI and the notebooks pass the
-    model's own, resolved from the photos (:func:`~src.preprocessing.resolve_data_config`).
+    model's own, resolved from the photos (:func:`~src.data_config.resolve_data_config`).
     Photos are decoded once into ``config.resize`` squares (cached); evaluation centre-crops
     ``config.eval_crop``, training takes random crops of ``config.train_crop``.
     ``negatives`` are folders of photos of no known landmark; their training part joins the

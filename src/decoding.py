@@ -8,6 +8,7 @@ size batch together, and an unreadable file comes back as its error message inst
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Iterator
@@ -16,14 +17,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .helpers import keep_parent_objects
 from .images import ImageReadError, read_image
 from .preprocessing import square_uint8
 
 
+def keep_parent_objects(worker_id: int) -> None:
+    """``worker_init_fn``: the forked worker's garbage collector leaves what it inherited alone.
+
+    Otherwise a worker may collect a copy of another loader's live iterator and run its clean-up,
+    which only the parent may do ("AssertionError: can only test a child process" on stderr).
+    """
+    gc.freeze()
+
+
 def _start_worker(worker_id: int) -> None:
     """``worker_init_fn``: Ctrl-C is the parent's to handle (it stops the pool); a worker that took it too would
-    print its own traceback after the parent's message. The rest as :func:`~src.helpers.keep_parent_objects`."""
+    print its own traceback after the parent's message. The rest as :func:`keep_parent_objects`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_parent_objects(worker_id)
 

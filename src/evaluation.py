@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,27 @@ def classification_report(truth: np.ndarray, probabilities: np.ndarray, class_na
     }
 
 
-def training_metrics(command: str, model_name: str, data_dir: str | Path, device: Any, history: list[dict[str, float]],
-                     train_seconds: float, report: dict[str, Any], export: str | Path, **extra: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunRecord:
+    """How a model was trained, for its metrics JSON: the command that reproduces the run and what it used."""
+
+    command: str
+    model_name: str
+    data_dir: str | Path
+    device: Any
+    history: list[dict[str, float]]
+    train_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields: stage-1 figures, the checkpoint path, ...
+
+
+def training_metrics(record: RunRecord, report: dict[str, Any], export: str | Path, **extra: Any) -> dict[str, Any]:
     """What a training run measured, with the command that reproduces it (the CLI and notebooks write the same)."""
-    best = min(history, key=lambda h: h["valid_loss"])
+    best = min(record.history, key=lambda h: h["valid_loss"])
     return {
-        "command": command, "model": model_name, "data": str(data_dir), "device": str(device),
-        "epochs": len(history), "train_seconds": round(train_seconds, 1),
-        "best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"], "test": report, **extra,
-        "export": str(export), "export_megabytes": round(Path(export).stat().st_size / 1e6, 2), "history": history,
+        "command": record.command, "model": record.model_name, "data": str(record.data_dir), "device": str(record.device),
+        "epochs": len(record.history), "train_seconds": round(record.train_seconds, 1),
+        "best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"], "test": report, **record.extra, **extra,
+        "export": str(export), "export_megabytes": round(Path(export).stat().st_size / 1e6, 2), "history": record.history,
     }
 
 

@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .helpers import get_device, keep_parent_objects
+from .decoding import keep_parent_objects
+from .defaults import SEED
+from .helpers import get_device
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
 from .recipes import EPOCHS, TransferRecipe
@@ -67,7 +69,7 @@ def cached_view_features(model: TransferModel, data_loaders: dict[str, DataLoade
 
 
 def train_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
-               recipe: TransferRecipe, seed: int = 42) -> list[dict[str, float]]:
+               recipe: TransferRecipe, seed: int = SEED) -> list[dict[str, float]]:
     """Stage 1: AdamW + one-cycle on cached features; keeps the head of the best validation loss."""
     features, targets = train
     generator = torch.Generator().manual_seed(seed)
@@ -110,7 +112,7 @@ def parameter_groups(model: TransferModel, head_lr: float, backbone_lr: float) -
 
 def fine_tune(data_loaders: dict[str, DataLoader], model: TransferModel, save_path: str | Path,
               recipe: TransferRecipe | None = None, interactive_tracking: bool = False,
-              resume: bool = False, seed: int = 42) -> dict[str, Any]:
+              resume: bool = False, seed: int = SEED) -> dict[str, Any]:
     """Run the recipe of this module's docstring; returns the history of both stages and stage 1's seconds.
 
     The best weights (by validation loss in stage 2) end up in ``save_path``, as with

@@ -3,7 +3,7 @@
 ``finish_run`` steps:
 1. wrap the trained model in a :class:`~src.predictor.Predictor` with the run's preprocessing
    config and the places of its classes (:mod:`src.places`);
-2. keep the features that adding landmarks later needs (:mod:`src.new_landmarks`), calibrate the
+2. keep the features that adding landmarks later needs (:mod:`src.memory`), calibrate the
    unknown detector on them, on training photos and on the validation photos, and choose its threshold
    there (:func:`~src.openset.nearest_detector`, :func:`~src.openset.unknown_threshold`);
 3. export it with TorchScript (atomically) and reload the file, as the app will;
@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import LandmarkDataset, held_out_negatives
-from .evaluation import classification_report, training_metrics, write_metrics
-from .new_landmarks import feature_memory, keep_memory, photo_features, rows_per_class
+from .data import LandmarkDataset
+from .evaluation import RunRecord, classification_report, training_metrics, write_metrics
+from .export import Predictor, export_predictor, open_export
+from .location import held_out_negatives
+from .memory import feature_memory, photo_features, rows_per_class
 from .openset import TRAINING_BANK_PHOTOS, nearest_detector, open_set_report, unknown_threshold
 from .places import places_for
-from .predictor import Predictor, export_predictor, load_exported, predict_photos
+from .predictor import predict_photos
 
 
 @dataclass
@@ -60,48 +62,46 @@ def training_bank(predictor: Predictor, train_set: LandmarkDataset, batch_size: 
 def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
                          num_workers: int = -1, negatives: Sequence[str | Path] = (),
                          train_set: LandmarkDataset | None = None) -> Predictor:
-    """Steps 1-2: ``model`` as a :class:`~src.predictor.Predictor` with its places, the feature memory that
+    """Steps 1-2: ``model`` as a :class:`~src.export.Predictor` with its places, the feature memory that
     adding landmarks needs (validation photos and the training half of ``negatives``;
-    :func:`~src.new_landmarks.feature_memory`, with their plain ImageNet features), an unknown detector that
+    :func:`~src.memory.feature_memory`, with their plain ImageNet features), an unknown detector that
     compares photos with that memory and with ``train_set``'s photos (:func:`training_bank`; None: the memory
     alone), and its threshold chosen on ``valid_set``. What ``finish_run`` and the ``export`` command export."""
-    names = valid_set.class_names
-    predictor = Predictor(model.cpu().eval(), names, valid_set.config, places=places_for(names, places_csv))
-    features, kept, _ = photo_features(predictor, valid_set.paths, num_workers)  # one pass: threshold and memory
-    memory = feature_memory(predictor, features, [valid_set.paths[i] for i in kept], [valid_set.targets[i] for i in kept],
+    names, places = valid_set.class_names, places_for(valid_set.class_names, places_csv)
+    plain = Predictor(model.cpu().eval(), names, valid_set.config, places=places)  # the network's features, to calibrate on
+    features, kept, _ = photo_features(plain, valid_set.paths, num_workers)  # one pass: threshold and memory
+    memory = feature_memory(plain, features, [valid_set.paths[i] for i in kept], [valid_set.targets[i] for i in kept],
                             negatives, num_workers)
-    training = training_bank(predictor, train_set) if train_set is not None else None
+    training = training_bank(plain, train_set) if train_set is not None else None
     with torch.inference_mode():
-        predictor.detector, known_scores = nearest_detector(memory.features[memory.targets >= 0], torch.tensor(memory.rows),
-                                                            features, predictor.logits_from_features(features),
-                                                            training_bank=training)
-    predictor.unknown_threshold = unknown_threshold(known_scores)
-    keep_memory(predictor, memory)
-    return predictor
+        detector, known_scores = nearest_detector(memory.features[memory.targets >= 0], torch.tensor(memory.rows),
+                                                  features, plain.logits_from_features(features), training_bank=training)
+    return Predictor(model, names, valid_set.config, places=places, detector=detector,
+                     unknown_threshold=unknown_threshold(known_scores), memory=memory)
 
 
-def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, *, valid_set: LandmarkDataset,
-               train_set: LandmarkDataset | None, command: str, model_name: str, data_dir: str | Path, device: Any,
-               history: list[dict[str, float]], train_seconds: float, num_workers: int = -1,
-               negatives: Sequence[str | Path] = (), places_csv: str | Path | None = None, **extra: Any) -> RunResult:
+def finish_run(model: nn.Module, datasets: Mapping[str, LandmarkDataset], export: str | Path, record: RunRecord, *,
+               negatives: Sequence[str | Path] = (), places_csv: str | Path | None = None, num_workers: int = -1) -> RunResult:
     """Export, reload, test, report and record a trained ``model`` (the steps of the module docstring).
 
-    ``train_set``: the photos trained on, which the unknown detector compares photos with (None: it
-    compares with the remembered validation photos alone). ``negatives`` are the folders trained on
-    with outlier exposure: their held-out photos measure unknown detection. ``places_csv`` adds or
-    corrects places. ``extra`` fields go into the metrics JSON (stage-1 figures, the checkpoint path, ...).
+    ``datasets``: the ``"valid"`` photos (calibration), the ``"test"`` photos, and optionally the ``"train"``
+    photos, which the unknown detector compares photos with (without them: the remembered validation photos
+    alone). ``negatives`` are the folders trained on with outlier exposure: their held-out photos measure unknown
+    detection. ``places_csv`` adds or corrects places. ``record`` says how the model was trained (metrics JSON).
     """
+    valid_set, test_set, train_set = datasets["valid"], datasets["test"], datasets.get("train")
     export = Path(export)
     export_predictor(calibrated_predictor(model, valid_set, places_csv, num_workers, negatives, train_set), export)
-    exported = load_exported(export)
-    truth, probabilities, known_scores = predict_photos(exported, test_set.paths, test_set.targets, num_workers=num_workers)
-    report = classification_report(truth, probabilities, exported.class_names)
-    threshold = float(exported.unknown_threshold)
+    view = open_export(export)
+    exported = view.module
+    truth, probabilities, known_scores = predict_photos(view, test_set.paths, test_set.targets, num_workers=num_workers)
+    report = classification_report(truth, probabilities, view.class_names)
+    threshold = view.unknown_threshold
     report["unknown_threshold"] = threshold
     report["known_accepted"] = round(float((known_scores >= threshold).mean()), 4)
     held_out = held_out_negatives(negatives)
     if held_out:
-        unknown_scores = predict_photos(exported, held_out, [-1] * len(held_out), num_workers=num_workers).known_scores
+        unknown_scores = predict_photos(view, held_out, [-1] * len(held_out), num_workers=num_workers).known_scores
         report["held_out_negatives"] = open_set_report(known_scores, unknown_scores, threshold)
     k = report["k"]
     print(f"Exported model {export}: test top-1 {report['top1']:.2%}, top-{k} {report[f'top{k}']:.2%} "
@@ -111,7 +111,7 @@ def finish_run(model: nn.Module, test_set: LandmarkDataset, export: str | Path, 
         figures = report["held_out_negatives"]
         print(f"Unknown detection on {figures['unknown_photos']} held-out negative photos: AUROC {figures['auroc']:.4f}, "
               f"FPR@95TPR {figures['fpr95']:.1%}, {figures['unknown_accepted']:.1%} accepted at the threshold")
-    metrics = training_metrics(command, model_name, data_dir, device, history, train_seconds, report, export,
-                               preprocess=test_set.config.to_dict(), negatives=[str(folder) for folder in negatives], **extra)
+    metrics = training_metrics(record, report, export, preprocess=test_set.config.to_dict(),
+                               negatives=[str(folder) for folder in negatives])
     print(f"Metrics in {write_metrics(export, metrics)}")
     return RunResult(exported, truth, probabilities, known_scores, report, metrics)

@@ -8,7 +8,6 @@ resolve to their modules (``statistics``, ``analysis``) on first use, since thos
 
 from __future__ import annotations
 
-import gc
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .defaults import SEED
 from .location import get_data_location
 
 # Names the classic project's notebooks import from this module, and the module that defines each.
@@ -40,28 +40,19 @@ class Environment:
     checkpoints_dir: Path
 
 
-def keep_parent_objects(worker_id: int) -> None:
-    """``worker_init_fn``: the forked worker's garbage collector leaves what it inherited alone.
-
-    Otherwise a worker may collect a copy of another loader's live iterator and run its clean-up,
-    which only the parent may do ("AssertionError: can only test a child process" on stderr).
-    """
-    gc.freeze()
-
-
 def get_device() -> torch.device:
     """CUDA when available, CPU otherwise; nothing else in the package needs to choose."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def seed_everything(seed: int = 42) -> None:
+def seed_everything(seed: int = SEED) -> None:
     """Seed Python, NumPy and torch (all devices) so that runs are repeatable."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def setup_env(data_dir: str | Path | None = None, seed: int = 42, checkpoints_dir: str | Path = "checkpoints") -> Environment:
+def setup_env(data_dir: str | Path | None = None, seed: int = SEED, checkpoints_dir: str | Path = "checkpoints") -> Environment:
     """Seed everything, pick the device, find (or download) the data and create `checkpoints/`."""
     seed_everything(seed)
     device = get_device()

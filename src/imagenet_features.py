@@ -1,10 +1,10 @@
 """Plain ImageNet features of photos: what adding landmarks (:mod:`src.new_landmarks`) names new landmarks with.
 
 A trained model's own features are tuned to *its* landmarks, so photos of landmarks it never saw
-crowd together there. A backbone as trained on ImageNet, never fine-tuned, keeps them apart: named by
-the nearest class mean of 10 photos each, 9 landmarks the shipped transfer model never saw are right
-71 % of the time with its own features and 89 % with EfficientNet-Lite0's at 224 px
-(``bench/new_landmark_features.py``). So every export keeps these features of the photos it
+crowd together there. A backbone as trained on ImageNet, never fine-tuned, keeps them apart: landmarks
+a model never saw are named by the nearest class mean of a few photos each far more often with
+EfficientNet-Lite0's features at 224 px than with the model's own (``bench/new_landmark_features.py``
+measures both, docs/adding-landmarks.md). So every export keeps these features of the photos it
 remembers (``general_memory``), and a model with added landmarks carries this extractor beside its
 base.
 """
@@ -17,8 +17,8 @@ from torch import nn
 from .factory import create_model, data_defaults
 from .preprocessing import resize_and_crop
 
-GENERAL_BACKBONE = "efficientnet_lite0"  # chosen by bench/new_landmark_features.py: MobileNetV2 at 224 px gives 88.0 %
-GENERAL_SIZE = 224  # its native input size: at 128 px MobileNetV2's features name 82.1 % right
+GENERAL_BACKBONE = "efficientnet_lite0"  # chosen by bench/new_landmark_features.py among the shipped ImageNet backbones
+GENERAL_SIZE = 224  # its native input size (smaller inputs name new landmarks less often, same bench)
 
 
 class ImageNetFeatures(nn.Module):

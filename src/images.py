@@ -192,8 +192,8 @@ def _read_with_pyarrow(fs: Any, uri: str) -> bytes:
 def _deep_grey_to_l(image: Image.Image) -> Image.Image:
     """16/32-bit or float grey stretched to 8 bits (not clipped: 16-bit 65535 -> 255), rounded.
 
-    Works band by band, 16-bit in integers and 32-bit in float32: the whole image in float64
-    cost 27 bytes a pixel (2.4 GB for a 200 kB 16-bit PNG of 88 megapixels; now 0.6 GB).
+    Works band by band, 16-bit in integers and 32-bit in float32: the whole image in float64 would
+    take 27 bytes a pixel (2.4 GB for a 200 kB 16-bit PNG of 88 megapixels).
     """
     width, height = image.size
     sixteen = image.mode.startswith("I;16")
@@ -244,23 +244,34 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Ima
     FIFOs, unreadable files, broken links.
     """
     with io.BytesIO(read_uri(path)) if is_uri(path) else open_photo(path) as source:
-        if source.seek(0, io.SEEK_END) == 0:
-            raise ImageReadError(f"{path}: not an image file (it is empty)")
-        source.seek(0)
-        try:
-            return _decode(path, source, draft_size)
-        except ImageReadError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageReadError(f"{path}: image too large to decode safely ({error})") from error
-        except UnidentifiedImageError as error:
-            raise ImageReadError(f"{path}: not an image file (or an unsupported format)") from error
-        except MemoryError as error:
-            raise ImageReadError(f"{path}: not enough memory to decode it") from error
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ImageReadError(f"{path}: corrupt or truncated image ({error})") from error
-        except Exception as error:  # a decoder plugin's own failure (DDS: NotImplementedError, AVIF: RuntimeError)
-            raise ImageReadError(f"{path}: corrupt or unsupported image ({type(error).__name__}: {error})") from error
+        return _read(path, source, draft_size)
+
+
+def decode_photo(name: str, data: bytes, draft: int | None = None) -> Image.Image:
+    """A photo's bytes (an upload) as an upright RGB image, read exactly as :func:`load_rgb` reads a file (errors
+    name ``name``); ``draft``: the size it will be resized to (:func:`read_image`)."""
+    return _read(name, io.BytesIO(data), None if draft is None else (draft, draft))
+
+
+def _read(path: str | Path, source: BinaryIO, draft_size: tuple[int, int] | None) -> Image.Image:
+    """Decode ``source`` with every failure turned into an :class:`ImageReadError` naming ``path``."""
+    if source.seek(0, io.SEEK_END) == 0:
+        raise ImageReadError(f"{path}: not an image file (it is empty)")
+    source.seek(0)
+    try:
+        return _decode(path, source, draft_size)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"{path}: image too large to decode safely ({error})") from error
+    except UnidentifiedImageError as error:
+        raise ImageReadError(f"{path}: not an image file (or an unsupported format)") from error
+    except MemoryError as error:
+        raise ImageReadError(f"{path}: not enough memory to decode it") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({error})") from error
+    except Exception as error:  # a decoder plugin's own failure (DDS: NotImplementedError, AVIF: RuntimeError)
+        raise ImageReadError(f"{path}: corrupt or unsupported image ({type(error).__name__}: {error})") from error
 
 
 def _decode(path: str | Path, source: BinaryIO, draft_size: tuple[int, int] | None) -> Image.Image:
@@ -287,7 +298,11 @@ def _reduced(image: Image.Image, draft_size: tuple[int, int] | None) -> Image.Im
 def read_image(path: str | Path, draft: int | None = None) -> torch.Tensor:
     """An upright RGB photo as a ``(3, H, W)`` uint8 tensor; a JPEG to be resized to ``draft`` px is draft-decoded
     (:func:`load_rgb`)."""
-    image = load_rgb(path, draft_size=None if draft is None else (draft, draft))
+    return image_tensor(load_rgb(path, draft_size=None if draft is None else (draft, draft)))
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a ``(3, H, W)`` uint8 tensor, what an exported model takes."""
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 

@@ -14,12 +14,15 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .images import IMAGE_EXTENSIONS
+
+NEGATIVES_HOLDOUT = 0.5  # the share of each negatives folder never trained on, kept to measure on
 
 DATASET_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 DEFAULT_DATA_DIR = Path("landmark_images")
@@ -164,3 +167,27 @@ def dataset_fingerprint(folder: str | Path, paths: list[Path] | None = None) -> 
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def split_negatives(folder: str | Path, holdout: float = NEGATIVES_HOLDOUT) -> tuple[list[Path], list[Path]]:
+    """``(train, held_out)`` photos of a negatives folder, split by a hash of each photo's path below it.
+
+    The split is the same on every machine and run and does not move when photos are added, so the
+    held-out photos can measure unknown detection on photos the model never trained on.
+    """
+    if not 0 <= holdout <= 1:
+        raise ValueError(f"holdout must be in [0, 1], got {holdout}")
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder}: negatives folder not found")
+    folder = Path(folder).resolve()  # as the decode cache names photos: a linked folder gives the same paths
+    train: list[Path] = []
+    held_out: list[Path] = []
+    for path in list_images(folder):
+        bucket = zlib.crc32(path.relative_to(folder).as_posix().encode("utf-8", "surrogateescape")) % 1000
+        (held_out if bucket < holdout * 1000 else train).append(path)
+    return train, held_out
+
+
+def held_out_negatives(folders: Sequence[str | Path]) -> list[Path]:
+    """The held-out photos (:func:`split_negatives`) of every negatives folder: unknown photos never trained on."""
+    return [path for folder in folders for path in split_negatives(folder)[1]]

@@ -28,7 +28,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_ood.metrics import OODMetrics
 from torch import nn
 
 ACCEPT_KNOWN = 0.96  # share of validation photos of known landmarks the threshold accepts (target: 95 % on new ones)
@@ -165,10 +164,8 @@ def own_class_margin(unit: torch.Tensor, bank: torch.Tensor, bank_targets: torch
     unit-length ``negatives`` (none: nothing subtracted).
 
     Why: a photo of no landmark that happens to lie near an added landmark's few photos mostly lies nearer
-    still to some remembered street or building; a photo of the landmark does not. On the landmarks the
-    shipped model never trained against, 10 photos each, this accepted 92 % of their new photos against
-    89 % for the plain similarity, fewer photos of other landmarks and slightly more everyday scenes (4.3 %
-    against 3.4 %). It costs a landmark whose photos the negatives hold (docs/adding-landmarks.md)."""
+    still to some remembered street or building; a photo of the landmark does not. It costs a landmark whose
+    photos the negatives hold (docs/adding-landmarks.md measures both)."""
     own = nearest_of_class(unit @ bank.to(unit.dtype).T, bank_targets, classes)
     if negatives.numel() == 0:
         return own
@@ -274,6 +271,8 @@ def open_set_report(known_scores: np.ndarray, unknown_scores: np.ndarray, thresh
     unknown = torch.as_tensor(np.asarray(unknown_scores, dtype=np.float32))
     if len(known) == 0 or len(unknown) == 0:
         raise ValueError(f"need known and unknown photos, got {len(known)} and {len(unknown)}")
+    from pytorch_ood.metrics import OODMetrics  # here: exports load without it (it imports torchvision)
+
     metrics = OODMetrics()  # outlier scores (higher: more unknown), unknown photos labelled below 0
     metrics.update(-torch.cat([known, unknown]), torch.cat([torch.zeros(len(known)), -torch.ones(len(unknown))]).long())
     figures = metrics.compute()

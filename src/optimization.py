@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import OUTLIER_WEIGHT
+
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
@@ -19,7 +21,7 @@ class OutlierExposureLoss(nn.CrossEntropyLoss):
     plain (label-smoothed) cross-entropy, so it is a drop-in ``nn.CrossEntropyLoss``.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, outlier_weight: float = 0.5) -> None:
+    def __init__(self, label_smoothing: float = 0.0, outlier_weight: float = OUTLIER_WEIGHT) -> None:
         super().__init__(label_smoothing=label_smoothing)
         self.outlier_weight = outlier_weight
 

@@ -175,3 +175,8 @@ def places_for(class_names: Sequence[str], extra_csv: str | Path | None = None) 
     if extra_csv is not None:
         known.update(read_places_csv(extra_csv, class_names))
     return {name: known[key] for name in class_names if (key := place_key(name)) in known}
+
+
+def display_name(folder_name: str) -> str:
+    """``"09.St_Stephen_Cathedral_Vienna"`` -> ``"St Stephen Cathedral Vienna"``."""
+    return re.sub(r"^\d+\.", "", folder_name).replace("_", " ").strip() or folder_name

@@ -3,45 +3,27 @@
 A :class:`PreprocessConfig` says how a photo becomes the model's input: its short side is
 resized to ``resize``, the centre ``eval_crop`` square is kept (evaluation, export, prediction),
 training takes random crops of ``train_crop``, and pixels are normalised with ``mean``/``std``.
-:func:`resolve_data_config` builds it once from the model's defaults, the photos and the
-caller's overrides (as timm's ``resolve_data_config`` merges flags over a model's
-``default_cfg``); the data loaders, the checkpoint and the exported predictor all receive it.
-
-**The size rule** (when not given): ``resize = min(median short side of the training photos,
-native x 256/224)`` and ``eval_crop = min(native, resize)``, where ``native`` is the model's
-native input size (224 for MobileNetV2, 240/260 for EfficientNet-Lite1/2, 160 for the scratch
-CNN). Full-size photos thus get the classic 256 -> 224 resize and crop; photos much smaller than
-that (``landmarks10``'s 128 px) are used whole at their own size instead of being blown up.
-A network pretrained at its native size (``DataDefaults.pretrained``) reads photos of at least
-:data:`UPSCALE_FROM` of that size (web thumbnails of 170-220 px) at the native size, as full-size
-ones: its filters were trained on objects at that scale (docs/data.md).
-``train_crop`` is ``eval_crop x train_crop_ratio`` (a recipe setting, rounded down to a
-multiple of 16): training on slightly smaller crops is faster and tests better (FixRes).
+:func:`~src.data_config.resolve_data_config` builds it once from the model's :class:`DataDefaults`,
+the photos and the caller's overrides; the data loaders, the checkpoint and the exported predictor
+all receive it.
 
 :func:`resize_and_crop` is TorchScript-compatible: the decode cache, the batch predictor and the
 exported model run the same code, so ``predict``, ``tag`` and ``evaluate`` see the same pixels.
+This module needs only torch and NumPy: the exported model and the app's photo reading use it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import photo_sizes
-from .location import get_data_location, list_images
-from .statistics import compute_mean_and_std
-
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-PHOTOS_SAMPLED = 256  # headers read to find the typical photo size (a fraction of a second)
 MIN_SIZE = 16
-UPSCALE_FROM = 0.75  # photos with a short side of at least this share of a pretrained model's native size are read at it
 
 
 @dataclass(frozen=True)
@@ -109,38 +91,6 @@ def train_crop_for(eval_crop: int, ratio: float) -> int:
     if not 0 < ratio <= 1:
         raise ValueError(f"train_crop_ratio must be in (0, 1], got {ratio}")
     return max(MIN_SIZE, int(eval_crop * ratio) // 16 * 16)
-
-
-def typical_short_side(paths: Sequence[Path]) -> int | None:
-    """The median short side of (an even sample of) the photos, from their headers; None if none is readable."""
-    step = max(1, len(paths) // PHOTOS_SAMPLED)
-    sizes = photo_sizes(list(paths)[::step])
-    return int(np.median(sizes.min(axis=1))) if len(sizes) else None
-
-
-def resolve_data_config(defaults: DataDefaults, data_dir: str | Path | None = None, *, eval_crop: int | None = None,
-                        resize: int | None = None, train_crop: int | None = None,
-                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                        train_crop_ratio: float = 0.875) -> PreprocessConfig:
-    """The config of one run: the caller's values where given, else the rule of the module docstring.
-
-    ``defaults`` come from the model (``model.data_defaults`` or ``factory.data_defaults(name)``);
-    the photos of ``data_dir/train`` are only read when a size or the statistics must be found.
-    """
-    if resize is None or eval_crop is None:
-        root = get_data_location(data_dir)
-        photos = typical_short_side(list_images(root / "train"))
-        if resize is None:
-            limit = classic_resize(defaults.native_size if eval_crop is None else eval_crop)
-            near_native = defaults.pretrained and eval_crop is None and (photos or 0) >= UPSCALE_FROM * defaults.native_size
-            resize = limit if near_native else max(min(photos or limit, limit), eval_crop or MIN_SIZE)
-        if eval_crop is None:
-            eval_crop = min(defaults.native_size, resize)
-    if mean is None or std is None:
-        mean, std = (defaults.mean, defaults.std) if defaults.mean is not None else compute_mean_and_std(data_dir)
-    return PreprocessConfig(eval_crop=eval_crop, resize=resize,
-                            train_crop=train_crop or train_crop_for(eval_crop, train_crop_ratio),
-                            mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
 
 def _round(value: float) -> int:

@@ -47,21 +47,19 @@ class _Scorer:
     def __init__(self, model_bytes: bytes) -> None:
         import io
 
-        from .predictor import torchscript_on_purpose
+        from .export import export_view, torchscript_on_purpose
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         with torchscript_on_purpose():
-            self.model = torch.jit.load(io.BytesIO(model_bytes), map_location=self.device).eval()
+            self.model = export_view(torch.jit.load(io.BytesIO(model_bytes), map_location=self.device).eval())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .predictor import scored
-
         readable = batch["error"] == ""
         probabilities = np.zeros((len(readable), len(self.model.class_names)), dtype=np.float32)
         known_scores = np.zeros(len(readable), dtype=np.float32)
         if readable.any():
             with torch.inference_mode():
-                p, s = scored(self.model, torch.from_numpy(batch["image"][readable]).to(self.device))
+                p, s = self.model.classify(torch.from_numpy(batch["image"][readable]).to(self.device))
             probabilities[readable], known_scores[readable] = p.cpu().numpy(), s.cpu().numpy()
         return {"index": batch["index"], "error": batch["error"], "probabilities": probabilities, "known_score": known_scores}
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .defaults import OUTLIER_WEIGHT
 from .optimization import OPTIMIZERS
 
 SCHEDULERS = ("cosine", "plateau")
@@ -39,7 +40,7 @@ class ScratchRecipe:
     weight_decay: float = _setting(5e-2, "weight decay")
     dropout: float = _setting(0.3, "dropout before the classifier")
     label_smoothing: float = _setting(0.1, "label smoothing of the loss")
-    outlier_weight: float = _setting(0.5, "weight of outlier exposure on --negatives photos")
+    outlier_weight: float = _setting(OUTLIER_WEIGHT, "weight of outlier exposure on --negatives photos")
     optimizer: str = _setting("AdamW", f"one of {', '.join(OPTIMIZERS)}")
     momentum: float = _setting(0.9, "SGD momentum")
     scheduler: str = _setting("cosine", f"one of {', '.join(SCHEDULERS)}")
@@ -73,7 +74,7 @@ class TransferRecipe:
     weight_decay: float = _setting(1e-4, "weight decay")
     dropout: float = _setting(0.2, "dropout before the classifier")
     label_smoothing: float = _setting(0.1, "label smoothing of the loss")
-    outlier_weight: float = _setting(0.5, "weight of outlier exposure on --negatives photos")
+    outlier_weight: float = _setting(OUTLIER_WEIGHT, "weight of outlier exposure on --negatives photos")
     warmup_epochs: float = _setting(0.3, "stage 2: learning-rate warm-up (it starts from a trained head)")
     head_batch_size: int = _setting(256, "stage 1: feature vectors per step")
     train_crop_ratio: float = _setting(0.875, "training crop as a fraction of the evaluation crop")

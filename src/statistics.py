@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .decoding import keep_parent_objects
 from .files import cache_dir, touch_cache_file, write_cache_file
-from .helpers import keep_parent_objects
 from .images import ImageReadError, load_rgb
 from .location import DataNotFoundError, dataset_fingerprint, get_data_location, list_images
 

@@ -225,7 +225,7 @@ def get_model_transfer_learning(
     """A pretrained ``model_name`` backbone with a new ``n_classes`` head, backbone frozen by default.
 
     ``model.data_defaults`` holds the backbone's native input size and normalisation, which
-    :func:`~src.preprocessing.resolve_data_config` turns into the run's preprocessing.
+    :func:`~src.data_config.resolve_data_config` turns into the run's preprocessing.
     """
     if n_classes < 1:
         raise ValueError(f"n_classes must be at least 1, got {n_classes}")

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from src import analysis
 from src.data import PhotoFolder, get_data_loaders
-from src.evaluation import training_metrics, write_metrics
+from src.evaluation import RunRecord, training_metrics, write_metrics
 
 matplotlib.use("Agg")
 FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
@@ -83,7 +83,7 @@ def test_training_metrics_are_written_beside_the_export(tmp_path: Path) -> None:
     export = tmp_path / "m_exported.pt"
     export.write_bytes(b"x" * 2_000_000)
     history = [{"epoch": 1, "valid_loss": 0.5, "valid_accuracy": 0.7}, {"epoch": 2, "valid_loss": 0.4, "valid_accuracy": 0.8}]
-    metrics = training_metrics("cmd", "scratch", tmp_path, "cpu", history, 12.34, {"top1": 0.9}, export, extra=1)
+    metrics = training_metrics(RunRecord("cmd", "scratch", tmp_path, "cpu", history, 12.34, {"extra": 1}), {"top1": 0.9}, export)
     path = write_metrics(export, metrics)
     assert path == tmp_path / "m_exported.json"
     saved = json.loads(path.read_text())
@@ -93,7 +93,7 @@ def test_training_metrics_are_written_beside_the_export(tmp_path: Path) -> None:
 
 def test_training_metrics_need_a_history(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        training_metrics("cmd", "scratch", tmp_path, "cpu", [], 1.0, {}, tmp_path / "none.pt")
+        training_metrics(RunRecord("cmd", "scratch", tmp_path, "cpu", [], 1.0), {}, tmp_path / "none.pt")
 
 
 def test_plot_confusion_matrix() -> None:

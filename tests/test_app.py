@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -13,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
 from conftest import LANDMARKS10, REPO
+from src.export import load_exported
 from src.images import load_rgb
+from src.predictor import predict_photo
 from src.preprocessing import square_uint8
 
 PHOTO = next(iter(sorted(LANDMARKS10.glob("test/07.*/*.jpg"))), None)  # Petronas Towers
@@ -25,13 +30,13 @@ PARITY = ["photo.jpg", "gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep1
 STRIP = (20_000, 2)  # a 200-byte PNG that added 0.7 GB to the app's memory before its aspect ratio was checked
 
 
-def run_app(workdir: Path, models_dir: Path, code: str, project_dir: Path | None = None, examples_dir: Path | None = None) -> dict:
-    """Execute app.ipynb in a fresh kernel in ``workdir`` (no ``src`` there, unless ``project_dir`` gives the
-    project for teaching landmarks), then ``code``; return what it prints as JSON."""
+def run_app(workdir: Path, models_dir: Path, code: str, project_dir: Path = REPO, examples_dir: Path | None = None) -> dict:
+    """Execute app.ipynb in a fresh kernel in ``workdir`` (away from the repository; ``project_dir`` is where it
+    finds the ``src`` package), then ``code``; return what it prints as JSON."""
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     parameters = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
     notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
-        f"MODELS_DIR = {str(models_dir)!r}\nPROJECT_DIR = {str(project_dir or workdir)!r}\n"
+        f"MODELS_DIR = {str(models_dir)!r}\nPROJECT_DIR = {str(project_dir)!r}\n"
         f"EXAMPLES_DIR = {str(examples_dir or workdir / 'no_examples')!r}"))
     notebook.cells.append(nbformat.v4.new_code_cell("import json, datetime\n" + code))
     NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
@@ -90,9 +95,11 @@ for name, child in zip(names, [c for c in app.results.children if "landmark-summ
     if "landmark-error" in child._dom_classes:
         answers[name] = {{"error": child.value}}
     else:
-        image = read_photo(name, open(name, "rb").read())
+        image = read_for(app.model, open(name, "rb").read(), name)
+        prediction = answer(app.model, image)
         answers[name] = {{"size": image.size, "mode": image.mode, "mean": float(np.asarray(image).mean()),
-                         "top5": identify(app.model, image)[0], "images": len(child.children[0:1]) + len(child.children[2:]),
+                         "top5": prediction.ranking, "score": prediction.known_score, "known": prediction.known,
+                         "images": len(child.children[0:1]) + len(child.children[2:]),
                          "verdict": child.children[1].value, "classes": sorted(child._dom_classes)}}
 answers["status"] = app.status.value
 answers["known"] = [app.known.get_title(0), app.known.children[0].value]
@@ -100,18 +107,18 @@ answers["models"] = [value for _, value in app.picker.options]
 
 import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-strip_view = model_view(app.model, Image.new("RGB", {STRIP!r}))  # read_photo refuses it; model_view must cope anyway
+strip_view = model_view(app.model, Image.new("RGB", {STRIP!r}))  # read_for refuses it; model_view must cope anyway
 answers["strip_view"] = {{"size": strip_view.size,
                          "extra_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024}}
 
-photo = read_photo("photo.jpg", open("photo.jpg", "rb").read())
+photo = read_for(app.model, open("photo.jpg", "rb").read(), "photo.jpg")
 views = {{}}
 for size in [(1600, 1200), (300, 1333), (1500, 100), (100, 77)]:  # up to 16:1, resize_and_crop is exact
     image = photo.resize(size, Image.Resampling.BICUBIC)
     views[f"image_{{size[0]}}x{{size[1]}}"] = np.asarray(image)
     views[f"view_{{size[0]}}x{{size[1]}}"] = np.asarray(model_view(app.model, image))
 np.savez("views.npz", **views)
-np.savez("read.npz", **{{n: np.asarray(read_photo(n, open(n, "rb").read())) for n in {PARITY!r}}})
+np.savez("read.npz", **{{n: np.asarray(read_for(app.model, open(n, "rb").read(), n)) for n in {PARITY!r}}})
 answers["view_size"] = int(app.model.resize_size)
 print(json.dumps(answers))
 """
@@ -173,7 +180,7 @@ def test_a_panorama_is_classified(app_answers: dict) -> None:
 
 def test_a_strip_is_refused_from_its_header_with_its_size_and_the_limit(app_answers: dict) -> None:
     error = app_answers["strip.png"]["error"]
-    assert "strip.png" in error and "20000×2" in error and "50:1" in error
+    assert "strip.png" in error and "20000x2" in error and "50:1" in error
 
 
 def test_the_model_view_resamples_only_its_centre_square(app_answers: dict) -> None:
@@ -183,7 +190,7 @@ def test_the_model_view_resamples_only_its_centre_square(app_answers: dict) -> N
 
 
 def test_the_model_view_matches_the_package_resize_and_crop(app_answers: dict) -> None:
-    """Parity: the app's PIL view (it cannot import src) and src.preprocessing's one resize-and-crop agree."""
+    """The square the app shows the "why" map on is the one src.preprocessing's resize-and-crop gives the model."""
     views, size = app_answers["views"], app_answers["view_size"]
     for key in [k for k in views if k.startswith("image_")]:
         image = torch.from_numpy(views[key]).permute(2, 0, 1)
@@ -193,15 +200,16 @@ def test_the_model_view_matches_the_package_resize_and_crop(app_answers: dict) -
 
 @pytest.mark.parametrize("name", PARITY)
 def test_the_app_reads_every_awkward_photo_as_the_package_does(app_answers: dict, name: str) -> None:
-    """Parity: the app's reading (it cannot import src) and src.images.load_rgb give the same pixels."""
-    expected = np.asarray(load_rgb(app_answers["workdir"] / name))
+    """Parity: an upload's bytes give the pixels src.images.load_rgb reads from its file for the model."""
+    size = app_answers["view_size"]
+    expected = np.asarray(load_rgb(app_answers["workdir"] / name, (size, size)))
     assert app_answers["read"][name].shape == expected.shape and np.array_equal(app_answers["read"][name], expected), name
 
 
 @pytest.mark.parametrize("name, message", [
-    ("truncated.jpg", "damaged or truncated"),
+    ("truncated.jpg", "corrupt or truncated"),
     ("notes.jpg", "not an image"),
-    ("empty.png", "the file is empty"),
+    ("empty.png", "it is empty"),
     ("bomb.png", "too large"),
     ("huge_bomb.png", "too large"),
     ("strip.png", "aspect ratio"),
@@ -228,14 +236,33 @@ def test_the_model_picker_lists_exported_models_only(tmp_path: Path) -> None:
 
 def test_without_any_model_the_app_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    answer = run_app(tmp_path, tmp_path / "empty", 'print(json.dumps({"status": app.status.value}))')
+    app_code = "app.widget()"
+    answer = run_app(tmp_path, tmp_path / "empty", f'print(json.dumps({{"status": app.status.value, '
+                                                   f'"tabs": [{app_code}.get_title(i) for i in range(2)]}}))')
     assert "No exported model" in answer["status"]
+    assert answer["tabs"] == ["Identify photos", "Teach a landmark"]
 
 
-def test_the_app_needs_nothing_from_src() -> None:
+@pytest.mark.parametrize("name", PARITY + ["forest.jpg"])
+def test_the_app_and_the_command_line_give_a_photo_the_same_answer(app_answers: dict, name: str) -> None:
+    """Parity: the app's answer to an upload is predict_photo's (``python -m src predict``) for its file."""
+    cli = predict_photo(load_exported(REPO / "checkpoints" / "transfer_exported.pt"), app_answers["workdir"] / name)
+    app = app_answers[name]
+    assert [n for n, _ in app["top5"]] == [n for n, _ in cli.ranking] and app["known"] == cli.known, name
+    assert np.allclose([p for _, p in app["top5"]], [p for _, p in cli.ranking], atol=1e-6)
+    assert abs(app["score"] - cli.known_score) < 1e-6
+
+
+def test_the_app_reads_photos_with_the_light_part_of_src_only() -> None:
+    """The app imports src's photo reading and answering, which load neither the training stack nor the data code."""
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    assert "src" not in {line.split()[1].split(".")[0] for line in code.splitlines() if line.startswith(("import ", "from "))}
+    modules = {line.split()[1] for line in code.splitlines() if line.startswith("from src")}
+    assert modules == {"src.answer", "src.export", "src.images", "src.places"}, modules
+    probe = ("import sys; import " + ", ".join(sorted(modules)) + "; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('torchvision', 'pytorch_ood', 'matplotlib', 'timm') or m in ('src.data', 'src.decoding', 'src.new_landmarks')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded
 
 
 TEACH_PHOTOS = sorted((LANDMARKS10.parent / "new_landmarks" / "10.India_Gate").glob("*.jpg"))[:8]
@@ -276,12 +303,12 @@ teach.photos.value = upload({names!r})
 teach.teach()
 answers["status"] = teach.status.value
 answers["picker"], answers["options"] = app.picker.value, [value for _, value in app.picker.options]
-answers["names"], answers["place"] = list(app.model.class_names), model_places(app.model).get("India Gate")
-answers["probe"] = identify(app.model, read_photo("probe.jpg", open({str(probe)!r}, "rb").read()))[0][0][0]
+answers["names"], answers["place"] = list(app.model.class_names), app.model.places["India Gate"].to_dict()
+answers["probe"] = answer(app.model, read_for(app.model, open({str(probe)!r}, "rb").read(), "probe.jpg")).ranking[0][0]
 answers["known"] = app.known.get_title(0)
 print(json.dumps(answers))
 """
-    answers = run_app(tmp_path, models, code, project_dir=REPO)
+    answers = run_app(tmp_path, models, code)
     assert "Latitude 95.0 is outside -90 to 90" in answers["bad_latitude"]
     assert "Choose a few photos of India Gate" in answers["no_photos"]
     assert "Learned <b>India Gate</b> from 7 photo(s)" in answers["status"] and "notes.jpg" in answers["status"]
@@ -293,19 +320,9 @@ print(json.dumps(answers))
         assert answers["probe"] == "India Gate"  # a photo of it that was not taught
 
 
-def test_without_the_package_teaching_says_what_it_needs(tmp_path: Path) -> None:
-    names = teach_uploads(tmp_path)
-    code = f"""
-now = datetime.datetime.now(datetime.timezone.utc)
-teach.name.value = "India Gate"
-teach.photos.value = [{{"name": n, "type": "", "size": 0, "content": memoryview(open(n, "rb").read()), "last_modified": now}}
-                      for n in {names[:2]!r}]
-teach.teach()
-print(json.dumps({{"status": teach.status.value, "tabs": [app_widget.get_title(i) for i in range(2)]}}))
-"""
-    answers = run_app(tmp_path, REPO / "checkpoints", code.replace("app_widget", "app.widget()"))
-    assert "Teaching needs the project&#x27;s src package" in answers["status"]
-    assert answers["tabs"] == ["Identify photos", "Teach a landmark"]
+def test_without_the_package_the_app_says_what_it_needs(tmp_path: Path) -> None:
+    with pytest.raises(CellExecutionError, match="needs the project's src package"):
+        run_app(tmp_path, REPO / "checkpoints", 'print("{}")', project_dir=tmp_path)
 
 
 def test_example_photos_are_one_click_away_and_named_after_their_files(tmp_path: Path) -> None:

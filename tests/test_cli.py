@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import BAD_PHOTO_KINDS, REPO
-import src.cli as cli
+import src.run as run
 from src.cli import main
-from src.data import split_negatives
-from src.predictor import load_exported
+from src.location import split_negatives
+from src.export import load_exported
 
 TINY_TRAIN = ["--model", "scratch", "--epochs", "2", "--eval-crop", "32", "--batch-size", "8", "--workers", "0"]
 
@@ -202,7 +202,7 @@ def test_export_writes_only_a_pt_file_and_replaces_a_foreign_file_only_with_forc
 def test_a_bad_cache_bound_is_refused_before_any_work(tiny_data: Path, tmp_path: Path, value: str,
                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("LANDMARK_CACHE_GB", value)
-    monkeypatch.setattr(cli, "get_data_loaders", lambda *args, **kwargs: pytest.fail("loaded data before checking the bound"))
+    monkeypatch.setattr(run, "get_data_loaders", lambda *args, **kwargs: pytest.fail("loaded data before checking the bound"))
     assert main(["train", "--data", str(tiny_data), *TINY_TRAIN, "--checkpoint", str(tmp_path / "m.pt")]) == 2
     assert f"$LANDMARK_CACHE_GB={value!r}" in capsys.readouterr().err
 
@@ -210,7 +210,7 @@ def test_a_bad_cache_bound_is_refused_before_any_work(tiny_data: Path, tmp_path:
 def test_a_bad_places_file_is_refused_before_any_work(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys) -> None:
     (tmp_path / "places.csv").mkdir()
-    monkeypatch.setattr(cli, "get_data_loaders", lambda *args, **kwargs: pytest.fail("loaded data before reading --places"))
+    monkeypatch.setattr(run, "get_data_loaders", lambda *args, **kwargs: pytest.fail("loaded data before reading --places"))
     assert main(["train", "--data", str(tiny_data), *TINY_TRAIN, "--checkpoint", str(tmp_path / "m.pt"),
                  "--places", str(tmp_path / "places.csv")]) == 2
     assert "places.csv: not a file" in capsys.readouterr().err

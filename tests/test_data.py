@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from src.data import display_name, get_data_loaders, visualize_one_batch
+from src.data import get_data_loaders, visualize_one_batch
+from src.places import display_name
 
 FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.preprocessing import resolve_data_config
+from src.data_config import resolve_data_config
 from src.checkpoint import load_checkpoint
 from src.data import get_data_loaders
 from src.factory import create_model, list_models

@@ -16,7 +16,8 @@ import src.images as images
 from conftest import BAD_PHOTO_KINDS, REPO, TINY_CLASSES, bomb_png_header
 from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, photo_sizes, read_image
 from src.location import list_images
-from src.preprocessing import DataDefaults, classic_resize, resolve_data_config, square_uint8, typical_short_side
+from src.data_config import resolve_data_config, typical_short_side
+from src.preprocessing import DataDefaults, classic_resize, square_uint8
 
 
 def _odd_mode_images(folder: Path) -> dict[str, Path]:

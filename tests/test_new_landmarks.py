@@ -15,16 +15,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import TINY_CLASSES, run_without_src, tiny_config
-import src.cli as cli
+import src.commands as commands
 from src.cli import main
 from src.factory import create_model, list_models
 from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatures
+import src.added_fit as added_fit
 import src.new_landmarks as new_landmarks
-from src.new_landmarks import (MAX_NEGATIVES_ADDED, MEMORY_NEGATIVES, VIEWS, HeldOut, add_landmarks, add_landmarks_command,
-                                feature_memory, held_out, keep_memory, photo_features, read_new_landmarks)
+from src.added_fit import MAX_NEGATIVES_ADDED, VIEWS, HeldOut, held_out
+from src.new_landmarks import add_landmarks, read_new_landmarks
+from src.commands import add_landmarks_command
+from src.export import Predictor, export_predictor, load_exported
+from src.memory import FEATURE_BATCH, MEMORY_NEGATIVES, feature_memory, photo_features
 from src.openset import nearest_of_class, percentile, similarity_floor, unit_features
 from src.places import Place
-from src.predictor import Predictor, export_predictor, load_exported
 
 BASE_NAMES = ["Red Fort", "Green Gate"]
 
@@ -46,14 +49,16 @@ def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size:
     """A two-landmark export (Red Fort, Green Gate) with its feature memory, as finish_run writes it."""
     torch.manual_seed(0)
     kwargs = {"widths": (8, 16)} if name == "scratch" else {}
-    predictor = Predictor(create_model(name, 2, pretrained=False, **kwargs), BASE_NAMES, tiny_config(image_size),
-                          unknown_threshold=0.5, places={"Red Fort": Place(28.6562, 77.2410, "India", "Delhi")})
+    network, places = create_model(name, 2, pretrained=False, **kwargs), {"Red Fort": Place(28.6562, 77.2410, "India", "Delhi")}
+    predictor = Predictor(network, BASE_NAMES, tiny_config(image_size), unknown_threshold=0.5, places=places)
     if memory:
         paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
         targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
         features, kept, _ = photo_features(predictor, paths, num_workers=0)
-        keep_memory(predictor, feature_memory(predictor, features, [paths[i] for i in kept], [targets[i] for i in kept],
-                                              [_negatives(path.parent / "negatives")], num_workers=0))
+        kept_memory = feature_memory(predictor, features, [paths[i] for i in kept], [targets[i] for i in kept],
+                                     [_negatives(path.parent / "negatives")], num_workers=0)
+        predictor = Predictor(network, BASE_NAMES, tiny_config(image_size), unknown_threshold=0.5, places=places,
+                              memory=kept_memory)
     return export_predictor(predictor, path)
 
 
@@ -200,9 +205,9 @@ def test_support_photos_are_held_out_whole_and_once_to_calibrate_the_added_landm
     photo_of_row = torch.full_like(targets, -1)
     photo_of_row[support] = torch.arange(int(support.sum())) // VIEWS
     fits = []
-    real_fit = new_landmarks._fit_rows
-    monkeypatch.setattr(new_landmarks, "_fit_rows", lambda b, f, t, n, lookalike: fits.append(f) or real_fit(b, f, t, n, lookalike))
-    unlike = ~new_landmarks._lookalike_negatives(features, targets, len(BASE_NAMES), base.memory_features.shape[1])
+    real_fit = added_fit.fit_rows
+    monkeypatch.setattr(added_fit, "fit_rows", lambda b, f, t, n, lookalike: fits.append(f) or real_fit(b, f, t, n, lookalike))
+    unlike = ~added_fit.lookalike_negatives(features, targets, len(BASE_NAMES), base.memory_features.shape[1])
     out = held_out(base, features, targets, 2, ~unlike)
     held_photos = []
     for kept in fits:
@@ -226,17 +231,17 @@ def test_added_landmarks_may_not_let_through_more_held_out_negatives_than_allowe
     base = load_exported(base_path)
     features, targets = _memory_with_support(base, [4])
     ramp = torch.linspace(0.5, 1.0, 20)
-    monkeypatch.setattr(new_landmarks, "held_out", lambda *args: HeldOut(ramp, ramp, ramp[-10:], ramp[-10:], 100))
+    monkeypatch.setattr(added_fit, "held_out", lambda *args: HeldOut(ramp, ramp, ramp[-10:], ramp[-10:], 100))
     added = torch.nn.Linear(features.shape[1], 1)
     lookalike = torch.zeros_like(targets, dtype=torch.bool)
-    detector, threshold = new_landmarks._detector(base, added, features, targets, lookalike)
+    detector, threshold = added_fit.added_detector(base, added, features, targets, lookalike)
     support = (percentile(ramp, ramp) + percentile(ramp, ramp)) / 2
     needed = float(np.quantile(support.numpy(), 0.04, method="lower"))
     negatives = support[-10:] - detector.added_offset
     assert detector.added_offset > 0 and int((negatives >= needed).sum()) == int(MAX_NEGATIVES_ADDED * 100)
     relaxed = HeldOut(ramp, ramp, ramp[:2], ramp[:2], 100)  # held-out negatives all score low: nothing to correct
-    monkeypatch.setattr(new_landmarks, "held_out", lambda *args: relaxed)
-    assert new_landmarks._detector(base, added, features, targets, lookalike)[0].added_offset == 0.0
+    monkeypatch.setattr(added_fit, "held_out", lambda *args: relaxed)
+    assert added_fit.added_detector(base, added, features, targets, lookalike)[0].added_offset == 0.0
     assert 0 < threshold < 0.2
 
 
@@ -341,7 +346,7 @@ def test_the_command_writes_only_a_pt_file_and_replaces_files_only_with_force(ba
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert {path.name: path.read_bytes() for path in models.iterdir()} == files
-    monkeypatch.setattr(cli, "add_landmarks_command", lambda *args: {"skipped": [], "added": {"Blue Tower": 7}, "seconds": 1.0,
+    monkeypatch.setattr(commands, "add_landmarks_command", lambda *args: {"skipped": [], "added": {"Blue Tower": 7}, "seconds": 1.0,
                                                                      "class_names": BASE_NAMES + ["Blue Tower"],
                                                                      "unknown_threshold": 0.5})
     assert main([*command, str(models / "other.pt"), "--force"]) == 0
@@ -378,7 +383,7 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_leaves_no_temporary(base_
     out.write_bytes(b"the model saved before")
     monkeypatch.setattr(Path, "write_bytes", full_disk)
     with pytest.raises(OSError, match=rf"{out}: No space left on device") as error:
-        new_landmarks.save_added(load_exported(base_path), out, {"added": {}})
+        new_landmarks.save_added(load_exported(base_path), out, "base.pt", {}, [], 1.0)
     assert error.value.errno == errno.ENOSPC
     assert sorted(path.name for path in tmp_path.iterdir()) == ["added.pt"] and out.read_bytes() == b"the model saved before"
 
@@ -398,4 +403,4 @@ def test_networks_see_bounded_batches_however_many_photos_are_read(tiny_data: Pa
     features, _ = new_landmarks.support_features(Recorder(), {"Blue Tower": photos}, num_workers=0)
     assert features["Blue Tower"].shape == (len(photos) * VIEWS, 3) and sum(seen) == len(photos) * VIEWS
     assert photo_features(Recorder(), photos * 6, num_workers=0)[0].shape == (len(photos) * 6, 3)
-    assert max(seen) <= new_landmarks.FEATURE_BATCH
+    assert max(seen) <= FEATURE_BATCH

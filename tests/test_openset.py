@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_photo, run_without_src, tiny_config
-from src.data import UNKNOWN_TARGET, get_data_loaders, split_negatives
+from src.data import UNKNOWN_TARGET, get_data_loaders
+from src.location import split_negatives
 import src.finish as finish
 from src.factory import create_model
 from src.images import read_image
 from src.openset import AddedLandmarksDetector, MaxSoftmax, _nearest_in, SoftmaxAndNearest, nearest_detector, open_set_report, percentile, similarity_floor, unit_features, unknown_threshold
 from src.optimization import get_loss
 from src.places import Place
-from src.predictor import Predictor, export_predictor, load_exported
+from src.predictor import Predictor
+from src.export import export_predictor, load_exported
 from src.preprocessing import square_uint8
 
 

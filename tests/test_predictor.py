@@ -13,7 +13,8 @@ import torch
 from conftest import run_without_src, tiny_config
 from src.data import get_data_loaders
 from src.factory import create_model, list_models
-from src.predictor import Predictor, export_predictor, load_exported, predictor_test, top_k
+from src.predictor import Predictor, predictor_test, top_k
+from src.export import export_predictor, load_exported
 
 NAMES = ["Red Fort", "Green Gate", "Blue Tower"]
 

@@ -9,11 +9,12 @@ import torch
 
 from src.data import get_data_loaders
 from src.factory import create_model
-from src.preprocessing import resolve_data_config
+from src.data_config import resolve_data_config
 from src.statistics import compute_mean_and_std
 from src.images import load_rgb
 from src.optimization import get_loss, get_optimizer
-from src.predictor import Predictor, export_predictor, load_exported, predictor_test, top_k
+from src.predictor import Predictor, predictor_test, top_k
+from src.export import export_predictor, load_exported
 from src.recipes import recipe_for
 from src.train import optimize
 

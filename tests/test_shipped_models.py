@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_without_src, shared_folder
-from src.data import display_name, split_negatives
+from src.location import split_negatives
+from src.places import display_name
 
 SHIPPED = ["original_exported.pt", "transfer_exported.pt"]
 MAX_SCENES_ACCEPTED = {"original_exported.pt": 8, "transfer_exported.pt": 3}  # of 21 (bench/openset.py: all of them)
@@ -85,7 +86,8 @@ def test_shipped_model_learns_a_new_landmark_from_a_few_photos(name: str, landma
     and other photos of that landmark are then named, while its own landmarks keep their names."""
     folder = shared_folder(landmarks10.parent / "new_landmarks" / "13.Lotus_Temple")
     from src.new_landmarks import add_landmarks
-    from src.predictor import load_exported, predict_photos
+    from src.predictor import predict_photos
+    from src.export import load_exported
 
     base = load_exported(REPO / "checkpoints" / name)
     assert len(base.memory_features) == len(base.memory_targets) == len(base.general_memory) > 1000

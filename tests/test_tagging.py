@@ -16,13 +16,16 @@ from PIL import Image
 import pytest
 
 from conftest import BAD_PHOTO_KINDS, tiny_config
+import src.tag_output as tag_output
 import src.tagging as tagging
 from src.cli import main
 from src.factory import create_model
-from src.predictor import Predictor, export_predictor, load_exported
+from src.predictor import Predictor
+from src.export import export_predictor, load_exported
 from src.geotag import read_gps
 from src.places import Place
-from src.tagging import CSV_FIELDS, UNKNOWN, done_paths, tag_photos
+from src.tag_output import CSV_FIELDS, done_paths
+from src.tagging import UNKNOWN, tag_photos
 
 NAMES = ["Red Fort", "Green Gate", "Blue Tower"]
 
@@ -102,7 +105,7 @@ def test_repair_truncates_in_place_reading_only_the_tail(tmp_path: Path, monkeyp
         for chunk in (1 << 16, 3):  # a half-written line longer than the chunks read backwards
             with out.open("wb") as handle:
                 handle.write(content)
-            tagging._repair_last_line(out, chunk=chunk)
+            tag_output._repair_last_line(out, chunk=chunk)
             with out.open("rb") as handle:
                 assert handle.read() == kept
 
@@ -145,7 +148,7 @@ def test_resume_with_other_settings_is_refused(exported: Path, photos: Path, tmp
     out = tmp_path / "tags.csv"
     tag_photos(load_exported(exported), photos, out, k=2, threshold=0.3, num_workers=0, model_path=exported)
     settings = json.loads((tmp_path / "tags.csv.settings.json").read_text())
-    assert settings == {"format": "landmark-tags/2", "model_sha256": tagging._file_sha256(exported), "topk": 2,
+    assert settings == {"format": "landmark-tags/2", "model_sha256": tag_output._file_sha256(exported), "topk": 2,
                         "threshold": 0.3, "class_names": NAMES, "places": {}, "geotag_dir": None, "overwrite_gps": False}
     content = out.read_bytes()
     for changed, message in [({"k": 3}, "topk"), ({"threshold": 0.5}, "threshold"), ({"model_path": other}, "model_sha256"),

@@ -1,0 +1,336 @@
+"""Regenerate the measurement tables in README.md and docs/*.md from bench/results/*.json.
+
+A table between `<!-- table: NAME -->` and `<!-- /table -->` is written by the generator
+registered under NAME, so a doc's figures cannot drift from what the benchmarks stored.
+
+    python bench/tables.py          # rewrite the tables in place
+    python bench/tables.py --check  # exit 1, naming each table that differs from the JSON
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CHECKPOINTS = ROOT / "checkpoints"
+MARKED = re.compile(r"^(?P<indent>[ \t]*)<!-- table: (?P<name>[\w-]+) -->\n(?P<body>.*?)^(?P=indent)<!-- /table -->",
+                    re.M | re.S)
+
+Row = list[str]
+TABLES: dict[str, Callable[[], str]] = {}
+
+
+def generator(name: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
+    """Register a table generator under the marker name the docs use."""
+    def register(function: Callable[[], str]) -> Callable[[], str]:
+        TABLES[name] = function
+        return function
+    return register
+
+
+def load(name: str, folder: Path = RESULTS) -> dict[str, Any]:
+    """One stored result; the file name is what the docs cite, so it is given without a path."""
+    return json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def pct(share: float, digits: int = 1, space: bool = True) -> str:
+    """A share as the docs write it: `98.70 %` in prose-like cells, `3.2%` in the dense open-set tables."""
+    return f"{100 * share:.{digits}f}{' ' if space else ''}%"
+
+
+def rate(per_second: float) -> str:
+    """Photos per second: whole numbers from 100 on (`1,479/s`), one decimal below (`93.2/s`)."""
+    return f"{per_second:,.0f}/s" if per_second >= 100 else f"{per_second:.1f}/s"
+
+
+def markdown(header: Row, rows: list[Row]) -> str:
+    """A pipe table in the docs' style (no column alignment, so a changed figure changes one line)."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def by_set(rows: list[dict[str, Any]], score: str) -> dict[str, dict[str, Any]]:
+    """The open-set rows of one score, keyed by their unknown set."""
+    return {row["unknown"]: row for row in rows if row["score"] == score}
+
+
+@generator("sizes")
+def sizes_table() -> str:
+    """docs/data.md: the default transfer recipe on tuned and held-out landmarks (bench/sizes.py)."""
+    rows: list[Row] = []
+    for r in load("sizes")["rows"]:
+        p = r["preprocess"]
+        sizes = f"{p['eval_crop']} / {p['resize']} / {p['train_crop']}"
+        if r["flags"] != "(none)":
+            sizes += f", `{r['flags']}`"
+        rows.append([f"{r['classes']} ({r['split']['train']} train / {r['split']['test']} test)",
+                     f"{r['photos']} ({r['short_side']} px)", sizes, pct(r["valid_accuracy"], 2),
+                     f"**{pct(r['test_top1'], 2)}**", f"{r['train_minutes']:.1f} min ({r['wall_minutes']:.1f} min)"])
+    return markdown(["landmarks", "photos (median short side)", "sizes (eval crop / resize / train crop)",
+                     "validation", "test top-1", "training (whole command)"], rows)
+
+
+@generator("compare-backbones")
+def compare_backbones_table() -> str:
+    """docs/recipes.md: each backbone with the shipped recipe on 3,000 photos (bench/compare_backbones.py)."""
+    rows = [[r["backbone"], pct(r["frozen_valid_accuracy"], 2), pct(r["fine_tuned_valid_accuracy"], 2),
+             f"{r['fine_tuned_minutes']:.1f} min", f"{r['predictor_test_seconds']:.1f} s",
+             f"{r['single_photo_top5_median_ms']:.1f} ms"]
+            for r in load("compare_backbones")["rows"]]
+    return markdown(["backbone", "frozen (stage 1) validation", "fine-tuned validation", "both stages",
+                     "predictor_test", "one photo"], rows)
+
+
+@generator("openset")
+def openset_table() -> str:
+    """docs/unknown-photos.md: the shipped detectors, and the transfer recipe without outlier exposure."""
+    transfer, scratch = load("openset")["models"]
+    plain = load("openset_without_outlier_exposure")["models"][0]
+    rows: list[Row] = []
+
+    def shipped(label: str, model: dict[str, Any], only: str | None = None, bold: bool = False,
+                accepted: bool = True) -> None:
+        """The rows of the model's shipped score; the shipped transfer model's figures are the ones in bold."""
+        for r in model["rows"]:
+            if not r["shipped"] or (only is not None and r["unknown"] != only):
+                continue
+            mark = (lambda text: f"**{text}**") if bold else (lambda text: text)
+            rows.append([label, r["unknown"], str(r["unknown_photos"]), mark(f"{r['auroc']:.4f}"),
+                         mark(pct(r["fpr95"], space=False)),
+                         pct(r["known_accepted"], space=False) if accepted else "—",
+                         mark(pct(r["unknown_accepted"], space=False)) if accepted else "—"])
+
+    shipped(f"transfer ({transfer['unknown_threshold']:.3f})", transfer, bold=True)
+    shipped(f"scratch ({scratch['unknown_threshold']:.3f})", scratch, only="other landmarks (never trained on)")
+    shipped("transfer without outlier exposure", plain, accepted=False)  # its threshold was chosen otherwise
+    return markdown(["model (threshold)", "unknown photos, never trained on", "photos", "AUROC", "FPR@95TPR",
+                     "known accepted", "unknown accepted"], rows)
+
+
+SCORE_LABELS = {
+    "msp_nearest": "msp_nearest (shipped `known_score`: top probability, memory and training photos)",
+    "msp_nearest_memory": "msp_nearest_memory (top probability and memory alone)",
+    "msp": "msp (top probability alone)",
+    "knn": "knn (all 6,000 training photos alone)",
+}
+SET_HEADERS = {
+    "scenes (held-out photos)": "scenes (held-out)",
+    "everyday (categories never trained on)": "everyday (never trained on)",
+}
+
+
+@generator("openset-scores")
+def openset_scores_table() -> str:
+    """docs/unknown-photos.md: every candidate score from one pass of the shipped transfer model."""
+    rows = load("openset")["models"][0]["rows"]
+    sets = list(dict.fromkeys(row["unknown"] for row in rows))
+    scores = list(dict.fromkeys(row["score"] for row in rows))
+    table = [[SCORE_LABELS.get(score, score)]
+             + [f"{r['auroc']:.4f} / {pct(r['fpr95'], space=False)}" for r in (by_set(rows, score)[s] for s in sets)]
+             for score in scores]
+    return markdown(["score", *(SET_HEADERS.get(s, s) for s in sets)], table)
+
+
+@generator("add-landmarks")
+def add_landmarks_table() -> str:
+    """docs/adding-landmarks.md: new landmarks added from a few photos (bench/add_landmarks.py --shots 5 10)."""
+    rows: list[Row] = []
+    for r in load("add_landmarks")["rows"]:
+        other = r.get("other_landmarks_accepted")
+        rows.append([r["setting"], str(r["new_landmarks"]), str(r["photos_per_landmark"]),
+                     *(pct(r[key], space=False) for key in ("new_top1", "new_accepted", "new_named_and_accepted")),
+                     pct(r["original_top1"], 2, space=False), pct(r["original_accepted"], space=False),
+                     f"{r['unknown_auroc']:.4f} / {pct(r['unknown_fpr95'], space=False)} / "
+                     f"{pct(r['unknown_accepted'], space=False)}",
+                     f"{pct(r['everyday_tuned_accepted'], space=False)} / "
+                     f"{pct(r['everyday_left_out_accepted'], space=False)}",
+                     "—" if other is None else pct(other, space=False), f"{r['seconds']:.1f}"])
+    return markdown(["new landmarks", "count", "photos each", "new: top-1", "new: accepted",
+                     "new: named right and accepted", "original: top-1", "original: accepted",
+                     "scenes: AUROC / FPR@95TPR / accepted", "everyday accepted: floor chosen on / left out",
+                     "other landmarks accepted", "seconds"], rows)
+
+
+@generator("tag")
+def tag_table() -> str:
+    """docs/command-line.md: `tag` throughput, local and on Ray, against decoding alone (bench/tag.py)."""
+    labels = {"unlabelled_128px": "{photos:,} `landmarks10/unlabeled` (128 px)",
+              "full_size_12mp": "{photos:,} full-size 12 MP JPEGs"}
+    rows: list[Row] = []
+    for key, label in labels.items():
+        r = load("tag")[key]
+        ray = rate(r["ray_photos_per_s"])
+        if "ray_simulated_2_node_cluster" in r:
+            ray += f"; {rate(r['ray_simulated_2_node_cluster']['photos_per_s'])} joining a simulated 2-node cluster"
+        draft = ", JPEG draft mode" if key == "full_size_12mp" else ""
+        rows.append([label.format(photos=r["photos"]), rate(r["decode_only_photos_per_s"]),
+                     rate(r["model_only_photos_per_s"]), f"**{rate(r['local_photos_per_s'])}**", ray,
+                     f"{rate(r['decode_ceiling_photos_per_s'])} ({r['decode_ms_per_photo_one_core']} ms a photo{draft})"])
+    return markdown(["photos", "decode only (2 processes)", "model only (1 process)", "`tag`, local engine",
+                     "`tag --engine ray` (local Ray)", "decode ceiling (2 × one photo on one core)"], rows)
+
+
+OPENSET_README = [("held-out scenes", "scenes (held-out photos)"),
+                  ("held-out photos of other landmarks", "other landmarks (held-out photos)"),
+                  ("9 landmarks never trained on", "other landmarks (never trained on)"),
+                  ("full-size Haleakalā", "Haleakala (full-size)"),
+                  ("{photos:,} everyday photos (animals, objects, food, people…)",
+                   "everyday (categories never trained on)")]
+
+
+def readme_openset() -> str:
+    """The README's one-cell summary of the shipped transfer model's unknown detection."""
+    rows = by_set(load("openset")["models"][0]["rows"], "msp_nearest")
+    parts: list[str] = []
+    for i, (label, name) in enumerate(OPENSET_README):
+        r = rows[name]
+        figures = [f"{r['auroc']:.4f}", pct(r["fpr95"]), pct(r["unknown_accepted"])]
+        if i == 0:
+            figures.append(pct(r["known_accepted"]))
+        parts.append(f"{label.format(photos=r['unknown_photos'])} **{' / '.join(figures)}**")
+    return "; ".join(parts)
+
+
+def readme_add_landmarks() -> str:
+    """The README's summary of adding the 9 never-seen landmarks from 10 photos each."""
+    record = load("add_landmarks")
+    rows = {(r["setting"], r["photos_per_landmark"]): r for r in record["rows"]}
+    nine, one = rows["never trained against", 10], rows["one at a time", 10]
+    scenes, scenes_before = pct(nine["unknown_accepted"]), pct(record["scenes_before"]["unknown_accepted"])
+    scenes_note = "as before adding" if scenes == scenes_before else f"{scenes_before} before adding"
+    speed = record["photos_per_second"]
+    return (f"**{pct(nine['new_top1'])}** new top-1, **{pct(nine['new_accepted'])}** accepted, "
+            f"{pct(nine['new_named_and_accepted'])} both (one landmark at a time: {pct(one['new_top1'])} / "
+            f"**{pct(one['new_accepted'])}**); {pct(nine['original_top1'], 2)} original, "
+            f"{pct(nine['original_accepted'])} of it accepted; scenes {scenes} accepted ({scenes_note}), "
+            f"everyday photos never chosen on {pct(nine['everyday_left_out_accepted'])} "
+            f"({pct(record['everyday_before']['everyday_left_out'])} before adding), other landmarks "
+            f"{pct(nine['other_landmarks_accepted'])} ({pct(record['other_landmarks_before'])} before adding); "
+            f"{record['command_seconds_10_photos']:.1f} s for the whole command; "
+            f"{speed['with_added_landmarks']:.1f} photos/s afterwards against {speed['base']:.1f}/s in the same run")
+
+
+def readme_sizes() -> str:
+    """The README's summary of the default recipe on landmarks no recipe choice looked at."""
+    record = load("sizes")
+    plain = {(r["classes"], r["photos"]): r for r in record["rows"] if r["flags"] == "(none)"}
+    minutes = [r["train_minutes"] for r in plain.values()]
+    held = [plain["held out", "as is"], plain["held out", "thumbnails"]]
+    met = min(r["test_top1"] for r in held) >= 0.975 and max(minutes) <= 10
+    return (f"**{pct(held[0]['test_top1'], 2)}** (their photos as they are), **{pct(held[1]['test_top1'], 2)}** "
+            f"as 256 px thumbnails; {pct(plain['tuned', 'as is']['test_top1'], 2)} / "
+            f"{pct(plain['tuned', 'thumbnails']['test_top1'], 2)} on the {len(record['tuned'])} landmarks the "
+            f"choices looked at; {min(minutes):.1f}-{max(minutes):.1f} min of training for ~800 photos"
+            + ("" if met else ": not met"))
+
+
+def trained(name: str) -> str:
+    """A command-line training run of one recipe (bench/train.py), without outlier exposure."""
+    r = load(f"train_{name}")
+    return (f"{pct(r['test_top1'], 2)} / {pct(r['test_top5'], 2)} (validation {pct(r['valid_accuracy'], 2)}), "
+            f"{r['train_minutes']:.1f} min, {r['peak_memory_mb'] / 1000:.1f} GB")
+
+
+@generator("results")
+def readme_results_table() -> str:
+    """README.md: the targets and what was measured. Training times of the shipped (notebook) models come
+    from the metrics JSON beside each export; everything else from bench/results."""
+    scratch, transfer = load("predict_original_exported"), load("predict_transfer_exported")
+    notebook = {name: load(f"{name}_exported", CHECKPOINTS)["train_seconds"] / 60 for name in ("original", "transfer")}
+    memory = {name: load(f"train_{name}")["peak_memory_mb"] / 1000 for name in ("scratch", "transfer")}
+    ref = load("reference_vs_ours")
+    same_recipe = "same recipe from the command line, without `--negatives` (recipe from `src/recipes.py`, sizes from the rule)"
+    rows = [
+        ["scratch CNN top-1 / top-5 (`checkpoints/original_exported.pt`, with outlier exposure)", "≥ 90 %",
+         f"**{pct(scratch['test_top1'], 2)} / {pct(scratch['test_top5'], 2)}**",
+         "`cnn_from_scratch.ipynb` (`make notebooks`)"],
+        ["its training time / peak memory", "≤ 60 min / ≤ 4 GB",
+         f"**{notebook['original']:.1f} min** of epochs (4 of them beside other runs) / "
+         f"{memory['scratch']:.1f} GB (command-line run)", "(same run)"],
+        [same_recipe, "—", trained("scratch"), "`python bench/train.py scratch`"],
+        ["transfer top-1 / top-5 (`checkpoints/transfer_exported.pt`, with outlier exposure)",
+         "≥ 97 % (≥ 98 % with unknown detection)",
+         f"**{pct(transfer['test_top1'], 2)} / {pct(transfer['test_top5'], 2)}**",
+         "`transfer_learning.ipynb` (`make notebooks`)"],
+        ["its training time / peak memory", "≤ 30 min / ≤ 4 GB",
+         f"**{notebook['transfer']:.1f} min** (7.6-8.7 min over ten notebook runs) / "
+         f"{memory['transfer']:.1f} GB (command-line run)", "(same run)"],
+        ["unknown detection, shipped transfer model",
+         "AUROC ≥ 0.99, FPR@95TPR ≤ 5 %, ≤ 5 % unknown / ≥ 95 % known accepted", readme_openset(),
+         "`python bench/openset.py` ([details](docs/unknown-photos.md#unknown-photos-and-places))"],
+        ["new landmarks added from 10 photos each (the 9 never trained against, at once), shipped transfer model",
+         "≥ 90 % new top-1 and accepted, ≥ 97.5 % original, ≤ 60 s", readme_add_landmarks(),
+         "`python bench/add_landmarks.py` ([details](docs/adding-landmarks.md#adding-landmarks-from-a-few-photos))"],
+        [same_recipe, "—", trained("transfer"), "`python bench/train.py transfer`"],
+        ["default transfer recipe on 9 landmarks no recipe choice looked at (`new_landmarks` 10-18)",
+         "≥ 97.5 % within 10 min", readme_sizes(),
+         "`python bench/sizes.py` ([details](docs/data.md#sizes-one-rule-for-small-and-full-size-photos))"],
+        ["`predictor_test`, 2,000 test photos, shipped transfer model", "≤ 15 s",
+         f"**{transfer['predictor_test_seconds']:.1f} s** (scratch model: {scratch['predictor_test_seconds']:.1f} s); "
+         "this machine's speed drifts 2-3× between runs", "`python bench/predict.py checkpoints/transfer_exported.pt`"],
+        ["one 800×600 JPEG → top-5, median, decode included", "≤ 20 ms",
+         f"**{transfer['single_photo_top5_median_ms']:.1f} ms** (p90 {transfer['single_photo_top5_p90_ms']:.1f} ms; "
+         f"scratch model {scratch['single_photo_top5_median_ms']:.1f} ms)", "(same run)"],
+        ["reference transfer recipe (frozen MobileNetV2 at 224 px + linear, Adam, 15 epochs), same machine, same run",
+         "—",
+         f"{pct(ref['reference_test_top1'], 2)} top-1, `predictor_test` {ref['reference_predictor_test_seconds']:.1f} s, "
+         f"one photo {ref['reference_single_photo_top5_median_ms']:.1f} ms; that run's MobileNetV2 export of this "
+         f"project's recipe: {pct(ref['ours_test_top1'], 2)}, {ref['ours_predictor_test_seconds']:.1f} s, "
+         f"{ref['ours_single_photo_top5_median_ms']:.1f} ms — **{ref['top1_error_ratio_reference_over_ours']:.1f}× "
+         f"fewer errors, {ref['predictor_test_speedup']:.1f}× and {ref['single_photo_speedup']:.1f}× faster**",
+         "`python bench/reference.py`"],
+    ]
+    return markdown(["what", "target", "measured", "command"], rows)
+
+
+def regenerate(text: str, path: Path, show_diff: bool = False) -> tuple[str, list[str]]:
+    """The text with every marked table rebuilt, and the names of those that changed (their diff printed
+    when asked, so a failing check shows which figure moved)."""
+    changed: list[str] = []
+
+    def rebuild(match: re.Match[str]) -> str:
+        name, indent = match["name"], match["indent"]
+        if name not in TABLES:
+            raise SystemExit(f"{path.relative_to(ROOT)}: no generator for table '{name}' (known: {', '.join(TABLES)})")
+        table = "\n".join(indent + line for line in TABLES[name]().splitlines())
+        body = f"\n{table}\n\n"
+        if body != match["body"]:
+            changed.append(name)
+            if show_diff:
+                sys.stdout.writelines(difflib.unified_diff(match["body"].splitlines(True), body.splitlines(True),
+                                                           f"{path.name} ({name}, now)", f"{name} (from JSON)"))
+        return f"{indent}<!-- table: {name} -->\n{body}{indent}<!-- /table -->"
+
+    return MARKED.sub(rebuild, text), changed
+
+
+def main() -> int:
+    """Rewrite the docs, or with --check say which tables differ (exit 1) and write nothing."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a doc's table differs from the JSON")
+    check = parser.parse_args().check
+    found: set[str] = set()
+    stale: list[str] = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        found.update(match["name"] for match in MARKED.finditer(text))
+        new, changed = regenerate(text, path, show_diff=check)
+        stale += [f"{path.relative_to(ROOT)}: table '{name}'" for name in changed]
+        if changed and not check:
+            path.write_text(new, encoding="utf-8")
+    missing = sorted(set(TABLES) - found)
+    for line in stale:
+        print(f"{line} {'differs from bench/results (run python bench/tables.py)' if check else 'rewritten'}")
+    for name in missing:
+        print(f"table '{name}' has no <!-- table: {name} --> marker in README.md or docs/*.md")
+    return 1 if missing or (check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""What each ``python -m src`` command does, given its parsed arguments (:mod:`src.cli` parses and dispatches).
+
+Each command checks its outputs before any work, prints what a person needs, and returns its figures
+(or an exit status for ``predict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, checkpoint_config, model_from_checkpoint, predictor_from_checkpoint
+from .data import PhotoFolder, get_data_loaders
+from .distributed import init_from_env, is_main_process, rank, world_size
+from .evaluation import classification_report
+from .export import ExportView, export_predictor, export_view, open_export, torchscript_on_purpose
+from .factory import list_models
+from .files import check_outputs
+from .finish import calibrated_predictor
+from .helpers import get_device, seed_everything, setup_env
+from .images import ImageReadError
+from .location import get_data_location, negatives_from_env
+from .new_landmarks import add_landmarks, read_new_landmarks, save_added
+from .places import places_for
+from .predictor import predict_photo, predict_photos
+from .recipes import recipe_for, recipe_settings
+from .run import RunData, RunOutputs, run_training
+from .tagging import tag_photos
+
+
+def _check_model_name(path: Path, what: str) -> None:
+    """Refuse a model path not ending in .pt: its JSON goes beside it with the suffix swapped, so ``DIR/name``
+    or ``DIR/name.json`` would replace another model's JSON. A folder is left to :func:`check_outputs` to name."""
+    if path.suffix != ".pt" and not path.is_dir():
+        raise ValueError(f"{path}: the {what} is a TorchScript file (its JSON goes beside it as .json); name it .pt")
+
+
+def _is_export(path: Path) -> bool:
+    """Whether ``path`` is a model exported by this project (what ``export`` may replace without --force)."""
+    try:
+        open_export(path)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _load_any(path: Path) -> ExportView:
+    """An exported model, or a training checkpoint wrapped as one."""
+    try:
+        return open_export(path)
+    except ValueError:
+        with torchscript_on_purpose():
+            return export_view(torch.jit.script(predictor_from_checkpoint(path)), path)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    seed_everything(args.seed)
+    if init_from_env():
+        print(f"Distributed training: rank {rank()} of {world_size()}")
+    recipe = recipe_for(args.model, **{name: getattr(args, name) for name in recipe_settings()})
+    sizes = {name: getattr(args, name) for name in ("eval_crop", "resize", "train_crop") if getattr(args, name) is not None}
+    data = RunData(args.data, args.valid_size, args.limit, args.negatives, args.places, args.workers, args.seed, sizes)
+    outputs = RunOutputs.for_model(args.model, args.checkpoint, args.export)
+    result = run_training(args.model, recipe, data, outputs, "python -m src " + shlex.join(args.argv), resume=args.resume,
+                          main_process=is_main_process())
+    return result.metrics if result is not None else {}
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    if args.json is not None:
+        check_outputs(model=args.model, **{"JSON report": args.json})
+    model = _load_any(args.model)
+    env = setup_env(args.data)
+    test = PhotoFolder(env.data_dir / "test")
+    if model.class_names != test.class_names:
+        raise CheckpointError(f"{args.model}: its {len(model.class_names)} classes do not match the "
+                              f"{len(test.class_names)} classes of {env.data_dir}/test")
+    truth, probabilities, known_scores = predict_photos(model, test.paths, test.targets, args.batch_size, args.workers)
+    report = classification_report(truth, probabilities, test.class_names)
+    report["known_accepted"] = round(float((known_scores >= model.unknown_threshold).mean()), 4)
+    k = report["k"]
+    print(f"{args.model} on {env.data_dir}/test: top-1 {report['top1']:.2%}, top-{k} {report[f'top{k}']:.2%} "
+          f"({report['photos']} photos); {report['known_accepted']:.1%} accepted as known (threshold {model.unknown_threshold:.3f})")
+    for name, accuracy in sorted(report["per_class_top1"].items(), key=lambda item: item[1]):
+        print(f"  {accuracy:7.2%}  {name}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(args.model), "data": str(env.data_dir), **report}, indent=2))
+    return report
+
+
+def export(args: argparse.Namespace) -> None:
+    _check_model_name(args.out, "exported model")
+    check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
+    if args.out.exists() and not args.force and not _is_export(args.out):
+        raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
+                         "or --force to replace it")
+    model, checkpoint = model_from_checkpoint(args.checkpoint)
+    data_dir = get_data_location(args.data, download=False)  # the photos it was trained on: never a download
+    loaders = get_data_loaders(valid_size=args.valid_size, num_workers=args.workers, data_dir=data_dir, seed=args.seed,
+                               config=checkpoint_config(checkpoint, args.checkpoint))
+    valid_set = loaders["valid"].dataset
+    if valid_set.class_names != list(checkpoint["class_names"]):
+        raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
+    negatives = args.negatives if args.negatives is not None else negatives_from_env()
+    predictor = calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset)
+    path = export_predictor(predictor, args.out)
+    print(f"Exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def add_landmarks_command(base_path: Path, photos_dir: Path, out: Path, places_csv: Path | None, replace: bool,
+                          num_workers: int = -1) -> dict:
+    """Read, add, save, and return the record written beside the new model (``skipped`` lists the photos that
+    could not be read)."""
+    start = time.perf_counter()
+    model = open_export(base_path)
+    photos = read_new_landmarks(photos_dir)
+    new_model, skipped = add_landmarks(model, photos, places_for(list(photos), places_csv), replace, num_workers)
+    return save_added(new_model, out, str(base_path), {name: len(paths) for name, paths in photos.items()}, skipped,
+                      time.perf_counter() - start, photos_dir=str(photos_dir))
+
+
+def add_landmarks_to(args: argparse.Namespace) -> None:
+    _check_model_name(args.out, "new model")
+    if args.out.resolve() == args.model.resolve():
+        raise ValueError(f"{args.out}: the new model would overwrite the one it starts from; give another --out")
+    check_outputs(**{"new model": args.out, "record": args.out.with_suffix(".json")})
+    existing = [str(path) for path in (args.out, args.out.with_suffix(".json")) if path.exists()]
+    if existing and not args.force:
+        raise ValueError(f"{' and '.join(existing)} already exist(s): give another --out, or --force to replace")
+    record = add_landmarks_command(args.model, args.photos_dir, args.out, args.places, args.replace, args.workers)
+    for message in record["skipped"]:
+        print(message, file=sys.stderr)
+    added = ", ".join(f"{name} ({n} photos)" for name, n in record["added"].items())
+    print(f"Added {added} to {args.model} in {record['seconds']:.1f} s -> {args.out} "
+          f"({len(record['class_names'])} landmarks, unknown threshold {record['unknown_threshold']:.3f})")
+
+
+def predict(args: argparse.Namespace) -> int:
+    model = open_export(args.model)
+    failures = 0
+    for photo in args.photos:
+        try:
+            prediction = predict_photo(model, photo, args.topk)
+        except ImageReadError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"{photo}\n  -> {prediction.verdict(model.places)}")
+        for name, probability in prediction.ranking:
+            print(f"  {probability:7.2%}  {name}")
+    return 1 if failures else 0
+
+
+def tag(args: argparse.Namespace) -> None:
+    if args.overwrite_gps and args.geotag is None:
+        raise ValueError("--overwrite-gps only applies with --geotag DIR")
+    if args.address is not None and args.engine != "ray":
+        raise ValueError("--address only applies with --engine ray")
+    model = open_export(args.model)
+    summary = tag_photos(model.module, args.photos_dir, args.out, args.topk, args.threshold, args.batch_size, args.workers,
+                         model_path=args.model, places_csv=args.places, geotag_dir=args.geotag, overwrite_gps=args.overwrite_gps,
+                         from_list=args.from_list, engine=args.engine, address=args.address)
+    for message in summary.unreadable:
+        print(f"skipped unreadable photo: {message}", file=sys.stderr)
+    threshold = model.unknown_threshold if args.threshold is None else args.threshold
+    geotagged = f", {summary.geotagged} geotagged copies in {args.geotag}" if args.geotag else ""
+    print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown: known score below {threshold:.3f}){geotagged}, "
+          f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
+          f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s) -> {args.out}")
+
+
+def models(args: argparse.Namespace) -> None:
+    print("\n".join(list_models()))
+    print(f"(device: {get_device()})")

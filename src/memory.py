@@ -1,0 +1,86 @@
+"""The feature memory an export keeps: features of photos it was calibrated on, to add landmarks later.
+
+Every export keeps (:func:`feature_memory`) up to :data:`MEMORY_PER_CLASS` validation photos per class and
+:data:`MEMORY_NEGATIVES` photos of no known landmark: the network's own features of them, and plain ImageNet
+features (:mod:`src.imagenet_features`), which tell apart landmarks the network never trained on. Adding
+landmarks (:mod:`src.new_landmarks`) needs only that memory and the new photos, not the training data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .decoding import square_batches
+from .export import CombinedFeatures, FeatureMemory, features_of
+from .imagenet_features import ImageNetFeatures
+from .location import split_negatives
+
+MEMORY_PER_CLASS = 100  # validation photos per class whose features an export keeps
+MEMORY_NEGATIVES = 500  # negative photos whose features an export keeps
+FEATURE_BATCH = 16  # images a network sees at once: its activations take ~22 MB per 224 px image, the batch's peak memory
+
+
+def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -1, batch_size: int = 64
+                   ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
+    """The features of photos on disk (an export's ``features_and_logits``, or ``model(images)`` for a feature
+    extractor such as :class:`~src.export.CombinedFeatures`), the indices of the readable ones, and
+    ``{index: error}`` for the others."""
+    features, kept, errors = [], [], {}
+    extract = features_of(model)
+    for indices, images, batch_errors in square_batches(list(paths), int(model.resize_size), batch_size, num_workers):
+        errors.update(batch_errors)
+        if images is not None:
+            features.append(in_batches(extract, images))
+            kept += indices
+    return (torch.cat(features) if features else torch.zeros(0, 0)), kept, errors
+
+
+def in_batches(extract: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """``extract(images)``, :data:`FEATURE_BATCH` images at a time: memory stays bounded however many photos are read."""
+    with torch.inference_mode():
+        return torch.cat([extract(batch) for batch in images.split(FEATURE_BATCH)])
+
+
+def _evenly(items: Sequence, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[math.floor(i * len(items) / n)] for i in range(n)]
+
+
+def rows_per_class(targets: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` indices of ``targets`` per class, spread evenly over each class's photos, class by class."""
+    return [row for target in sorted(set(targets)) for row in _evenly([i for i, t in enumerate(targets) if t == target], n)]
+
+
+def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: Sequence[Path], valid_targets: Sequence[int],
+                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> FeatureMemory:
+    """What an export keeps to add landmarks later (and to detect unknown photos with): up to
+    :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
+    calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1,
+    after them); of each, the model's features and :class:`~src.imagenet_features.ImageNetFeatures`'. Of the
+    validation photos also the model's features as a model with added landmarks computes them (read at the
+    larger of the two sizes, :class:`~src.export.CombinedFeatures`), which that model's threshold is calibrated on."""
+    general = ImageNetFeatures()
+    rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
+    trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
+    negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
+    # one read of each validation photo gives both of its features as a model with added landmarks computes them
+    # (the memory is not kept yet, so the split is the caller's feature size, not the extractor's base_size)
+    as_read, readable, errors = photo_features(CombinedFeatures(model, general), [valid_paths[i] for i in rows], num_workers)
+    negatives_general, readable_negatives, negative_errors = photo_features(general, [trained_negatives[i] for i in kept],
+                                                                            num_workers)
+    if len(readable) != len(rows) or len(readable_negatives) != len(kept):
+        raise RuntimeError(f"photos became unreadable while exporting: {'; '.join({**errors, **negative_errors}.values())}")
+    size = valid_features.shape[1]
+    features = torch.cat([valid_features[rows], negative_features.reshape(-1, size)])
+    general_features = torch.cat([as_read[:, size:], negatives_general.reshape(-1, as_read.shape[1] - size)])
+    targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
+    return FeatureMemory(features.half(), general_features.half(), as_read[:, :size].half(),
+                         torch.tensor(targets, dtype=torch.long), rows, general.backbone_name, general.resize_size)
+
