@@ -49,6 +49,7 @@ DRAFT_MARGIN = 2
 # PNG is 1 GB in float32 per decode worker). Smaller photos are resized from every decoded pixel.
 REDUCE_FROM = 4
 
+_ORIENTATION = 0x0112  # the EXIF tag of how a photo is stored relative to upright
 # Deep grey images are scaled to 8 bits this many pixels at a time, so the temporaries stay small.
 _BAND_PIXELS = 1 << 20
 
@@ -279,12 +280,16 @@ def _decode(path: str | Path, source: BinaryIO, draft_size: tuple[int, int] | No
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source) as image:
             _check_aspect_ratio(path, image.size)
+            stored = image.size
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (DRAFT_MARGIN * draft_size[0], DRAFT_MARGIN * draft_size[1]))
             image.load()
+            sideways = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
             ImageOps.exif_transpose(image, in_place=True)
             rgb = _reduced(_to_rgb(image), draft_size)
-            return rgb.copy() if rgb is image else rgb  # closing the file frees the image it opened
+            rgb = rgb.copy() if rgb is image else rgb  # closing the file frees the image it opened
+            rgb.info["photo_size"] = stored[::-1] if sideways else stored  # upright, before any draft or reduction
+            return rgb
 
 
 def _reduced(image: Image.Image, draft_size: tuple[int, int] | None) -> Image.Image:

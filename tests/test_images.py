@@ -81,6 +81,18 @@ def test_draft_decoding_keeps_at_least_twice_the_requested_size(tmp_path: Path) 
     assert min(image.size) >= 2 * 256 and image.size[0] < 1600
 
 
+@pytest.mark.parametrize("orientation, upright", [(1, (1600, 1200)), (6, (1200, 1600))])
+def test_a_draft_decoded_photo_keeps_its_own_upright_size(tmp_path: Path, orientation: int, upright: tuple[int, int]) -> None:
+    """What a person is told of a photo read for a model: its size, upright, not the size it was decoded at."""
+    photo = Image.new("RGB", (1600, 1200), (10, 20, 30))
+    exif = photo.getexif()
+    exif[0x0112] = orientation
+    photo.save(tmp_path / "big.jpg", exif=exif.tobytes())
+    image = load_rgb(tmp_path / "big.jpg", draft_size=(128, 128))
+    assert image.info["photo_size"] == upright and image.size != upright
+    assert (image.width > image.height) == (upright[0] > upright[1])
+
+
 @pytest.mark.parametrize("side", [256, 1024])
 def test_draft_decoded_photos_give_the_model_the_pixels_of_a_full_decode(tmp_path: Path, side: int) -> None:
     """The app decodes uploads in full; ``tag`` and the cache draft-decode: both must give the model the same square."""
