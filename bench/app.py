@@ -7,14 +7,19 @@ per photo of the canonical sample (800x600 JPEGs, ``landmark_images_sample``) an
 12-megapixel JPEG made from the first of them: reading the upload (decode, EXIF, RGB; ``src.answer.read_for``), the
 top-5, and the occlusion map; and the whole kernel-side path from the upload to the result on
 screen (``LandmarkApp.result``: read, verdict, thumbnail with the model's square, top-5 bars, why
-map, JPEG encoding). Median and 90th percentile over every photo.
+map, JPEG encoding). Median and 90th percentile over every photo. Then the whole result of 40 test photos of
+landmarks the model knows (why map drawn), with the model and with the same model after teaching it a landmark
+(``--taught-photos``, the Teach tab's code), and the app's start in a fresh Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +57,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
     parser.add_argument("--photos", type=Path, default=SAMPLE, help="folder of photos to time")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON figures")
+    parser.add_argument("--known-photos", type=Path, default=REPO.parent / "shared" / "data" / "landmarks10",
+                        help="a dataset of the landmarks the model knows: every 50th test photo is timed with its why map")
+    parser.add_argument("--taught-photos", type=Path, default=REPO.parent / "shared" / "data" / "new_landmarks" / "10.India_Gate",
+                        help="photos of a landmark to teach, to time a taught model too (skipped when absent)")
     args = parser.parse_args()
     app = app_namespace(args.model)
     model = app["open_export"](args.model)
@@ -69,13 +78,18 @@ def main() -> None:
         return read_ms, top5_ms, why_ms
 
     def whole(name: str, data: bytes) -> float:
-        return timed(app["app"].result, name, data, args.model.name)[1]
+        return timed(app["app"].result, name, data, app["app"].picker.value)[1]
 
     one(*photos[0])  # warm-up: TorchScript optimises on the first calls
     times = [one(*photo) for photo in photos]
     big_times = [one(*big) for _ in range(3)]
     whole_times = [whole(*photo) for photo in photos]
     big_whole = [whole(*big) for _ in range(3)]
+    known = [(p.name, p.read_bytes()) for p in sorted((args.known_photos / "test").glob("*/*.jpg"))[::50]]
+    whole(*known[0])
+    known_whole = [whole(*photo) for photo in known]  # photos of landmarks it knows: the why map is drawn
+    taught_whole = taught_result_times(app, args.taught_photos, known, whole) if args.taught_photos.is_dir() else []
+    start = start_seconds(args.model)
     write_result("app", {
         "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
         "photos": len(photos),
@@ -87,7 +101,43 @@ def main() -> None:
         "photo_12mp_why_map_ms": round(statistics.median(t[2] for t in big_times), 1),
         "upload_to_result": summary(whole_times),
         "photo_12mp_upload_to_result_ms": round(statistics.median(big_whole), 1),
+        "start_seconds": start,
+        "known_photos": len(known),
+        "known_upload_to_result": summary(known_whole),
+        **({"taught_known_upload_to_result": summary(taught_whole),
+            "taught_over_base": round(statistics.median(taught_whole) / statistics.median(known_whole), 2),
+            "taught_from": str(args.taught_photos.relative_to(REPO.parent))} if taught_whole else {}),
     }, args.results)
+
+
+def start_seconds(model: Path) -> float:
+    """Seconds from a fresh Python to the app ready (its cells run: imports, the model loaded, the widgets built):
+    the kernel's share of opening the page, without Voilà and the browser."""
+    script = (f"import time; start = time.perf_counter(); import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); "
+              f"from app import app_namespace; from pathlib import Path; app_namespace(Path({str(model)!r})); "
+              "print(time.perf_counter() - start)")
+    runs = [float(subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+                  .stdout.split()[-1]) for _ in range(3)]
+    return round(statistics.median(runs), 2)
+
+
+def taught_result_times(app: dict, folder: Path, photos: list[tuple[str, bytes]], whole) -> list[float]:
+    """Teach the landmark of ``folder`` (its first 10 photos) to the model in use, as the app's Teach tab does,
+    then time the whole result of every photo with that model (the why map included); the taught model is deleted."""
+    teach = app["teach"]
+    teach.name.value = folder.name.split(".", 1)[-1].replace("_", " ")
+    teach.photos.value = [{"name": p.name, "type": "", "size": 0, "content": memoryview(p.read_bytes()),
+                           "last_modified": datetime.datetime.now(datetime.timezone.utc)} for p in list_images(folder)[:10]]
+    teach.teach()
+    if "Learned" not in teach.status.value:
+        raise RuntimeError(f"teaching failed: {teach.status.value}")
+    try:
+        whole(*photos[0])  # warm-up
+        return [whole(*photo) for photo in photos]
+    finally:
+        model = app["app"].paths[app["app"].picker.value]
+        model.unlink()
+        model.with_suffix(".json").unlink()
 
 
 if __name__ == "__main__":

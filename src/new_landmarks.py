@@ -33,7 +33,7 @@ Adding again to such a model refits all added rows from its memory, so models ne
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -48,6 +48,9 @@ from .imagenet_features import ImageNetFeatures
 from .location import list_images
 from .memory import in_batches
 from .places import Place, display_name, place_key
+
+STEPS = ("reading the photos and their features", "fitting the new landmarks",
+         "checking them against photos of no landmark", "building the new model")
 
 
 def base_of(model: torch.nn.Module | ExportView) -> ExportView:
@@ -154,10 +157,12 @@ def support_features(combined: CombinedFeatures, photos: Mapping[str, Sequence[P
 
 
 def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequence[Path]],
-                  places: Mapping[str, Place] | None = None, replace: bool = False, num_workers: int = -1
-                  ) -> tuple[torch.jit.ScriptModule, list[str]]:
+                  places: Mapping[str, Place] | None = None, replace: bool = False, num_workers: int = -1,
+                  on_step: Callable[[int, str], None] | None = None) -> tuple[torch.jit.ScriptModule, list[str]]:
     """``model`` with the landmarks of ``photos`` (``{name: photo paths}``) added (the steps of the module
-    docstring), and the warnings about skipped photos. ``places`` gives places of new (or any) classes."""
+    docstring), and the warnings about skipped photos. ``places`` gives places of new (or any) classes;
+    ``on_step(number, what)`` is told when each of the :data:`STEPS` starts (the app shows it)."""
+    step = on_step or (lambda number, what: None)
     view = export_view(model)
     combined = combined_features(view)  # adding to an added-landmarks model refits its rows
     base = base_of(view)
@@ -174,15 +179,19 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
         memory_features, memory_targets = memory_features[keep], memory_targets[keep]
         memory_targets[memory_targets > index] -= 1
         names.remove(name)
+    step(1, STEPS[0])
     new_features, skipped = support_features(combined, photos, num_workers)
     for name, features in new_features.items():
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
     lookalike = lookalike_negatives(memory_features, memory_targets, len(base_names), int(base.memory_features.shape[1]))
+    step(2, STEPS[1])
     added = fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike,
                       progress="Fitting the new landmarks")
+    step(3, STEPS[2])
     detector, threshold = added_detector(base, added, memory_features, memory_targets, lookalike)
+    step(4, STEPS[3])
     known_places = dict(view.places)
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,8 +100,10 @@ for name, child in zip(names, [c for c in app.results.children if "landmark-summ
         prediction = answer(app.model, image)
         answers[name] = {{"size": image.size, "mode": image.mode, "mean": float(np.asarray(image).mean()),
                          "top5": prediction.ranking, "score": prediction.known_score, "known": prediction.known,
-                         "images": len(child.children[0:1]) + len(child.children[2:]),
-                         "verdict": child.children[1].value, "classes": sorted(child._dom_classes)}}
+                         "images": sum(part.value.count("<img") for part in child.children[1].children),
+                         "alts": [part.value.count(' alt="') for part in child.children[1].children],
+                         "why": child.children[1].children[2].value if len(child.children[1].children) > 2 else "",
+                         "verdict": child.children[0].value, "classes": sorted(child._dom_classes)}}
 answers["status"] = app.status.value
 answers["known"] = [app.known.get_title(0), app.known.children[0].value]
 answers["models"] = [value for _, value in app.picker.options]
@@ -133,7 +136,9 @@ def test_a_photo_gets_its_ranked_top5_and_its_why_map(app_answers: dict) -> None
     answer = app_answers["photo.jpg"]
     ranking = answer["top5"]
     assert len(ranking) == 5 and [p for _, p in ranking] == sorted((p for _, p in ranking), reverse=True)
-    assert answer["images"] == 2  # the photo and its "why" map
+    if answer["known"]:  # the photo and its "why" map, or a sentence saying no part decides it
+        assert answer["images"] == 2 or (answer["images"] == 1 and "no single part of the photo decides it" in answer["why"])
+    assert all(alts == images for alts, images in zip(answer["alts"], [1, 0, answer["images"] - 1]))  # every image has alt text
 
 
 @pytest.mark.skipif(PHOTO is None, reason=f"the real photos are absent ({LANDMARKS10}): photo.jpg is generated noise")
@@ -148,8 +153,10 @@ def test_a_real_photo_gets_its_landmark_first_with_its_place(app_answers: dict) 
 def test_a_photo_of_no_known_landmark_is_unknown_with_the_closest_guess_in_small_print(app_answers: dict) -> None:
     answer = app_answers["forest.jpg"]
     assert "landmark-unknown" in answer["classes"]
-    assert "<b>Unknown</b>: not one of the 10 landmarks I know" in answer["verdict"]
-    assert f"closest guess: {answer['top5'][0][0]}" in answer["verdict"] and "openstreetmap" not in answer["verdict"]
+    assert "<b>Not sure</b> — this doesn't look like any of the 10 landmarks I know" in answer["verdict"]
+    assert "<details" in answer["verdict"] and f"Closest guess: {answer['top5'][0][0]}" in answer["verdict"]
+    assert "openstreetmap" not in answer["verdict"] and "known score" not in answer["verdict"].split("<details")[0].lower()
+    assert answer["images"] == 1 and answer["why"] == ""  # no map explaining a guess the app just rejected
 
 
 def test_the_app_lists_the_landmarks_it_knows_with_their_places(app_answers: dict) -> None:
@@ -265,6 +272,39 @@ def test_the_app_reads_photos_with_the_light_part_of_src_only() -> None:
     assert loaded == "[]", loaded
 
 
+def test_choosing_the_same_photo_again_gives_a_fresh_answer(tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(PHOTO.read_bytes() if PHOTO else encoded(Image.new("RGB", (90, 60), "grey"), "JPEG"))
+    code = """
+now = datetime.datetime.now(datetime.timezone.utc)
+choose = lambda: [{"name": "photo.jpg", "type": "", "size": 0, "content": memoryview(open("photo.jpg", "rb").read()),
+                   "last_modified": now}]
+answered = []
+shown = app.show_files
+app.show_files = lambda files: answered.append(len(files)) or shown(files)
+app.upload.value = choose()
+first = app.results.children
+app.upload.value = choose()  # the same photo, chosen again
+print(json.dumps({"answered": answered, "fresh": app.results.children[0] is not first[0], "emptied": app.upload.value == ()}))
+"""
+    answer = run_app(tmp_path, REPO / "checkpoints", code)
+    assert answer == {"answered": [1, 1], "fresh": True, "emptied": True}
+
+
+def test_the_why_map_is_scaled_to_its_strongest_part_or_says_no_part_matters(tmp_path: Path) -> None:
+    code = """
+view = Image.new("RGB", (100, 100), (128, 128, 128))
+weak, strong = np.full((7, 7), 0.01), np.zeros((7, 7))
+strong[3, 3] = 0.08  # hiding one part removes 8 % of the probability: that part is drawn at full strength
+lit = np.asarray(why_overlay(view, strong), dtype=float).mean(axis=2)
+print(json.dumps({"weak": why_overlay(view, weak) is None, "centre": lit[50, 50], "corner": lit[2, 2],
+                  "caption": why_caption("Colosseum", 0.08), "nothing": why_nothing("Colosseum")}))
+"""
+    answer = run_app(tmp_path, REPO / "checkpoints", code)
+    assert answer["weak"]  # no part matters: a sentence instead of a map that looks like the photo
+    assert answer["centre"] > 120 and answer["corner"] < 0.5 * 128  # the strongest part lit, the rest dimmed
+    assert "hiding it removes 8%" in answer["caption"] and "no single part of the photo decides it" in answer["nothing"]
+
+
 TEACH_PHOTOS = sorted((LANDMARKS10.parent / "new_landmarks" / "10.India_Gate").glob("*.jpg"))[:8]
 
 
@@ -299,25 +339,44 @@ answers["bad_latitude"] = teach.status.value
 teach.latitude.value, teach.longitude.value, teach.city.value, teach.country.value = "28.6129", "77.2295", "New Delhi", "India"
 teach.teach()
 answers["no_photos"] = teach.status.value
+answers["loaded_before_the_form_was_right"] = "src.new_landmarks" in sys.modules
+teach.photos.value = upload({names[:2]!r})
+answers["few"] = teach.status.value
 teach.photos.value = upload({names!r})
+shown = []
+teach.status.observe(lambda change: shown.append(change["new"]), names="value")
 teach.teach()
+answers["steps"] = [text for text in shown if "step " in text]
 answers["status"] = teach.status.value
 answers["picker"], answers["options"] = app.picker.value, [value for _, value in app.picker.options]
 answers["names"], answers["place"] = list(app.model.class_names), app.model.places["India Gate"].to_dict()
 answers["probe"] = answer(app.model, read_for(app.model, open({str(probe)!r}, "rb").read(), "probe.jpg")).ranking[0][0]
 answers["known"] = app.known.get_title(0)
+answers["saved"] = sorted(path.name for path in app.models_dir.iterdir())
+answers["remove_shown"] = app.remove.layout.display != "none"
+app.remove.click()
+answers["asked"] = app.status.value
+app.remove.click()
+answers["after_removal"] = [app.picker.value, [value for _, value in app.picker.options], app.remove.layout.display]
 print(json.dumps(answers))
 """
     answers = run_app(tmp_path, models, code)
     assert "Latitude 95.0 is outside -90 to 90" in answers["bad_latitude"]
     assert "Choose a few photos of India Gate" in answers["no_photos"]
+    assert not answers["loaded_before_the_form_was_right"]  # the form is checked before the training code loads
+    assert "2 photo(s) chosen — 5 or more recognise a landmark more reliably" in answers["few"]
+    assert [step.split("step ")[1][:6] for step in answers["steps"]] == ["1 of 4", "2 of 4", "3 of 4", "4 of 4"]
+    assert all(re.search(r"\(\d+ s\)", step) for step in answers["steps"])  # with the time so far
     assert "Learned <b>India Gate</b> from 7 photo(s)" in answers["status"] and "notes.jpg" in answers["status"]
     assert answers["picker"] == "transfer_exported+india_gate.pt" and answers["options"] == sorted(answers["options"])
-    assert (models / "transfer_exported+india_gate.pt").is_file() and (models / "transfer_exported+india_gate.json").is_file()
+    assert {"transfer_exported+india_gate.pt", "transfer_exported+india_gate.json"} <= set(answers["saved"])
     assert answers["names"][-1] == "India Gate" and answers["known"] == f"Landmarks I know ({len(answers['names'])})"
     assert answers["place"]["latitude"] == 28.6129 and answers["place"]["city"] == "New Delhi"
     if len(TEACH_PHOTOS) == 8:
         assert answers["probe"] == "India Gate"  # a photo of it that was not taught
+    assert answers["remove_shown"] and "will be deleted" in answers["asked"]  # a taught model, removed on a second click
+    assert answers["after_removal"] == ["transfer_exported.pt", ["transfer_exported.pt"], "none"]
+    assert not (models / "transfer_exported+india_gate.pt").exists() and not (models / "transfer_exported+india_gate.json").exists()
 
 
 def test_without_the_package_the_app_says_what_it_needs(tmp_path: Path) -> None:
@@ -330,7 +389,8 @@ def test_example_photos_are_one_click_away_and_named_after_their_files(tmp_path:
 buttons = [child for child in app.examples.children if isinstance(child, widgets.Button)]
 buttons[0].click()
 result = [c for c in app.results.children if "landmark-result" in c._dom_classes][0]
-print(json.dumps({"buttons": [b.description for b in buttons], "verdict": result.children[1].value, "status": app.status.value}))
+print(json.dumps({"buttons": [b.description for b in buttons], "status": app.status.value,
+                  "verdict": result.children[0].value + "".join(part.value for part in result.children[1].children)}))
 """
     answer = run_app(tmp_path, REPO / "checkpoints", code, examples_dir=REPO / "static_images" / "examples")
     assert answer["buttons"] == ["Colosseum", "Haleakala", "Petronas Towers"]
