@@ -25,7 +25,7 @@ from typing import Any
 
 PLACES_CSV = Path(__file__).with_name("places.csv")
 REQUIRED_COLUMNS = ("landmark", "latitude", "longitude")
-OPTIONAL_COLUMNS = ("country", "city", "wikidata")
+OPTIONAL_COLUMNS = ("country", "city", "wikidata", "display_name")
 _NUMBER_PREFIX = re.compile(r"^\s*\d+\.")
 _WIKIDATA_ID = re.compile(r"Q[1-9][0-9]*")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -44,16 +44,17 @@ class Place:
     country: str = ""
     city: str = ""
     wikidata: str = ""
+    display_name: str = ""  # the landmark's name as people write it, where the dataset's folder name is not
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields, e.g. for tag outputs or model metadata."""
-        return asdict(self)
+        """Plain JSON-able fields, e.g. for tag outputs or model metadata (``display_name`` only when set)."""
+        return {key: value for key, value in asdict(self).items() if key != "display_name" or value}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Place:
         """The inverse of :meth:`to_dict`; missing optional fields stay empty."""
         return cls(float(d["latitude"]), float(d["longitude"]), str(d.get("country", "")),
-                   str(d.get("city", "")), str(d.get("wikidata", "")))
+                   str(d.get("city", "")), str(d.get("wikidata", "")), str(d.get("display_name", "")))
 
     def osm_url(self) -> str:
         """A link that shows the place on OpenStreetMap, for a human to check it."""
@@ -127,7 +128,7 @@ def _read_rows(path: Path, reader: Iterator[list[str]]) -> dict[str, tuple[Place
             raise PlacesError(f"{path}:{line}: wikidata id is not like Q42: {wikidata!r}")
         place = Place(_degrees(path, line, "latitude", cells["latitude"], 90.0),
                       _degrees(path, line, "longitude", cells["longitude"], 180.0),
-                      cells.get("country", ""), cells.get("city", ""), wikidata)
+                      cells.get("country", ""), cells.get("city", ""), wikidata, cells.get("display_name", ""))
         places[key] = (place, line, cells["landmark"])
     return places
 
@@ -180,3 +181,14 @@ def places_for(class_names: Sequence[str], extra_csv: str | Path | None = None) 
 def display_name(folder_name: str) -> str:
     """``"09.St_Stephen_Cathedral_Vienna"`` -> ``"St Stephen Cathedral Vienna"``."""
     return re.sub(r"^\d+\.", "", folder_name).replace("_", " ").strip() or folder_name
+
+
+def display_names(class_names: Sequence[str], places: Mapping[str, Place]) -> dict[str, str]:
+    """Each class's name for people: its place's ``display_name`` (``places``, then the package's places CSV for
+    models exported before they carried one), else the class name itself."""
+    shipped = default_places()
+    names = {}
+    for name in class_names:
+        own, package = places.get(name), shipped.get(place_key(name))
+        names[name] = (own.display_name if own else "") or (package.display_name if package else "") or name
+    return names

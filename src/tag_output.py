@@ -133,7 +133,8 @@ def tag_settings(model: torch.jit.ScriptModule, k: int, threshold: float, model_
     names = [str(name) for name in model.class_names]
     model_sha256 = _file_sha256(model_path) if model_path is not None else hashlib.sha256(json.dumps(names).encode()).hexdigest()
     return {"format": SETTINGS_FORMAT, "model_sha256": model_sha256, "topk": k, "threshold": threshold, "class_names": names,
-            "places": {name: place.to_dict() for name, place in sorted(places.items())},
+            "places": {name: {key: value for key, value in place.to_dict().items() if key != "display_name"}  # not in tags
+                       for name, place in sorted(places.items())},
             "geotag_dir": str(geotag_dir) if geotag_dir is not None else None, "overwrite_gps": overwrite_gps}
 
 

@@ -163,6 +163,7 @@ def test_the_app_lists_the_landmarks_it_knows_with_their_places(app_answers: dic
     title, listing = app_answers["known"]
     assert title == "Landmarks I know (10)"
     assert listing.count("<li>") == 10 and "Colosseum" in listing and "Rome, Italy" in listing
+    assert "Museu Nacional d&#x27;Art de Catalunya" in listing and "Casa Batlló" in listing  # display names
 
 
 @pytest.mark.parametrize("name", ["gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png"])

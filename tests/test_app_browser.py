@@ -6,6 +6,7 @@ Screenshots are saved in ``test-artifacts/``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -260,6 +261,27 @@ def test_the_answer_is_on_screen_and_every_control_is_easy_to_tap(page, app_url:
         phone.screenshot(path=str(ARTIFACTS / f"app_{width}x{height}.png"))
     finally:
         phone.close()
+
+
+DROP = """([name, data]) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const photos = () => { const transfer = new DataTransfer();
+                           transfer.items.add(new File([bytes], name, {type: "image/jpeg"})); return transfer; };
+    const outside = new DragEvent("drop", {dataTransfer: photos(), bubbles: true, cancelable: true});
+    document.body.dispatchEvent(outside);  // a drop beside the zone: the browser must not open the file
+    window.outsidePrevented = outside.defaultPrevented;
+    document.querySelector(".lm-drop").dispatchEvent(new DragEvent("drop", {dataTransfer: photos(), bubbles: true,
+                                                                           cancelable: true}));
+}"""
+
+
+def test_a_photo_dropped_on_the_page_is_previewed_and_answered_and_the_page_stays(page) -> None:
+    url = page.url
+    page.evaluate(DROP, [PHOTOS[1].name, base64.b64encode(PHOTOS[1].read_bytes()).decode("ascii")])
+    page.locator(".landmark-result", has_text=PHOTOS[1].name).wait_for(timeout=60_000)
+    assert page.evaluate("window.outsidePrevented") and page.url == url  # the app is still there
+    preview = page.locator(".lm-drop-previews img")
+    assert preview.count() == 1 and preview.get_attribute("alt") == f"Preview of {PHOTOS[1].name}"
 
 
 def test_choosing_the_same_photo_again_gives_a_fresh_answer(page) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from src.places import PLACES_CSV, Place, PlacesError, default_places, place_key, places_for, read_places_csv
+from src.places import PLACES_CSV, Place, PlacesError, default_places, display_names, place_key, places_for, read_places_csv
 
 WORKING = ["Berlin Cathedral", "Colosseum", "Gaudi Casa Batllo Barcelona", "Hagia Sophia", "Hofburg Imperial Palace",
            "Museu Nacional Dart De Catalunya", "Pantheon", "Petronas Towers", "Rialto Bridge",
@@ -39,9 +39,19 @@ def test_shipped_csv_has_every_landmark_once_in_order() -> None:
     with PLACES_CSV.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["landmark"] for row in rows] == ALL_NAMES
-    assert list(rows[0]) == ["landmark", "latitude", "longitude", "country", "city", "wikidata"]
+    assert list(rows[0]) == ["landmark", "latitude", "longitude", "country", "city", "wikidata", "display_name"]
     assert len(default_places()) == 59
     assert set(places_for(ALL_NAMES)) == set(ALL_NAMES)
+
+
+def test_landmarks_are_shown_with_their_display_names() -> None:
+    """Folder names lose accents and apostrophes; the places data gives the name people write."""
+    names = display_names(["Museu Nacional Dart De Catalunya", "02.Gaudi_Casa_Batllo_Barcelona", "Colosseum", "My Gate"], {})
+    assert names == {"Museu Nacional Dart De Catalunya": "Museu Nacional d'Art de Catalunya",
+                     "02.Gaudi_Casa_Batllo_Barcelona": "Casa Batlló", "Colosseum": "Colosseum", "My Gate": "My Gate"}
+    own = {"Colosseum": Place(41.89, 12.49, "Italy", "Rome", display_name="Colosseo")}  # a model's own places come first
+    assert display_names(["Colosseum"], own) == {"Colosseum": "Colosseo"}
+    assert "display_name" not in Place(1.0, 2.0).to_dict() and Place.from_dict(own["Colosseum"].to_dict()) == own["Colosseum"]
 
 
 def test_shipped_places_are_plausible() -> None:
