@@ -37,9 +37,8 @@ def app_namespace(model: Path, page_only: bool = False) -> dict:
     namespace: dict = {}
     cells = [cell for cell in nbformat.read(REPO / "app.ipynb", as_version=4).cells if cell.cell_type == "code"]
     for cell in cells[:-1] if page_only else cells:
-        if cell.cell_type == "code":
-            exec(cell.source.replace("display(app.widget())", ""), namespace)
-            namespace["MODELS_DIR"], namespace["DEFAULT_MODEL"], namespace["PROJECT_DIR"] = str(model.parent), model.name, str(REPO)
+        exec(cell.source.replace("display(app.widget())", ""), namespace)
+        namespace["MODELS_DIR"], namespace["DEFAULT_MODEL"], namespace["PROJECT_DIR"] = str(model.parent), model.name, str(REPO)
     return namespace
 
 

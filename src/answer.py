@@ -29,11 +29,6 @@ class PhotoPrediction(NamedTuple):
     known_score: float
     known: bool
 
-    @property
-    def landmark(self) -> str | None:
-        """The landmark named, or None when the photo shows none the model knows."""
-        return self.ranking[0][0] if self.known else None
-
     def verdict(self, places: Mapping[str, Place]) -> str:
         """One line a person reads: the landmark and where it is, or "unknown" with the closest guess."""
         best, probability = self.ranking[0]

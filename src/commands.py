@@ -22,7 +22,7 @@ from .distributed import init_from_env, is_main_process, rank, world_size
 from .evaluation import classification_report
 from .export import ExportView, export_predictor, export_view, open_export, torchscript_on_purpose
 from .factory import list_models
-from .files import check_outputs
+from .files import check_model_name, check_outputs
 from .finish import calibrated_predictor
 from .helpers import get_device, seed_everything, setup_env
 from .images import ImageReadError
@@ -33,13 +33,6 @@ from .predictor import predict_photo, predict_photos
 from .recipes import recipe_for, recipe_settings
 from .run import RunData, RunOutputs, run_training
 from .tagging import tag_photos
-
-
-def _check_model_name(path: Path, what: str) -> None:
-    """Refuse a model path not ending in .pt: its JSON goes beside it with the suffix swapped, so ``DIR/name``
-    or ``DIR/name.json`` would replace another model's JSON. A folder is left to :func:`check_outputs` to name."""
-    if path.suffix != ".pt" and not path.is_dir():
-        raise ValueError(f"{path}: the {what} is a TorchScript file (its JSON goes beside it as .json); name it .pt")
 
 
 def _is_export(path: Path) -> bool:
@@ -96,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def export(args: argparse.Namespace) -> None:
-    _check_model_name(args.out, "exported model")
+    check_model_name(args.out, "exported model")
     check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
     if args.out.exists() and not args.force and not _is_export(args.out):
         raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
@@ -127,7 +120,7 @@ def add_landmarks_command(base_path: Path, photos_dir: Path, out: Path, places_c
 
 
 def add_landmarks_to(args: argparse.Namespace) -> None:
-    _check_model_name(args.out, "new model")
+    check_model_name(args.out, "new model")
     if args.out.resolve() == args.model.resolve():
         raise ValueError(f"{args.out}: the new model would overwrite the one it starts from; give another --out")
     check_outputs(**{"new model": args.out, "record": args.out.with_suffix(".json")})

@@ -59,6 +59,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def check_model_name(path: Path, what: str) -> None:
+    """Refuse a model path not ending in .pt: its JSON goes beside it with the suffix swapped, so ``DIR/name``
+    or ``DIR/name.json`` would replace another model's JSON. A folder is left to :func:`check_outputs` to name."""
+    if path.suffix != ".pt" and not path.is_dir():
+        raise ValueError(f"{path}: the {what} is a TorchScript file (its JSON goes beside it as .json); name it .pt")
+
+
 def check_outputs(**outputs: Path | None) -> None:
     """Refuse, before any work, outputs that collide with each other or cannot be written.
 

@@ -28,7 +28,7 @@ from .data_config import resolve_data_config
 from .defaults import SEED, VALID_SIZE
 from .evaluation import RunRecord
 from .factory import create_model, data_defaults
-from .files import check_outputs
+from .files import check_model_name, check_outputs
 from .finetune import fine_tune
 from .finish import RunResult, finish_run
 from .helpers import Environment, setup_env
@@ -66,13 +66,12 @@ class RunOutputs:
     export: Path
 
     @classmethod
-    def for_model(cls, model_name: str, checkpoint: str | Path | None = None, export: str | Path | None = None,
-                  folder: str | Path = "checkpoints") -> "RunOutputs":
-        """``folder/<model>.pt`` and ``folder/<model>_exported.pt`` unless given; refused before any work when they
-        collide or cannot be written."""
-        outputs = cls(Path(checkpoint or Path(folder) / f"{model_name}.pt"), Path(export or Path(folder) / f"{model_name}_exported.pt"))
-        if outputs.export.suffix != ".pt" and not outputs.export.is_dir():  # a folder: check_outputs names it
-            raise ValueError(f"{outputs.export}: the export is a TorchScript file (its JSON goes beside it as .json); name it .pt")
+    def for_model(cls, model_name: str, checkpoint: str | Path | None = None, export: str | Path | None = None
+                  ) -> "RunOutputs":
+        """``checkpoints/<model>.pt`` and ``checkpoints/<model>_exported.pt`` unless given; refused before any work
+        when they collide or cannot be written."""
+        outputs = cls(Path(checkpoint or f"checkpoints/{model_name}.pt"), Path(export or f"checkpoints/{model_name}_exported.pt"))
+        check_model_name(outputs.export, "export")
         check_outputs(checkpoint=outputs.checkpoint, **{"resumable state": last_state_path(outputs.checkpoint)},
                       export=outputs.export, **{"metrics JSON": outputs.export.with_suffix(".json")})
         return outputs
