@@ -176,6 +176,21 @@ def tag_table() -> str:
                      "`tag --engine ray` (local Ray)", "decode ceiling (2 × one photo on one core)"], rows)
 
 
+@generator("app-start")
+def app_start_table() -> str:
+    """docs/app.md: from requesting the app's page to its upload button and to the app ready (bench/app_start.py)."""
+    labels = {"shipped": "`make app` (`voila.json`: a kernel started ahead), one visit at a time",
+              "back to back": "the same, each visit right after the last (its kernel still being replaced)",
+              "no preheated kernel": "reference: a kernel started per visit, cell-by-cell page"}
+    record = load("app_start")
+    rows = [[labels[r["serving"]], str(r["visits"]),
+             f"{r['upload_button']['median_s']:.1f} s ({r['upload_button']['min_s']:.1f}-{r['upload_button']['max_s']:.1f})",
+             f"**{r['ready']['median_s']:.1f} s** ({r['ready']['min_s']:.1f}-{r['ready']['max_s']:.1f})"]
+            for r in record["rows"]]
+    return markdown([f"serving (headless Chromium, {record['viewport']})", "visits", "upload button: median (range)",
+                     "model ready: median (range)"], rows)
+
+
 OPENSET_README = [("held-out scenes", "scenes (held-out photos)"),
                   ("held-out photos of other landmarks", "other landmarks (held-out photos)"),
                   ("9 landmarks never trained on", "other landmarks (never trained on)"),

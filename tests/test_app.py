@@ -291,6 +291,26 @@ print(json.dumps({"answered": answered, "fresh": app.results.children[0] is not 
     assert answer == {"answered": [1, 1], "fresh": True, "emptied": True}
 
 
+def test_a_page_opened_on_a_kernel_started_earlier_lists_the_models_saved_since(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO / "checkpoints" / "transfer_exported.pt", models / "transfer_exported.pt")
+    code = f"""
+import shutil
+loads = []
+opened = open_export
+globals()["open_export"] = lambda path: loads.append(Path(path).name) or opened(path)
+before = list(app.picker.options)
+shutil.copy({str(REPO / "checkpoints" / "original_exported.pt")!r}, {str(models)!r})  # taught elsewhere meanwhile
+app.list_models_again()
+print(json.dumps({{"before": len(before), "after": [name for _, name in app.picker.options], "in_use": app.picker.value,
+                  "loaded_again": loads}}))
+"""
+    answer = run_app(tmp_path, models, code)
+    assert answer == {"before": 1, "after": ["original_exported.pt", "transfer_exported.pt"],
+                      "in_use": "transfer_exported.pt", "loaded_again": []}
+
+
 def test_the_why_map_is_scaled_to_its_strongest_part_or_says_no_part_matters(tmp_path: Path) -> None:
     code = """
 view = Image.new("RGB", (100, 100), (128, 128, 128))

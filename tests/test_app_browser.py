@@ -294,7 +294,7 @@ def test_choosing_the_same_photo_again_gives_a_fresh_answer(page) -> None:
 
 
 def kernels(server: subprocess.Popen) -> int:
-    """The Jupyter kernels the Voilà server runs (one per open page, until culled)."""
+    """The Jupyter kernels the Voilà server runs (one per open page until culled, and its pre-started ones)."""
     count = 0
     for child in psutil.Process(server.pid).children(recursive=True):
         try:
@@ -304,22 +304,29 @@ def kernels(server: subprocess.Popen) -> int:
     return count
 
 
-def test_kernels_of_closed_pages_are_stopped_and_an_open_page_keeps_its_own(page, app_url: str, voila_server: Server) -> None:
-    for _ in range(3):
+def test_pages_opened_back_to_back_work_and_kernels_of_closed_ones_are_stopped(page, app_url: str, voila_server: Server) -> None:
+    pooled = json.loads((REPO / "voila.json").read_text())["VoilaConfiguration"]["default_pool_size"]
+    for _ in range(3):  # faster than Voilà replaces its pre-started kernel: each page still gets a working app
         visit = page.context.browser.new_page()
         visit.goto(app_url, timeout=90_000)
         visit.locator(".widget-upload", has_text="Upload photos").wait_for(timeout=90_000)
+        upload(visit, PHOTOS[1])
+        visit.locator(".landmark-result", has_text=PHOTOS[1].name).wait_for(timeout=60_000)
         visit.close()
-    assert kernels(voila_server.process) >= 2
+    assert kernels(voila_server.process) >= 2 + pooled
     deadline = time.monotonic() + 60
-    while kernels(voila_server.process) > 1 and time.monotonic() < deadline:
+    while kernels(voila_server.process) > 1 + pooled and time.monotonic() < deadline:
         time.sleep(1)
-    assert kernels(voila_server.process) == 1  # the page still open
+    assert kernels(voila_server.process) == 1 + pooled  # the page still open, and the kernel waiting for the next one
     upload(page, PHOTOS[0])
     page.locator(".landmark-result", has_text=PHOTOS[0].name).wait_for(timeout=60_000)
 
 
-def test_voila_json_stops_idle_kernels_of_closed_pages_within_a_minute() -> None:
-    culling = json.loads((REPO / "voila.json").read_text())["MappingKernelManager"]
+def test_voila_json_keeps_a_ready_kernel_and_stops_idle_kernels_of_closed_pages_within_a_minute() -> None:
+    settings = json.loads((REPO / "voila.json").read_text())
+    voila = settings["VoilaConfiguration"]
+    assert voila["preheat_kernel"] is True and voila["default_pool_size"] >= 1  # a page opens on an app already loaded
+    assert voila["progressive_rendering"] is False  # Voilà refuses it beside preheated kernels
+    culling = settings["MappingKernelManager"]
     assert culling["cull_connected"] is False  # an open page's kernel is never culled
     assert culling["cull_idle_timeout"] + culling["cull_interval"] <= 60

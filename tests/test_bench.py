@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,17 @@ def test_app_benchmark_times_the_notebook_code(tiny_data: Path, tiny_export: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "app.json").read_text())
     assert figures["photos"] == 12 and figures["upload_to_top5"]["median_ms"] > 0 and figures["why_map"]["median_ms"] > 0
+
+
+@pytest.mark.skipif(not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).is_file() and not os.environ.get("CI"),
+                    reason="chromium not installed")
+def test_app_start_benchmark_opens_the_served_app_in_a_browser(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/app_start.py", "--servings", "shipped", "--visits", "2", "--settle", "8",
+                             "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "app_start.json").read_text())["rows"]
+    assert row["serving"] == "shipped" and row["visits"] == 2 and len(row["kernels_waiting_mb"]) == 1
+    assert 0 < row["upload_button"]["median_s"] <= row["ready"]["median_s"]
 
 
 def test_run_notebooks_drops_progress_widgets_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
