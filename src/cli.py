@@ -1,4 +1,4 @@
-"""Command line: ``python -m src {train,evaluate,export,add-landmarks,predict,tag,models} ...``.
+"""Command line: ``python -m src {train,evaluate,export,add-landmarks,predict,tag,serve,models} ...``.
 
 This module parses the arguments and hands them to :data:`COMMANDS` (:mod:`src.commands`); ``train`` runs the
 whole job on a dataset folder (:func:`~src.run.run_training`): split, train with the best-validation weights
@@ -27,7 +27,7 @@ from .transfer import WeightsUnavailableError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "train": commands.train, "evaluate": commands.evaluate, "export": commands.export,
-    "add-landmarks": commands.add_landmarks_to, "predict": commands.predict, "tag": commands.tag, "models": commands.models}
+    "add-landmarks": commands.add_landmarks_to, "predict": commands.predict, "tag": commands.tag, "serve": commands.serve, "models": commands.models}
 
 
 def positive_int(text: str) -> int:
@@ -151,15 +151,39 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core)")
 
 
+def positive_number(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an HTTP service that tags photos (POST /tag; FastAPI + uvicorn)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="POST /tag takes multipart/form-data with parts named 'photo'; GET /health, "
+                                   "/metrics; POST /admin/reload (or SIGHUP) loads the model file again. docs/service.md")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="bearer token required on every endpoint but /health (default: $LANDMARK_TOKEN; "
+                   "none: no token)")
+    p.add_argument("--max-photos", type=positive_int, default=16, help="photos per request")
+    p.add_argument("--max-upload-mb", type=positive_number, default=50.0, help="megabytes per request")
+    p.add_argument("--timeout", type=positive_number, default=30.0, help="seconds per request")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="photos the model scores at once, across requests")
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="milliseconds a batch waits for photos still being read")
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("models", help="list the model names `train --model` accepts offline")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark classification: train, evaluate, export, add landmarks, predict, tag.")
+    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark classification: train, evaluate, export, add landmarks, predict, tag, serve.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_export, _add_add_landmarks, _add_predict, _add_tag, _add_models):
+    for add in (_add_train, _add_evaluate, _add_export, _add_add_landmarks, _add_predict, _add_tag, _add_serve, _add_models):
         add(sub)
     return parser
 

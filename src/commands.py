@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -167,6 +168,24 @@ def tag(args: argparse.Namespace) -> None:
     print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown: known score below {threshold:.3f}){geotagged}, "
           f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
           f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s) -> {args.out}")
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn  # the service's stack loads only for this command
+
+    from .service import TOKEN_VARIABLE, ServiceSettings, create_app
+
+    view = open_export(args.model)  # a wrong file is refused before the service listens
+    settings = ServiceSettings(args.model, token=args.token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
+                               timeout=args.timeout, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000)
+    guarded = args.token is not None or bool(os.environ.get(TOKEN_VARIABLE))
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not guarded:
+        print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it "
+              f"(--token or ${TOKEN_VARIABLE})", file=sys.stderr)
+    print(f"Serving {args.model} ({len(view.class_names)} landmarks) on http://{args.host}:{args.port} "
+          f"(POST /tag, GET /health, /metrics, /docs{'; bearer token required' if guarded else ''})", flush=True)
+    uvicorn.run(create_app(settings, view), host=args.host, port=args.port, timeout_graceful_shutdown=int(args.timeout) + 1,
+                log_level="warning")
 
 
 def models(args: argparse.Namespace) -> None:

@@ -69,7 +69,7 @@ def model_places(model: torch.jit.ScriptModule, places_csv: str | Path | None = 
     return places
 
 
-def _tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths: list[Path | str], names: list[str], k: int,
+def tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths: list[Path | str], names: list[str], k: int,
                  threshold: float, places: dict[str, Place]) -> list[dict[str, Any]]:
     """One record per photo: its top-k, its landmark (``unknown`` below ``threshold``) and that landmark's place."""
     values, classes = probabilities.topk(min(k, len(names)), dim=1)
@@ -83,7 +83,7 @@ def _tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths:
     return records
 
 
-def _error_record(path: Path | str, message: str) -> dict[str, Any]:
+def error_record(path: Path | str, message: str) -> dict[str, Any]:
     return {"path": str(path), "landmark": None, "probability": None, "known_score": None,
             **dict.fromkeys(PLACE_FIELDS), "top_k": [], "geotag": None, "error": message}
 
@@ -240,9 +240,9 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
         try:
             with tqdm(total=len(todo), desc="Tagging", unit="photo") as progress:
                 for indices, probabilities, known_scores, errors in batches:
-                    records = [_error_record(todo[i], message) for i, message in errors.items()]
+                    records = [error_record(todo[i], message) for i, message in errors.items()]
                     if indices:
-                        records += _tag_records(probabilities, known_scores, [todo[i] for i in indices], names, k,
+                        records += tag_records(probabilities, known_scores, [todo[i] for i in indices], names, k,
                                                 threshold, places)
                     if geotag_dir is not None:
                         _geotag(records, photos_dir, geotag_dir, overwrite_gps)

@@ -54,6 +54,19 @@ def test_app_start_benchmark_opens_the_served_app_in_a_browser(tmp_path: Path) -
     assert 0 < row["upload_button"]["median_s"] <= row["ready"]["median_s"]
 
 
+def test_serve_benchmark_loads_the_service_and_compares_it_with_prediction_in_process(tiny_data: Path, tiny_export: Path,
+                                                                                       tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/serve.py", "--model", str(tiny_export), "--photos", str(tiny_data / "test"),
+                             "--requests", "8", "--soak", "40", "--results", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "serve.json").read_text())
+    assert [(row["photos"], row["concurrency"]) for row in figures["rows"]] == [
+        (photos, clients) for photos in ("800x600", "12 MP") for clients in (1, 4, 16, 64)]
+    assert all(row["failed"] == 0 and row["photos_per_second"] > 0 for row in figures["rows"])
+    assert figures["soak"]["requests"] == 40 and figures["soak"]["rss_after_mb"] > 0
+
+
 def test_run_notebooks_drops_progress_widgets_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nbformat
 

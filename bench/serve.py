@@ -1,0 +1,186 @@
+"""Load test of the HTTP service (``python -m src serve``), against in-process prediction of the same photos.
+
+    python bench/serve.py [--model checkpoints/transfer_exported.pt] [--requests 400] [--soak 10000]
+
+Starts the service as a user does (its own process, default settings) and sends it one photo per
+request from asyncio + httpx clients at concurrency 1, 4, 16 and 64: the 800x600 JPEGs of the canonical
+sample (``landmark_images_sample``) and 12-megapixel JPEGs made from them. Per row: photos per second,
+latency p50/p95/p99 and failed requests. In the same run, the references: the batch ``tag`` engine's
+scoring of the same photo files
+(decoded in worker processes, batches of 50, four times as many photos as a row sends) and one photo at a time in
+process (``read_for`` + ``answer``, what one request does without HTTP). Then ``--soak`` requests at
+concurrency 16 with the server's resident memory before and after. Writes ``bench/results/serve.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from PIL import Image
+
+from predict import SAMPLE
+from utils import REPO, RESULTS, write_result
+from src.answer import answer, read_for
+from src.export import open_export
+from src.location import list_images
+from src.tagging import local_scored_batches
+
+CONCURRENCY = (1, 4, 16, 64)
+BIG_PHOTOS = 8  # 12-megapixel JPEGs made from the first sample photos
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def twelve_megapixel(photos: list[Path], folder: Path) -> list[Path]:
+    paths = []
+    for photo in photos[:BIG_PHOTOS]:
+        path = folder / f"12mp_{photo.stem}.jpg"
+        Image.open(photo).convert("RGB").resize((4000, 3000)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def in_process_batch(model_path: Path, paths: list[Path], photos: int) -> float:
+    """Photos per second of the batch ``tag`` engine on ``photos`` of ``paths`` (repeated as needed, so that starting
+    its worker processes weighs as little as in a collection's run): decoded in worker processes, scored here."""
+    model = open_export(model_path).module
+    paths = (paths * (photos // len(paths) + 1))[:photos]
+    list(local_scored_batches(model, paths[:50], 50, -1))  # warm-up
+    start = time.perf_counter()
+    scored = sum(len(indices) for indices, *_ in local_scored_batches(model, paths, 50, -1))
+    return scored / (time.perf_counter() - start)
+
+
+def in_process_single_ms(model_path: Path, paths: list[Path]) -> float:
+    """Median milliseconds from one photo's bytes to its answer in process: what a request does, without HTTP."""
+    view = open_export(model_path)
+    data = [(path.name, path.read_bytes()) for path in paths]
+    answer(view, read_for(view, data[0][1], data[0][0]))
+    times = []
+    for name, content in data:
+        start = time.perf_counter()
+        answer(view, read_for(view, content, name))
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+async def load(url: str, photos: list[tuple[str, bytes]], concurrency: int, requests: int) -> dict:
+    """``requests`` one-photo requests from ``concurrency`` clients at once: throughput, latency quantiles, failures."""
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    sent = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < requests:
+            name, data = photos[sent % len(photos)]
+            sent += 1
+            start = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/tag", files=[("photo", (name, data, "image/jpeg"))])
+                if response.status_code != 200:
+                    failures[str(response.status_code)] = failures.get(str(response.status_code), 0) + 1
+            except httpx.HTTPError as error:
+                failures[type(error).__name__] = failures.get(type(error).__name__, 0) + 1
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    cuts = statistics.quantiles(latencies, n=100)
+    return {"concurrency": concurrency, "requests": len(latencies), "photos_per_second": round(len(latencies) / seconds, 1),
+            "p50_ms": round(statistics.median(latencies), 1), "p95_ms": round(cuts[94], 1), "p99_ms": round(cuts[98], 1),
+            "failed": sum(failures.values()), "failures": failures}
+
+
+def start_server(model: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "src", "serve", "--model", str(model), "--port", str(port)], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the service did not start (exit status {server.poll()})")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
+    parser.add_argument("--photos", type=Path, default=SAMPLE, help="folder of photos to send")
+    parser.add_argument("--requests", type=int, default=400, help="requests per 800x600 row (a quarter for 12 MP rows)")
+    parser.add_argument("--soak", type=int, default=10_000, help="requests of the memory soak")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON figures")
+    args = parser.parse_args()
+    photos = list_images(args.photos)
+    with tempfile.TemporaryDirectory() as folder:
+        big = twelve_megapixel(photos, Path(folder))
+        sets = {"800x600": (photos, args.requests), "12 MP": (big, max(8, args.requests // 4))}
+        references = {name: {"batch_photos_per_second": round(in_process_batch(args.model, paths, 4 * count), 1),
+                             "single_photo_ms": round(in_process_single_ms(args.model, paths), 1)}
+                      for name, (paths, count) in sets.items()}
+        for name, reference in references.items():
+            print(f"in process, {name}: batch {reference['batch_photos_per_second']} photos/s, one photo "
+                  f"{reference['single_photo_ms']} ms", flush=True)
+        port = free_port()
+        server = start_server(args.model, port)
+        url = f"http://127.0.0.1:{port}"
+        rows = []
+        try:
+            for name, (paths, requests) in sets.items():
+                payload = [(path.name, path.read_bytes()) for path in paths]
+                asyncio.run(load(url, payload, 4, 8))  # warm-up
+                for concurrency in CONCURRENCY:
+                    row = {"photos": name, **asyncio.run(load(url, payload, concurrency, max(requests, concurrency)))}
+                    row["over_batch_in_process"] = round(row["photos_per_second"] / references[name]["batch_photos_per_second"], 2)
+                    rows.append(row)
+                    print(f"served, {name}, {concurrency:2d} clients: {row['photos_per_second']} photos/s, "
+                          f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['failed']} failed", flush=True)
+            payload = [(path.name, path.read_bytes()) for path in photos]
+            rss_before = psutil.Process(server.pid).memory_info().rss / 1e6
+            soak = asyncio.run(load(url, payload, 16, args.soak))
+            rss_after = psutil.Process(server.pid).memory_info().rss / 1e6
+            print(f"soak: {soak['requests']} requests, {soak['failed']} failed, server memory {rss_before:.0f} -> "
+                  f"{rss_after:.0f} MB", flush=True)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    one_client = next(r for r in rows if r["photos"] == "800x600" and r["concurrency"] == 1)
+    sixteen = next(r for r in rows if r["photos"] == "800x600" and r["concurrency"] == 16)
+    write_result("serve", {
+        "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
+        "cpu_cores": os.cpu_count(),
+        "in_process": references,
+        "rows": rows,
+        "one_client_over_single_photo_in_process": round(one_client["p50_ms"] / references["800x600"]["single_photo_ms"], 2),
+        "sixteen_clients_over_batch_in_process": sixteen["over_batch_in_process"],
+        "soak": {"requests": soak["requests"], "failed": soak["failed"], "rss_before_mb": round(rss_before),
+                 "rss_after_mb": round(rss_after), "rss_growth": round(rss_after / rss_before - 1, 3)},
+    }, args.results)
+
+
+if __name__ == "__main__":
+    main()
