@@ -16,7 +16,8 @@ Modules, from the bottom of the import graph up:
   ``predictor`` (answers for photos on disk), ``new_landmarks`` and ``added_fit`` (adding landmarks);
 - runs and commands: ``finish`` (export, test and record a run), ``run`` (one training run), ``evaluation``
   (accuracy figures), ``analysis`` (the notebooks' figures), ``tagging``, ``tag_output`` and ``ray_tagging``
-  (batch tagging), ``batching`` and ``service`` (the HTTP service), ``commands`` (what each command does),
+  (batch tagging), ``batching``, ``service`` and ``ray_serving`` (the HTTP
+  service, in this process or on Ray Serve), ``commands`` (what each command does),
   ``cli`` (command line).
 """
 

@@ -39,7 +39,10 @@ class BatchingModel:
 
     ``await classify(view, reading)`` reads the photo (``reading``: an awaitable of its ``(3, S, S)`` uint8 square,
     whose errors are the caller's) and returns its ``(probabilities (C,), known score)``. ``on_batch(size,
-    seconds)`` is told of every batch scored (the service's metrics)."""
+    seconds)`` is told of every batch scored (the service's metrics). It scores with whichever model a photo was
+    read for, so the service may swap its model at any time (``reloads``)."""
+
+    reloads = True
 
     def __init__(self, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT,
                  on_batch: Callable[[int, float], None] | None = None) -> None:

@@ -171,19 +171,29 @@ def tag(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import uvicorn  # the service's stack loads only for this command
+    from .service import TOKEN_VARIABLE, ServiceSettings
 
-    from .service import TOKEN_VARIABLE, ServiceSettings, create_app
-
+    if args.engine != "ray" and (args.address is not None or args.replicas != 1):
+        raise ValueError("--address and --replicas only apply with --engine ray")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None  # replicas elsewhere see no env
     view = open_export(args.model)  # a wrong file is refused before the service listens
-    settings = ServiceSettings(args.model, token=args.token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
+    settings = ServiceSettings(args.model, token=token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
                                timeout=args.timeout, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000)
-    guarded = args.token is not None or bool(os.environ.get(TOKEN_VARIABLE))
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not guarded:
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it "
               f"(--token or ${TOKEN_VARIABLE})", file=sys.stderr)
-    print(f"Serving {args.model} ({len(view.class_names)} landmarks) on http://{args.host}:{args.port} "
-          f"(POST /tag, GET /health, /metrics, /docs{'; bearer token required' if guarded else ''})", flush=True)
+    where = f"on Ray Serve ({args.replicas} model replicas)" if args.engine == "ray" else "in this process"
+    print(f"Serving {args.model} ({len(view.class_names)} landmarks) {where} on http://{args.host}:{args.port} "
+          f"(POST /tag, GET /health, /metrics, /docs{'; bearer token required' if token else ''})", flush=True)
+    if args.engine == "ray":
+        from .ray_serving import serve_on_ray
+
+        serve_on_ray(settings, args.host, args.port, args.replicas, args.address)
+        return
+    import uvicorn  # the service's stack loads only for this command
+
+    from .service import create_app
+
     uvicorn.run(create_app(settings, view), host=args.host, port=args.port, timeout_graceful_shutdown=int(args.timeout) + 1,
                 log_level="warning")
 

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import prometheus_client as prometheus
 import torch
@@ -198,8 +198,22 @@ class Guard:
             self.metrics.requests.labels(endpoint=route, status=str(status)).inc()
 
 
-def create_app(settings: ServiceSettings, view: ExportView | None = None) -> FastAPI:
-    """The service as an ASGI app (uvicorn runs it). Without ``view`` the model is loaded once the app starts."""
+class Scorer(Protocol):
+    """What scores the photos of requests: :class:`~src.batching.BatchingModel` in this process, or model replicas
+    elsewhere (:mod:`src.ray_serving`), which hold their own copy of the model and so cannot reload it from here."""
+
+    reloads: bool
+
+    async def classify(self, view: ExportView, reading: Awaitable[torch.Tensor]) -> tuple[torch.Tensor, float]: ...
+
+    def close(self) -> None: ...
+
+
+def create_app(settings: ServiceSettings, view: ExportView | None = None,
+               make_scorer: Callable[[Callable[[int, float], None]], Scorer] | None = None) -> FastAPI:
+    """The service as an ASGI app (uvicorn or Ray Serve runs it). Without ``view`` the model is loaded once the app
+    starts; ``make_scorer(on_batch)`` makes what scores photos when it starts (default: a :class:`BatchingModel`)."""
+    make_scorer = make_scorer or (lambda on_batch: BatchingModel(settings.max_batch, settings.max_wait, on_batch))
     token = settings.token if settings.token is not None else os.environ.get(TOKEN_VARIABLE) or None
     metrics = Metrics()
     model = LoadedModel(settings.model, view, metrics)
@@ -211,7 +225,7 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = BatchingModel(settings.max_batch, settings.max_wait, metrics.batch)
+        app.state.scorer = make_scorer(metrics.batch)
         loading = asyncio.create_task(_quietly(model.load())) if model.view is None else None
         loop = asyncio.get_running_loop()
         with suppress(NotImplementedError, RuntimeError, ValueError):  # signals only where the loop may take them
@@ -223,7 +237,7 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None) -> Fas
                 loading.cancel()
             with suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
-            app.state.batcher.close()
+            app.state.scorer.close()
             decoders.shutdown()
 
     app = FastAPI(title="Landmark tagging", lifespan=lifespan,
@@ -253,18 +267,21 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None) -> Fas
                                  media_type=prometheus.CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload")
-    async def reload() -> dict[str, Any]:
+    async def reload(request: Request) -> dict[str, Any]:
+        if not request.app.state.scorer.reloads:
+            raise ServiceError(409, "the model replicas hold their own copy of the model: deploy the new file by running "
+                                    "`serve --engine ray` again (Ray Serve replaces the replicas one at a time)")
         await model.load()
         return {"status": "reloaded", "model": model.path.name, "landmarks": len(model.view.class_names)}
 
     def read(view: ExportView, name: str, data: bytes) -> torch.Tensor:
         return model_square(view, read_for(view, data, name))
 
-    async def tag_one(batcher: BatchingModel, view: ExportView, upload: UploadFile) -> tuple[torch.Tensor, float] | str:
+    async def tag_one(scorer: Scorer, view: ExportView, upload: UploadFile) -> tuple[torch.Tensor, float] | str:
         """One photo's scores, or the message of why it could not be read; it is read in a decoding thread."""
         name, data = upload.filename or "photo", await upload.read()
         try:
-            return await batcher.classify(view, asyncio.get_running_loop().run_in_executor(decoders, read, view, name, data))
+            return await scorer.classify(view, asyncio.get_running_loop().run_in_executor(decoders, read, view, name, data))
         except ImageReadError as error:
             return str(error)
 
@@ -283,7 +300,7 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None) -> Fas
         uploads = [part for part in form.getlist("photo") if isinstance(part, UploadFile)]
         if not uploads:
             raise ServiceError(400, "no photo: send multipart/form-data with one or more parts named 'photo'")
-        results = await asyncio.gather(*(tag_one(request.app.state.batcher, view, upload) for upload in uploads))
+        results = await asyncio.gather(*(tag_one(request.app.state.scorer, view, upload) for upload in uploads))
         names = [upload.filename or "photo" for upload in uploads]
         readable = [i for i, result in enumerate(results) if not isinstance(result, str)]
         answers = dict(zip(readable, _records(view, [names[i] for i in readable], [results[i] for i in readable], k))) \
