@@ -53,12 +53,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def voila(extra: list[str], log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Voilà serving the app as ``make app`` does (plus ``extra`` options); yields its URL, once it answers, and its process."""
+def voila(extra: list[str], log: Path, folder: Path = REPO) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Voilà serving ``folder``'s app.ipynb as ``make app`` does (plus ``extra`` options); yields its URL, once it answers
+    (asked for a static file: asking for the page would take the kernel it keeps ready), and its process."""
     port = free_port()
     with log.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
-                                   "--Voila.ip=127.0.0.1", "--template=landmarks", *extra], cwd=REPO,
+                                   "--Voila.ip=127.0.0.1", "--template=landmarks", *extra], cwd=folder,
                                   env={**os.environ, "JUPYTER_PATH": str(REPO / "share" / "jupyter")},
                                   stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -172,7 +172,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=positive_number, default=50.0, help="megabytes per request")
     p.add_argument("--timeout", type=positive_number, default=30.0, help="seconds per request")
     p.add_argument("--max-batch", type=positive_int, default=32, help="photos the model scores at once, across requests")
-    p.add_argument("--max-wait-ms", type=float, default=20.0, help="milliseconds a batch waits for photos still being read")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="milliseconds a batch waits for photos still being read")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: uvicorn in this process; ray: "
                    "on Ray Serve, model replicas across the cluster (pip install -r requirements-scale.txt)")
     p.add_argument("--address", help="with --engine ray: deploy on this Ray cluster (HOST:6379 or ray://HOST:10001) "

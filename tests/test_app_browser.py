@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +24,9 @@ import psutil
 import pytest
 
 from conftest import LANDMARKS10, REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from app_start import voila  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO / "test-artifacts"
@@ -68,29 +70,9 @@ class Server(NamedTuple):
 
 @pytest.fixture(scope="module")
 def voila_server(served: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Voilà serving the app on a free local port, as `make app` does."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("voila") / "voila.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
-                                   "--Voila.ip=127.0.0.1", "--template=landmarks", *CULLING], cwd=served,
-                                  env={**os.environ, "JUPYTER_PATH": str(REPO / "share" / "jupyter")},
-                                  stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"Voilà did not start:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield Server(url, server)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    """Voilà serving the app on a free local port, as `make app` does (the app start benchmark's server)."""
+    with voila(CULLING, tmp_path_factory.mktemp("voila") / "voila.log", served) as (url, process):
+        yield Server(url, process)
 
 
 @pytest.fixture(scope="module")
