@@ -132,9 +132,10 @@ def main() -> None:
                 time.sleep(args.settle)  # the server's first kernel started ahead, when it keeps one
                 waiting = kernels_mb(server)
                 times = []
-                for _ in range(args.visits):
+                for number in range(args.visits):
+                    if number:
+                        time.sleep(args.settle if pause is None else pause)
                     times.append(visit(browser, url, viewport))
-                    time.sleep(args.settle if pause is None else pause)
             row = {"serving": name, "visits": args.visits, "upload_button": spread([t[0] for t in times]),
                    "ready": spread([t[1] for t in times]), "kernels_waiting_mb": waiting}
             print(f"{name:20s} upload button {row['upload_button']['median_s']} s, ready {row['ready']['median_s']} s "
