@@ -18,6 +18,7 @@ else:
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -r requirements-scale.txt")
 
 from src.cli import main  # noqa: E402
+from src.export import open_export  # noqa: E402
 from src.service import ServiceSettings, create_app  # noqa: E402
 
 TRANSFER = REPO / "checkpoints" / "transfer_exported.pt"
@@ -44,7 +45,7 @@ def test_ray_serve_on_a_two_node_cluster_answers_as_the_embedded_server(tmp_path
     from src.ray_serving import serve_on_ray
 
     settings = ServiceSettings(TRANSFER, token="s3cret")
-    with TestClient(create_app(settings)) as embedded:
+    with TestClient(create_app(settings, open_export(TRANSFER))) as embedded:
         expected = embedded.post("/tag?k=3", files=_photos(), headers={"Authorization": "Bearer s3cret"}).json()
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

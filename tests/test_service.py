@@ -20,6 +20,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -56,7 +57,7 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(ServiceSettings(TRANSFER, max_photos=4, max_upload_mb=2))) as client:
+    with TestClient(loaded(ServiceSettings(TRANSFER, max_photos=4, max_upload_mb=2))) as client:
         yield client
 
 
@@ -75,6 +76,12 @@ class SlowModel(torch.nn.Module):
 def slow(seconds: float) -> ExportView:
     view = open_export(TRANSFER)
     return dataclasses.replace(view, module=SlowModel(view.module, seconds))
+
+
+def loaded(settings: ServiceSettings) -> FastAPI:
+    """The service with its model loaded already, as ``serve`` starts it (loaded in the background, a first request
+    could find it loading)."""
+    return create_app(settings, open_export(settings.model))
 
 
 def parts(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -161,7 +168,7 @@ def test_a_request_without_photos_is_a_400_that_says_what_to_send(client: TestCl
 
 def test_the_token_guards_everything_but_health(photo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_VARIABLE, "s3cret")
-    with TestClient(create_app(ServiceSettings(TRANSFER))) as client:
+    with TestClient(loaded(ServiceSettings(TRANSFER))) as client:
         assert client.get("/health").status_code == 200
         for answer in (client.post("/tag", files=parts((photo.name, photo.read_bytes()))), client.get("/metrics"),
                        client.post("/admin/reload"), client.get("/metrics", headers={"Authorization": "Bearer wrong"})):
@@ -202,7 +209,7 @@ def test_a_batch_waits_for_photos_being_read_and_never_for_photos_that_may_not_c
 def test_reload_swaps_the_model_and_a_bad_file_keeps_the_old_one(photo: Path, tmp_path: Path) -> None:
     served = tmp_path / "model.pt"
     shutil.copy(TRANSFER, served)
-    with TestClient(create_app(ServiceSettings(served))) as client:
+    with TestClient(loaded(ServiceSettings(served))) as client:
         def score() -> float:
             return client.post("/tag", files=parts((photo.name, photo.read_bytes()))).json()["photos"][0]["known_score"]
         before = score()
