@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,29 +29,27 @@ MAX_WAIT = 0.002  # seconds a batch waits for photos still being read (longer wa
 class _Waiting:
     view: ExportView
     square: torch.Tensor  # (3, S, S) uint8, S = view.resize_size
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    queued: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future  # settled on its own event loop
 
 
 class BatchingModel:
     """Scores photos of any number of concurrent callers in shared batches, on one thread of its own.
 
     ``await classify(view, reading)`` reads the photo (``reading``: an awaitable of its ``(3, S, S)`` uint8 square,
-    whose errors are the caller's) and returns its ``(probabilities (C,), known score)``. ``on_batch(size,
-    seconds)`` is told of every batch scored (the service's metrics). It scores with whichever model a photo was
+    whose errors are the caller's) and returns its ``(probabilities (C,), known score)``. ``on_batch(size)``
+    is told of every batch scored (the service's metrics). It scores with whichever model a photo was
     read for, so the service may swap its model at any time (``reloads``)."""
 
     reloads = True
 
     def __init__(self, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait < 0:
             raise ValueError(f"max_wait must be 0 seconds or more, got {max_wait}")
         self.max_batch, self.max_wait = max_batch, max_wait
-        self.on_batch = on_batch or (lambda size, seconds: None)
+        self.on_batch = on_batch or (lambda size: None)
         self._queue: queue.Queue[_Waiting | None] = queue.Queue()
         self._reading = 0  # photos being read, which the batch being formed may wait for
         self._lock = threading.Lock()
@@ -70,8 +68,7 @@ class BatchingModel:
         except BaseException:
             self._count_reading(-1)
             raise
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(view, square, loop.create_future(), loop)
+        waiting = _Waiting(view, square, asyncio.get_running_loop().create_future())
         self._queue.put(waiting)
         self._count_reading(-1)  # after the put: a batch never misses a photo between the two
         return await waiting.future
@@ -105,16 +102,15 @@ class BatchingModel:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            start = time.perf_counter()
             try:
                 with torch.inference_mode():
                     probabilities, scores = batch[0].view.classify(torch.stack([item.square for item in batch]))
                 results: list = [(probabilities[i], float(scores[i])) for i in range(len(batch))]
             except Exception as error:  # a model failure is every waiting request's error, never the thread's end
                 results = [error] * len(batch)
-            self.on_batch(len(batch), time.perf_counter() - start)
+            self.on_batch(len(batch))
             for item, result in zip(batch, results):
-                item.loop.call_soon_threadsafe(_settle, item.future, result)
+                item.future.get_loop().call_soon_threadsafe(_settle, item.future, result)
 
 
 def _settle(future: asyncio.Future, result: object) -> None:

@@ -3,19 +3,18 @@
 An export is built complete by its constructor: the network, the preprocessing (resize, centre crop,
 normalisation), the class names and their places, the unknown detector and its threshold, and the
 feature memory that adding landmarks needs (:class:`FeatureMemory`). It carries :data:`FORMAT_VERSION`.
-Consumers need only ``torch`` to load it; inside this project every file and loaded module is read through
-:func:`open_export` / :func:`export_view`, which check it once and return an :class:`ExportView`.
+Consumers need only ``torch`` to load it; inside this project every file (:func:`open_export`), its bytes
+(:func:`export_from_bytes`) or loaded module (:func:`export_view`) is checked once into an :class:`ExportView`.
 
 Two kinds share the interface of :class:`ExportedModel` (``classify``, ``known_score``, ``forward``,
 ``features_and_logits``, ``logits_from_features``):
 
 - :class:`Predictor`: a trained network (``finish_run``, the ``export`` command);
-- :class:`AddedLandmarksPredictor`: an export with landmarks added from a few photos each
-  (:mod:`src.new_landmarks`): the original export, untouched, plus one linear row per added landmark on
-  :class:`CombinedFeatures`.
+- :class:`AddedLandmarksPredictor`: an export with landmarks added from a few photos each (:mod:`src.new_landmarks`):
+  the original export, untouched, plus one linear row per added landmark on :class:`CombinedFeatures`.
 
-TorchScript is the format on purpose (a file that runs with torch alone); docs/design.md says how it maps
-to ``torch.export`` and ONNX.
+TorchScript is the format on purpose (a file that runs with torch alone); docs/design.md says how it maps to
+``torch.export`` and ONNX.
 """
 
 from __future__ import annotations
@@ -233,11 +232,9 @@ EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_si
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
-    """Script ``predictor`` with TorchScript, freeze it and save it (atomically) to ``path``, on the CPU.
-
-    Freezing folds batch norm into the convolutions (about 10 % faster on a CPU) and keeps
-    the attributes consumers read (:data:`EXPORTED_ATTRIBUTES`).
-    """
+    """Script ``predictor`` with TorchScript, freeze it and save it (atomically) to ``path``, on the CPU. Freezing folds
+    batch norm into the convolutions (about 10 % faster on a CPU) and keeps the attributes consumers read
+    (:data:`EXPORTED_ATTRIBUTES`)."""
     with torchscript_on_purpose():
         scripted = torch.jit.freeze(torch.jit.script(predictor.cpu().eval()), preserved_attrs=EXPORTED_ATTRIBUTES)
     return save_scripted(scripted, path)
@@ -331,12 +328,17 @@ def open_export(path: str | Path) -> ExportView:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: exported model not found")
+    return export_from_bytes(path.read_bytes(), source=str(path))
+
+
+def export_from_bytes(data: bytes, device: torch.device | str = "cpu", source: str = "the model") -> ExportView:
+    """:func:`open_export` of a file's bytes (also a model sent to Ray workers), loaded on ``device``."""
     try:
         with torchscript_on_purpose():
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
     except Exception as error:  # TorchScript raises RuntimeError or ValueError for foreign files
-        raise ValueError(f"{path}: not a TorchScript export ({error}); training checkpoints go through `export` first") from error
-    return export_view(module.eval(), path)
+        raise ValueError(f"{source}: not a TorchScript export ({error}); training checkpoints go through `export` first") from error
+    return export_view(module.eval(), source)
 
 
 def load_exported(path: str | Path) -> torch.jit.ScriptModule:

@@ -11,7 +11,6 @@ Ray Serve is an optional install: ``pip install -r requirements-scale.txt``.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,16 +19,11 @@ import numpy as np
 import torch
 
 from .batching import MAX_BATCH, MAX_WAIT
-from .export import ExportView, export_view, torchscript_on_purpose
+from .export import ExportView, export_from_bytes
 from .service import ServiceSettings, create_app
 
 INSTALL_HINT = "the Ray engine needs Ray Serve: pip install -r requirements-scale.txt"
 APP_NAME = "landmarks"
-
-
-def _view(model_bytes: bytes, device: torch.device = torch.device("cpu")) -> ExportView:
-    with torchscript_on_purpose():
-        return export_view(torch.jit.load(io.BytesIO(model_bytes), map_location=device).eval())
 
 
 class ReplicaScorer:
@@ -58,7 +52,7 @@ def deployments(model_bytes: bytes, settings: ServiceSettings, replicas: int, gp
 
         def __init__(self) -> None:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            self.view = _view(model_bytes, self.device)
+            self.view = export_from_bytes(model_bytes, self.device)
             self.score.set_max_batch_size(settings.max_batch)
             self.score.set_batch_wait_timeout_s(settings.max_wait)
 
@@ -78,7 +72,7 @@ def deployments(model_bytes: bytes, settings: ServiceSettings, replicas: int, gp
 
         def __serve_build_asgi_app__(self) -> Callable:
             make_scorer = lambda on_batch: ReplicaScorer(self.replicas)  # noqa: E731  batches are the replicas'
-            return create_app(settings, _view(model_bytes), make_scorer)
+            return create_app(settings, export_from_bytes(model_bytes), make_scorer)
 
     return Ingress.bind(ModelReplica.options(num_replicas=replicas).bind())
 
@@ -93,7 +87,7 @@ def serve_on_ray(settings: ServiceSettings, host: str, port: int, replicas: int,
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
     model_bytes = Path(settings.model).read_bytes()
-    _view(model_bytes)  # a wrong file is refused before anything is deployed
+    export_from_bytes(model_bytes, source=str(settings.model))  # a wrong file is refused before anything is deployed
     if not ray.is_initialized():
         package = Path(__file__).resolve().parent  # replicas on other machines get src from here
         ray.init(address=address, runtime_env={"py_modules": [str(package)]}, log_to_driver=False,

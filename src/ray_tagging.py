@@ -45,13 +45,10 @@ class _Scorer:
     """Ray actor: the exported model, loaded once, scoring decoded batches (on a GPU when it has one)."""
 
     def __init__(self, model_bytes: bytes) -> None:
-        import io
-
-        from .export import export_view, torchscript_on_purpose
+        from .export import export_from_bytes
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        with torchscript_on_purpose():
-            self.model = export_view(torch.jit.load(io.BytesIO(model_bytes), map_location=self.device).eval())
+        self.model = export_from_bytes(model_bytes, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         readable = batch["error"] == ""

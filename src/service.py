@@ -21,6 +21,7 @@ but ``/health``. Bad photos never fail a request with a 500, nor stop the servic
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -110,9 +111,6 @@ class Metrics:
         self.loads = prometheus.Counter("landmark_model_loads", "Model loads (start and reloads), by outcome", ["outcome"],
                                         registry=self.registry)
 
-    def batch(self, size: int, seconds: float) -> None:
-        self.batches.observe(size)
-
 
 class LoadedModel:
     """The model the service answers with, swapped whole on a reload (requests in flight keep the one they started with)."""
@@ -152,6 +150,10 @@ def _error(name: str, message: str | None) -> dict[str, Any]:
     return {**dict.fromkeys(PhotoTag.model_fields), "name": name, "top_k": [], "error": message}
 
 
+def _too_large(limit: int) -> ServiceError:
+    return ServiceError(413, f"the upload is larger than the service accepts ({limit / 1e6:g} MB a request)")
+
+
 def _limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
     """``receive`` of a request body that refuses (413) more than ``limit`` bytes, however it is sent."""
     received = 0
@@ -161,7 +163,7 @@ def _limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[],
         message = await receive()
         received += len(message.get("body", b""))
         if received > limit:
-            raise ServiceError(413, f"the upload is larger than the service accepts ({limit / 1e6:g} MB a request)")
+            raise _too_large(limit)
         return message
     return counted
 
@@ -210,7 +212,7 @@ class Scorer(Protocol):
 
 
 def create_app(settings: ServiceSettings, view: ExportView | None = None,
-               make_scorer: Callable[[Callable[[int, float], None]], Scorer] | None = None) -> FastAPI:
+               make_scorer: Callable[[Callable[[int], None]], Scorer] | None = None) -> FastAPI:
     """The service as an ASGI app (uvicorn or Ray Serve runs it). Without ``view`` the model is loaded once the app
     starts; ``make_scorer(on_batch)`` makes what scores photos when it starts (default: a :class:`BatchingModel`)."""
     make_scorer = make_scorer or (lambda on_batch: BatchingModel(settings.max_batch, settings.max_wait, on_batch))
@@ -225,7 +227,7 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.scorer = make_scorer(metrics.batch)
+        app.state.scorer = make_scorer(metrics.batches.observe)
         loading = asyncio.create_task(_quietly(model.load())) if model.view is None else None
         loop = asyncio.get_running_loop()
         with suppress(NotImplementedError, RuntimeError, ValueError):  # signals only where the loop may take them
@@ -277,9 +279,9 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
     def read(view: ExportView, name: str, data: bytes) -> torch.Tensor:
         return model_square(view, read_for(view, data, name))
 
-    async def tag_one(scorer: Scorer, view: ExportView, upload: UploadFile) -> tuple[torch.Tensor, float] | str:
+    async def tag_one(scorer: Scorer, view: ExportView, name: str, upload: UploadFile) -> tuple[torch.Tensor, float] | str:
         """One photo's scores, or the message of why it could not be read; it is read in a decoding thread."""
-        name, data = upload.filename or "photo", await upload.read()
+        data = await upload.read()
         try:
             return await scorer.classify(view, asyncio.get_running_loop().run_in_executor(decoders, read, view, name, data))
         except ImageReadError as error:
@@ -289,8 +291,8 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
         view = model.view
         if view is None:
             raise ServiceError(503, f"the model is not loaded yet ({model.problem})")
-        if int(request.headers.get("content-length") or 0) > limit:
-            raise ServiceError(413, f"the upload is larger than the service accepts ({settings.max_upload_mb:g} MB a request)")
+        if int(request.headers.get("content-length") or 0) > limit:  # refused before reading any of it
+            raise _too_large(limit)
         try:
             form = await Request(request.scope, _limited(request.receive, limit)).form(max_files=settings.max_photos)
         except HTTPException as error:  # the multipart parser's refusals
@@ -300,8 +302,9 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
         uploads = [part for part in form.getlist("photo") if isinstance(part, UploadFile)]
         if not uploads:
             raise ServiceError(400, "no photo: send multipart/form-data with one or more parts named 'photo'")
-        results = await asyncio.gather(*(tag_one(request.app.state.scorer, view, upload) for upload in uploads))
         names = [upload.filename or "photo" for upload in uploads]
+        results = await asyncio.gather(*(tag_one(request.app.state.scorer, view, name, upload)
+                                         for name, upload in zip(names, uploads)))
         readable = [i for i, result in enumerate(results) if not isinstance(result, str)]
         answers = dict(zip(readable, _records(view, [names[i] for i in readable], [results[i] for i in readable], k))) \
             if readable else {}
@@ -330,6 +333,9 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
 
 
 async def _quietly(reloading: Awaitable[None]) -> None:
-    """A reload asked by signal: a file that cannot be loaded leaves the current model in use (the log says why)."""
-    with suppress(ServiceError):
+    """A load nobody waits for (at start, or asked by SIGHUP): a file that cannot be loaded leaves the current model in
+    use, and the log says why."""
+    try:
         await reloading
+    except ServiceError as error:
+        logging.getLogger(__name__).warning("%s", error)

@@ -198,7 +198,7 @@ def test_a_batch_waits_for_photos_being_read_and_never_for_photos_that_may_not_c
         alone = time.perf_counter() - start
         await asyncio.gather(batcher.classify(view, read_in(0)), batcher.classify(view, read_in(0.2)))
         assert alone < 0.5
-    batcher = BatchingModel(max_wait=1.0, on_batch=lambda size, seconds: sizes.append(size))
+    batcher = BatchingModel(max_wait=1.0, on_batch=sizes.append)
     try:
         asyncio.run(scenario())
     finally:
