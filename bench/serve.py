@@ -9,7 +9,9 @@ latency p50/p95/p99 and failed requests. In the same run, the references: the ba
 scoring of the same photo files
 (decoded in worker processes, batches of 50, four times as many photos as a row sends) and one photo at a time in
 process (``read_for`` + ``answer``, what one request does without HTTP). Then ``--soak`` requests at
-concurrency 16 with the server's resident memory before and after. Writes ``bench/results/serve.json``.
+concurrency 16 with the server's resident memory before and after. Last, the same model with its ONNX file beside it
+(``export --format onnx``; ``serve`` then runs onnxruntime when it is faster, and the rows say which it ran): 800x600
+rows at 1 and 16 clients, with the in-process references on the ONNX file. Writes ``bench/results/serve.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -161,6 +164,47 @@ def start_server(model: Path, port: int) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+def measured_row(url: str, name: str, payload: list[tuple[str, bytes]], concurrency: int, requests: int,
+                 batch_reference: float, runtime: str) -> dict:
+    """One row of the table: ``load`` at ``concurrency``, the server's mean batch meanwhile, and the ratio to the batch
+    ``tag`` engine's ``batch_reference`` photos per second."""
+    photos_before, batches_before = batches(url)
+    row = {"photos": name, "runtime": runtime, **load(url, payload, concurrency, max(requests, concurrency))}
+    photos_after, batches_after = batches(url)
+    row["mean_batch"] = round((photos_after - photos_before) / (batches_after - batches_before), 1)
+    row["over_batch_in_process"] = round(row["photos_per_second"] / batch_reference, 2)
+    print(f"served ({runtime}), {name}, {concurrency:2d} clients: {row['photos_per_second']} photos/s, p50 {row['p50_ms']} ms, "
+          f"p99 {row['p99_ms']} ms, batches of {row['mean_batch']}, {row['failed']} failed", flush=True)
+    return row
+
+
+def with_onnx_file(model: Path, folder: Path, photos: list[Path], requests: int) -> tuple[dict, list[dict]]:
+    """The model with its ONNX file beside it, which ``serve`` then runs when onnxruntime is faster: the in-process
+    references on that file, and the 800x600 rows at 1 and 16 clients."""
+    copy = folder / model.name
+    shutil.copy(model, copy)
+    onnx = copy.with_suffix(".onnx")
+    subprocess.run([sys.executable, "-m", "src", "export", str(copy), "--format", "onnx", "--out", str(onnx)], cwd=REPO,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = {"batch_photos_per_second": round(in_process_batch(onnx, photos, 4 * requests), 1),
+                 "single_photo_ms": round(in_process_single_ms(onnx, photos), 1)}
+    print(f"in process, 800x600, ONNX file: batch {reference['batch_photos_per_second']} photos/s, one photo "
+          f"{reference['single_photo_ms']} ms", flush=True)
+    port = free_port()
+    server = start_server(copy, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        runtime = httpx.get(f"{url}/health").json()["runtime"]
+        payload = [(path.name, path.read_bytes()) for path in photos]
+        load(url, payload, 4, 8)  # warm-up
+        rows = [measured_row(url, "800x600", payload, concurrency, requests, reference["batch_photos_per_second"], runtime)
+                for concurrency in (1, 16)]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    return reference, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
@@ -187,16 +231,8 @@ def main() -> None:
             for name, (paths, requests) in sets.items():
                 payload = [(path.name, path.read_bytes()) for path in paths]
                 load(url, payload, 4, 8)  # warm-up
-                for concurrency in CONCURRENCY:
-                    photos_before, batches_before = batches(url)
-                    row = {"photos": name, **load(url, payload, concurrency, max(requests, concurrency))}
-                    photos_after, batches_after = batches(url)
-                    row["mean_batch"] = round((photos_after - photos_before) / (batches_after - batches_before), 1)
-                    row["over_batch_in_process"] = round(row["photos_per_second"] / references[name]["batch_photos_per_second"], 2)
-                    rows.append(row)
-                    print(f"served, {name}, {concurrency:2d} clients: {row['photos_per_second']} photos/s, "
-                          f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, batches of {row['mean_batch']}, {row['failed']} failed",
-                          flush=True)
+                rows += [measured_row(url, name, payload, concurrency, requests, references[name]["batch_photos_per_second"],
+                                      "torchscript") for concurrency in CONCURRENCY]
             payload = [(path.name, path.read_bytes()) for path in photos]
             rss_before = psutil.Process(server.pid).memory_info().rss / 1e6
             soak = load(url, payload, 16, args.soak)
@@ -206,6 +242,7 @@ def main() -> None:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
+        onnx_reference, onnx_rows = with_onnx_file(args.model, Path(folder), photos, args.requests)
     one_client = next(r for r in rows if r["photos"] == "800x600" and r["concurrency"] == 1)
     sixteen = next(r for r in rows if r["photos"] == "800x600" and r["concurrency"] == 16)
     write_result("serve", {
@@ -215,6 +252,8 @@ def main() -> None:
         "rows": rows,
         "one_client_over_single_photo_in_process": round(one_client["p50_ms"] / references["800x600"]["single_photo_ms"], 2),
         "sixteen_clients_over_batch_in_process": sixteen["over_batch_in_process"],
+        "in_process_onnx": onnx_reference,
+        "onnx_rows": onnx_rows,
         "soak": {"requests": soak["requests"], "failed": soak["failed"], "rss_before_mb": round(rss_before),
                  "rss_after_mb": round(rss_after), "rss_growth": round(rss_after / rss_before - 1, 3)},
     }, args.results)

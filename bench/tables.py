@@ -193,17 +193,37 @@ def app_start_table() -> str:
 
 @generator("serve")
 def serve_table() -> str:
-    """docs/service.md: the HTTP service under load against in-process prediction (bench/serve.py)."""
+    """docs/service.md: the HTTP service under load against in-process prediction (bench/serve.py); the last rows
+    with the model's ONNX file beside it (the runtime column says which the service ran)."""
     record = load("serve")
     rows: list[Row] = []
-    for row in record["rows"]:
-        reference = record["in_process"][row["photos"]]
-        rows.append([row["photos"], str(row["concurrency"]), f"**{rate(row['photos_per_second'])}**",
+    for row, reference in ([(r, record["in_process"][r["photos"]]) for r in record["rows"]]
+                           + [(r, record["in_process_onnx"]) for r in record["onnx_rows"]]):
+        rows.append([row["photos"], row["runtime"], str(row["concurrency"]), f"**{rate(row['photos_per_second'])}**",
                      f"{row['over_batch_in_process']:.2f}×", f"{row['p50_ms']:.0f} / {row['p95_ms']:.0f} / {row['p99_ms']:.0f} ms",
                      f"{row['mean_batch']:.1f}", str(row["failed"]), f"{rate(reference['batch_photos_per_second'])}; {reference['single_photo_ms']} ms"])
-    return markdown(["photos", "clients", "served photos/s", "÷ batch in process", "latency p50 / p95 / p99",
+    return markdown(["photos", "runtime", "clients", "served photos/s", "÷ batch in process", "latency p50 / p95 / p99",
                      "photos a batch", "failed",
-                     "in process: batch `tag` engine; one photo"], rows)
+                     "in process, same runtime: batch `tag` engine; one photo"], rows)
+
+
+@generator("runtimes")
+def runtimes_table() -> str:
+    """docs/service.md: TorchScript against onnxruntime on the same squares, answers and speed (bench/runtimes.py)."""
+    record = load("runtimes")
+    rows: list[Row] = []
+    for row in record["rows"]:
+        answers = row["answers"].values()
+        rows.append([f"`{row['model']}`" if row["model"].endswith(".pt") else row["model"], f"{row['resize_size']} px",
+                     f"{row['torchscript_batch1_ms']:.1f} / **{row['onnxruntime_batch1_ms']:.1f} ms** ({row['onnx_speedup_batch1']:.2f}×)",
+                     f"{row['torchscript_batch32_ms']:.2f} / **{row['onnxruntime_batch32_ms']:.2f} ms** ({row['onnx_speedup_batch32']:.2f}×)",
+                     f"{max(max(a['largest_probability_difference'], a['largest_known_score_difference']) for a in answers):.1e}",
+                     f"{sum(a['verdict_differs'] for a in answers)} / {sum(a['top1_differs'] for a in answers)} of "
+                     f"{sum(a['photos'] for a in answers):,}",
+                     f"{row['torchscript_megabytes']} / {row['onnx_megabytes']} MB", f"{row['export_seconds']} s"])
+    return markdown(["model", "square", "ms a photo, batches of 1: TorchScript / onnxruntime", "batches of 32",
+                     "largest difference (probability or known score)", "verdict / top-1 differs", "file size",
+                     "`export --format onnx`"], rows)
 
 
 def readme_serve() -> str:
@@ -217,6 +237,19 @@ def readme_serve() -> str:
             f"**{one['p50_ms']:.1f} ms**, {record['one_client_over_single_photo_in_process']:.2f}× one photo in process; "
             f"memory {soak['rss_before_mb']} → {soak['rss_after_mb']} MB over {soak['requests']:,} requests "
             f"({soak['failed']} failed)")
+
+
+def readme_runtimes() -> str:
+    """The README's one-cell summary of TorchScript against onnxruntime (bench/runtimes.py, bench/serve.py)."""
+    record, serve = load("runtimes"), load("serve")
+    transfer = record["rows"][0]
+    sixteen = next(r for r in serve["onnx_rows"] if r["concurrency"] == 16)
+    one = next(r for r in serve["onnx_rows"] if r["concurrency"] == 1)
+    return (f"largest difference **{record['largest_difference']:.1e}**, {record['verdicts_differ']} of "
+            f"{record['photos_compared']:,} verdicts differ ({len(record['rows'])} models, one with added landmarks); "
+            f"one photo {transfer['torchscript_batch1_ms']:.1f} → **{transfer['onnxruntime_batch1_ms']:.1f} ms**, batches of 32 "
+            f"{transfer['torchscript_batch32_ms']:.2f} → **{transfer['onnxruntime_batch32_ms']:.2f} ms** a photo; served "
+            f"({sixteen['runtime']}): 16 clients {rate(sixteen['photos_per_second'])}, one client {one['p50_ms']:.1f} ms")
 
 
 OPENSET_README = [("held-out scenes", "scenes (held-out photos)"),
@@ -323,6 +356,9 @@ def readme_results_table() -> str:
         ["HTTP service (`python -m src serve`), shipped transfer model, one 800×600 photo per request",
          "16 clients ≥ 0.6× batch in process, 0 failed; one client ≤ 1.5× in process; memory growth ≤ 10 % over 10,000 requests",
          readme_serve(), "`python bench/serve.py` ([details](docs/service.md#the-http-service))"],
+        ["ONNX export (`export --format onnx`) against the TorchScript export, shipped transfer model, 2 threads",
+         "probabilities within 1e-4, identical known/unknown; the faster runtime served", readme_runtimes(),
+         "`python bench/runtimes.py`, `python bench/serve.py` ([details](docs/service.md#onnx-the-faster-runtime))"],
         ["reference transfer recipe (frozen MobileNetV2 at 224 px + linear, Adam, 15 epochs), same machine, same run",
          "—",
          f"{pct(ref['reference_test_top1'], 2)} top-1, `predictor_test` {ref['reference_predictor_test_seconds']:.1f} s, "

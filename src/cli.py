@@ -90,11 +90,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="turn a training checkpoint into a TorchScript predictor",
+    p = sub.add_parser("export", help="turn a training checkpoint into a TorchScript predictor, or an export into ONNX",
                        description="The unknown threshold is chosen on the validation split of --data: give the "
-                                   "--valid-size and --seed the checkpoint was trained with.")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--out", type=Path, required=True)
+                                   "--valid-size and --seed the checkpoint was trained with. With --format onnx, an "
+                                   "exported model converts as it is (no data needed); `serve` runs an ONNX file "
+                                   "beside its export (same name, .onnx) when onnxruntime is faster.")
+    p.add_argument("checkpoint", type=Path, help="training checkpoint, or (with --format onnx) an exported model")
+    p.add_argument("--out", type=Path, required=True, help="the exported file (.pt; .onnx with --format onnx)")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                   help="TorchScript (default: runs with torch alone, any photo size) or ONNX (onnxruntime; reads the "
+                        "photo squares this project cuts)")
     p.add_argument("--data", help="dataset folder the checkpoint was trained on (default: as for train)")
     p.add_argument("--valid-size", type=float, default=VALID_SIZE, help=f"as given to train (default: {VALID_SIZE})")
     p.add_argument("--seed", type=int, default=SEED, help=f"as given to train (default: {SEED})")

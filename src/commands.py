@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, checkpoint_config, model_from_checkpoin
 from .data import PhotoFolder, get_data_loaders
 from .distributed import init_from_env, is_main_process, rank, world_size
 from .evaluation import classification_report
-from .export import ExportView, export_predictor, export_view, open_export, torchscript_on_purpose
+from .export import ExportView, Predictor, export_predictor, export_view, open_export, torchscript_on_purpose
 from .factory import list_models
 from .files import check_model_name, check_outputs
 from .finish import calibrated_predictor
@@ -29,6 +29,7 @@ from .helpers import get_device, seed_everything, setup_env
 from .images import ImageReadError
 from .location import get_data_location, negatives_from_env
 from .new_landmarks import add_landmarks, read_new_landmarks, save_added
+from .onnx_export import export_onnx, faster_runtime, file_sha256, runtime_name
 from .places import places_for
 from .predictor import predict_photo, predict_photos
 from .recipes import recipe_for, recipe_settings
@@ -90,11 +91,25 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def export(args: argparse.Namespace) -> None:
-    check_model_name(args.out, "exported model")
+    onnx = args.format == "onnx"
+    if onnx and args.out.suffix != ".onnx":
+        raise ValueError(f"{args.out}: an ONNX file is read by its name; name it .onnx")
+    if not onnx:
+        check_model_name(args.out, "exported model")
     check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
     if args.out.exists() and not args.force and not _is_export(args.out):
         raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
                          "or --force to replace it")
+    if onnx and _is_export(args.checkpoint):  # an export converts as it is: no data, no calibration
+        path = export_onnx(open_export(args.checkpoint), args.out, file_sha256(args.checkpoint))
+    else:
+        predictor = _calibrated(args)
+        path = export_onnx(predictor, args.out) if onnx else export_predictor(predictor, args.out)
+    print(f"Exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _calibrated(args: argparse.Namespace) -> Predictor:
+    """The predictor of a training checkpoint, its unknown detector calibrated on the validation split it was trained with."""
     model, checkpoint = model_from_checkpoint(args.checkpoint)
     data_dir = get_data_location(args.data, download=False)  # the photos it was trained on: never a download
     loaders = get_data_loaders(valid_size=args.valid_size, num_workers=args.workers, data_dir=data_dir, seed=args.seed,
@@ -103,9 +118,7 @@ def export(args: argparse.Namespace) -> None:
     if valid_set.class_names != list(checkpoint["class_names"]):
         raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
     negatives = args.negatives if args.negatives is not None else negatives_from_env()
-    predictor = calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset)
-    path = export_predictor(predictor, args.out)
-    print(f"Exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset)
 
 
 def add_landmarks_command(base_path: Path, photos_dir: Path, out: Path, places_csv: Path | None, replace: bool,
@@ -176,14 +189,14 @@ def serve(args: argparse.Namespace) -> None:
     if args.engine != "ray" and (args.address is not None or args.replicas != 1):
         raise ValueError("--address and --replicas only apply with --engine ray")
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None  # replicas elsewhere see no env
-    view = open_export(args.model)  # a wrong file is refused before the service listens
+    view = faster_runtime(args.model) if args.engine != "ray" else open_export(args.model)  # a wrong file is refused before the service listens
     settings = ServiceSettings(args.model, token=token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
                                timeout=args.timeout, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it "
               f"(--token or ${TOKEN_VARIABLE})", file=sys.stderr)
     where = f"on Ray Serve ({args.replicas} model replicas)" if args.engine == "ray" else "in this process"
-    print(f"Serving {args.model} ({len(view.class_names)} landmarks) {where} on http://{args.host}:{args.port} "
+    print(f"Serving {args.model} ({len(view.class_names)} landmarks, {runtime_name(view)}) {where} on http://{args.host}:{args.port} "
           f"(POST /tag, GET /health, /metrics, /docs{'; bearer token required' if token else ''})", flush=True)
     if args.engine == "ray":
         from .ray_serving import serve_on_ray

@@ -13,8 +13,8 @@ Two kinds share the interface of :class:`ExportedModel` (``classify``, ``known_s
 - :class:`AddedLandmarksPredictor`: an export with landmarks added from a few photos each (:mod:`src.new_landmarks`):
   the original export, untouched, plus one linear row per added landmark on :class:`CombinedFeatures`.
 
-TorchScript is the format on purpose (a file that runs with torch alone); docs/design.md says how it maps to
-``torch.export`` and ONNX.
+TorchScript is the format on purpose (a file that runs with torch alone, any photo size); :mod:`src.onnx_export`
+makes an ONNX file of an export for onnxruntime, which :func:`open_export` reads too.
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ def torchscript_on_purpose() -> Iterator[None]:
 
 
 class ExportedModel(nn.Module):
-    """What every export answers from its ``features_and_logits`` (and its ``detector``): ``classify``
-    (probabilities and known score from one pass), ``known_score`` and ``forward``."""
+    """What every export answers from its ``features_and_logits`` and ``detector``: ``classify`` (probabilities, known score)."""
 
     def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -108,17 +107,16 @@ def _preprocess_config(config: PreprocessConfig | Sequence[float] | None, mean: 
 class Predictor(ExportedModel):
     """Raw image batch -> class probabilities and a known-landmark score, scriptable with ``torch.jit.script``.
 
-    Every method takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8``
-    (0-255) or float (0-1), resizes and crops them with :func:`~src.preprocessing.resize_and_crop`
-    (short side to ``resize_size``, centre ``image_size`` square, as in training's evaluation)
-    and normalises them with ``mean``/``std``:
+    Every method takes ``(B, 3, H, W)`` or ``(3, H, W)`` RGB images of any size, ``uint8`` (0-255) or float (0-1),
+    resizes and crops them with :func:`~src.preprocessing.resize_and_crop` (short side to ``resize_size``, centre
+    ``image_size`` square, as in training's evaluation) and normalises them with ``mean``/``std``:
 
     - ``forward``: softmax probabilities ``(B, num_classes)`` (what the classic app reads);
-    - ``known_score``: ``(B,)``, higher means "one of my landmarks"; a photo scoring below
-      ``unknown_threshold`` shows none of them (:mod:`src.openset`);
+    - ``known_score``: ``(B,)``, higher means "one of my landmarks"; a photo scoring below ``unknown_threshold``
+      shows none of them (:mod:`src.openset`);
     - ``classify``: both from one pass through the network (batch tagging and testing use it);
-    - ``features_and_logits``: the network's feature vectors ``(B, D)`` and logits (benchmarks
-      of other unknown-detection scores, adding landmarks); ``logits_from_features``: the head alone.
+    - ``features_and_logits``: the network's feature vectors ``(B, D)`` and logits (benchmarks of other
+      unknown-detection scores, adding landmarks); ``logits_from_features``: the head alone.
 
     ``places_json`` holds ``{class name: {"latitude", "longitude", "country", "city", "wikidata"}}``
     for the classes with a known place. The ``memory`` (:class:`FeatureMemory`) is kept as ``memory_features``,
@@ -225,10 +223,9 @@ class AddedLandmarksPredictor(ExportedModel):
             return features, self.logits_from_features(features)
 
 
-EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold",
-                       "places_json", "memory_features", "memory_targets", "general_memory", "memory_as_added",
-                       "general_backbone", "general_size", "features_and_logits", "logits_from_features", "classify",
-                       "known_score", "known_score_from_features"]
+EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
+                       "memory_features", "memory_targets", "general_memory", "memory_as_added", "general_backbone",
+                       "general_size", "features_and_logits", "logits_from_features", "classify", "known_score", "known_score_from_features"]
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
@@ -249,17 +246,16 @@ def save_scripted(module: torch.jit.ScriptModule, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
-_EMPTY = torch.zeros(0, 0)
-_NO_TARGETS = torch.zeros(0, dtype=torch.long)
+_EMPTY, _NO_TARGETS = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
 
 
 @dataclass(frozen=True)
 class ExportView:
     """An export as this project reads it, checked once (:func:`export_view`): its module and what it carries.
 
-    ``classify`` answers for every format; ``memory`` is what adding landmarks starts from (empty tensors
-    for a file that keeps none); ``base`` is the export a model with added landmarks was built on (None
-    for a trained one)."""
+    ``module`` is TorchScript, or an ONNX file's :class:`~src.onnx_runtime.OnnxExport`. ``classify`` answers for every
+    format; ``memory`` is what adding landmarks starts from (empty tensors for a file that keeps none); ``base`` is the
+    export a model with added landmarks was built on (None for a trained one)."""
 
     module: nn.Module
     format_version: int
@@ -332,7 +328,11 @@ def open_export(path: str | Path) -> ExportView:
 
 
 def export_from_bytes(data: bytes, device: torch.device | str = "cpu", source: str = "the model") -> ExportView:
-    """:func:`open_export` of a file's bytes (also a model sent to Ray workers), loaded on ``device``."""
+    """:func:`open_export` of a file's bytes (also a model sent to Ray workers), on ``device``; ``source`` names it in
+    errors, and a name ending in ``.onnx`` is an ONNX file (:class:`~src.onnx_runtime.OnnxExport`, CPU)."""
+    if str(source).endswith(".onnx"):  # onnxruntime loads only for ONNX files
+        from .onnx_runtime import OnnxExport
+        return export_view(OnnxExport(data, str(source)), source)
     try:
         with torchscript_on_purpose():
             module = torch.jit.load(io.BytesIO(data), map_location=device)

@@ -52,7 +52,7 @@ def deployments(model_bytes: bytes, settings: ServiceSettings, replicas: int, gp
 
         def __init__(self) -> None:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            self.view = export_from_bytes(model_bytes, self.device)
+            self.view = export_from_bytes(model_bytes, self.device, str(settings.model))
             self.score.set_max_batch_size(settings.max_batch)
             self.score.set_batch_wait_timeout_s(settings.max_wait)
 
@@ -72,7 +72,7 @@ def deployments(model_bytes: bytes, settings: ServiceSettings, replicas: int, gp
 
         def __serve_build_asgi_app__(self) -> Callable:
             make_scorer = lambda on_batch: ReplicaScorer(self.replicas)  # noqa: E731  batches are the replicas'
-            return create_app(settings, export_from_bytes(model_bytes), make_scorer)
+            return create_app(settings, export_from_bytes(model_bytes, source=str(settings.model)), make_scorer)
 
     return Ingress.bind(ModelReplica.options(num_replicas=replicas).bind())
 

@@ -43,8 +43,9 @@ from starlette.exceptions import HTTPException
 
 from .answer import model_square, read_for
 from .batching import MAX_BATCH, MAX_WAIT, BatchingModel
-from .export import ExportView, open_export
+from .export import ExportView
 from .images import ImageReadError
+from .onnx_export import faster_runtime, runtime_name
 from .tagging import UNKNOWN, tag_records
 
 TOKEN_VARIABLE = "LANDMARK_TOKEN"  # the bearer token when --token is not given
@@ -120,9 +121,10 @@ class LoadedModel:
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
+        """Load the model file, on the faster runtime when its ONNX file lies beside it (:func:`~src.onnx_export.faster_runtime`)."""
         async with self._lock:  # one reload at a time
             try:
-                self.view, self.problem = await asyncio.to_thread(open_export, self.path), None
+                self.view, self.problem = await asyncio.to_thread(faster_runtime, self.path), None
             except (OSError, ValueError) as error:
                 self.metrics.loads.labels(outcome="failed").inc()
                 if self.view is None:
@@ -261,7 +263,8 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
     async def health() -> JSONResponse:
         if model.view is None:
             return JSONResponse({"status": "unavailable", "error": model.problem}, status_code=503)
-        return JSONResponse({"status": "ok", "model": model.path.name, "landmarks": len(model.view.class_names)})
+        return JSONResponse({"status": "ok", "model": model.path.name, "landmarks": len(model.view.class_names),
+                             "runtime": runtime_name(model.view)})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text() -> PlainTextResponse:
@@ -274,7 +277,8 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
             raise ServiceError(409, "the model replicas hold their own copy of the model: deploy the new file by running "
                                     "`serve --engine ray` again (Ray Serve replaces the replicas one at a time)")
         await model.load()
-        return {"status": "reloaded", "model": model.path.name, "landmarks": len(model.view.class_names)}
+        return {"status": "reloaded", "model": model.path.name, "landmarks": len(model.view.class_names),
+                "runtime": runtime_name(model.view)}
 
     def read(view: ExportView, name: str, data: bytes) -> torch.Tensor:
         return model_square(view, read_for(view, data, name))

@@ -65,6 +65,18 @@ def test_serve_benchmark_loads_the_service_and_compares_it_with_prediction_in_pr
         (photos, clients) for photos in ("800x600", "12 MP") for clients in (1, 4, 16, 64)]
     assert all(row["failed"] == 0 and row["photos_per_second"] > 0 for row in figures["rows"])
     assert figures["soak"]["requests"] == 40 and figures["soak"]["rss_after_mb"] > 0
+    assert [row["concurrency"] for row in figures["onnx_rows"]] == [1, 16]
+    assert all(row["failed"] == 0 and row["runtime"] in ("onnxruntime", "torchscript") for row in figures["onnx_rows"])
+
+
+def test_runtimes_benchmark_compares_torchscript_and_onnxruntime(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/runtimes.py", "--models", str(tiny_export), "--add", "0", "--photos",
+                             str(tiny_data / "test"), "--every", "1", "--rounds", "1", "--results", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "runtimes.json").read_text())["rows"]
+    assert row["answers"]["test"]["photos"] == 12 and row["answers"]["test"]["verdict_differs"] == 0
+    assert row["torchscript_batch1_ms"] > 0 and row["onnxruntime_batch32_ms"] > 0 and row["onnx_megabytes"] > 0
 
 
 def test_run_notebooks_drops_progress_widgets_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,10 @@ import src.new_landmarks as new_landmarks
 from src.added_fit import MAX_NEGATIVES_ADDED, VIEWS, HeldOut, held_out
 from src.new_landmarks import add_landmarks, read_new_landmarks
 from src.commands import add_landmarks_command
-from src.export import Predictor, export_predictor, load_exported
+from src.decoding import square_batches
+from src.export import Predictor, export_predictor, export_view, load_exported, open_export
 from src.memory import FEATURE_BATCH, MEMORY_NEGATIVES, feature_memory, photo_features
+from src.onnx_export import export_onnx
 from src.openset import nearest_of_class, percentile, similarity_floor, unit_features
 from src.places import Place
 
@@ -258,6 +260,20 @@ def test_with_too_few_photos_to_hold_out_added_landmarks_are_scored_as_original_
     general = F.normalize(features[:, split:], dim=1) @ F.normalize(model.detector.original.bank[:, split:].float(), dim=1).T
     floored = (predicted >= 2) & (nearest_of_class(general, model.detector.bank_targets, predicted) < floors[predicted])
     assert torch.allclose(model.known_score_from_features(features), torch.where(floored, torch.zeros_like(original), original))
+
+
+def test_a_model_with_added_landmarks_exports_to_onnx_with_the_same_answers(base_path: Path, new_dir: Path, tiny_data: Path,
+                                                                            tmp_path: Path) -> None:
+    model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
+    view = export_view(model)
+    onnx = open_export(export_onnx(view, tmp_path / "added.onnx"))
+    paths = [p for c in TINY_CLASSES for p in _photos(tiny_data / "test", c)] + list(_negatives(tmp_path / "noise").iterdir())
+    squares = torch.cat([images for _, images, _ in square_batches(paths, view.resize_size, 64, num_workers=0)])
+    (probabilities, scores), (onnx_probabilities, onnx_scores) = view.classify(squares), onnx.classify(squares)
+    assert view.resize_size > view.base.resize_size  # the base reads a resized square: the resize is in the ONNX graph
+    assert float((probabilities - onnx_probabilities).abs().max()) <= 1e-4 and float((scores - onnx_scores).abs().max()) <= 1e-4
+    assert torch.equal(scores >= view.unknown_threshold, onnx_scores >= onnx.unknown_threshold)
+    assert onnx.class_names == BASE_NAMES + ["Blue Tower"]
 
 
 def test_a_photo_far_from_everything_is_unknown_after_adding(base_path: Path, new_dir: Path) -> None:

@@ -90,7 +90,8 @@ def parts(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]
 
 def test_health_says_ok_once_the_model_is_loaded(client: TestClient) -> None:
     answer = client.get("/health")
-    assert answer.status_code == 200 and answer.json() == {"status": "ok", "model": TRANSFER.name, "landmarks": 10}
+    assert answer.status_code == 200 and answer.json() == {"status": "ok", "model": TRANSFER.name, "landmarks": 10,
+                                                           "runtime": "torchscript"}
 
 
 def test_health_is_503_while_the_model_cannot_be_loaded(tmp_path: Path) -> None:

@@ -1,0 +1,141 @@
+"""ONNX export (src/onnx_export.py, `export --format onnx`) and onnxruntime (src/onnx_runtime.py): the same answers
+as the TorchScript export for every registered model and the shipped ones, and `serve` picking the faster runtime."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from conftest import LANDMARKS10, REPO, SHARED_DATA, TINY_CLASSES, tiny_config
+import src.onnx_export as onnx_export
+from src.cli import main
+from src.decoding import square_batches
+from src.export import ExportView, Predictor, export_predictor, open_export
+from src.factory import create_model, list_models
+from src.onnx_export import TOLERANCE, export_onnx, faster_runtime, file_sha256, runtime_name
+from src.onnx_runtime import OnnxExport
+from src.predictor import predict_photo
+from src.preprocessing import square_uint8
+from src.service import ServiceSettings, create_app
+
+TRANSFER = REPO / "checkpoints" / "transfer_exported.pt"
+
+
+def photo_squares(view: ExportView, paths: list[Path]) -> torch.Tensor:
+    """The squares ``tag`` and ``serve`` feed the model for ``paths``."""
+    return torch.cat([images for _, images, _ in square_batches(paths, view.resize_size, 64, num_workers=0)])
+
+
+def assert_same_answers(torchscript: ExportView, onnx: ExportView, squares: torch.Tensor) -> None:
+    """Probabilities and known scores within :data:`TOLERANCE`, and the same known/unknown verdict for every photo."""
+    expected, got = torchscript.classify(squares), onnx.classify(squares)
+    for a, b in zip(expected, got):
+        assert float((a - b).abs().max()) <= TOLERANCE
+    threshold = torchscript.unknown_threshold
+    assert torch.equal(expected[1] >= threshold, got[1] >= onnx.unknown_threshold)
+    assert torch.equal(expected[0].argmax(1), got[0].argmax(1))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_exports_to_onnx_with_the_same_answers(name: str, tiny_data: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = create_model(name, len(TINY_CLASSES), pretrained=False, **({"widths": (8, 16)} if name == "scratch" else {}))
+    view = open_export(export_predictor(Predictor(network, TINY_CLASSES, tiny_config(32), unknown_threshold=0.4),
+                                        tmp_path / "m.pt"))
+    onnx = open_export(export_onnx(view, tmp_path / "m.onnx"))
+    assert isinstance(onnx.module, OnnxExport) and runtime_name(onnx) == "onnxruntime"
+    assert (onnx.class_names, onnx.resize_size, onnx.image_size, onnx.unknown_threshold) == (
+        view.class_names, view.resize_size, view.image_size, view.unknown_threshold)
+    paths = sorted((tiny_data / "test").glob("*/*.*"))
+    assert_same_answers(view, onnx, photo_squares(view, paths))
+    assert_same_answers(view, onnx, photo_squares(view, paths[:1]))  # a batch of one
+
+
+def test_the_shipped_model_converts_with_the_same_answers_on_real_photos(tmp_path: Path) -> None:
+    view = open_export(TRANSFER)
+    onnx = open_export(export_onnx(view, tmp_path / "transfer.onnx", file_sha256(TRANSFER)))
+    assert onnx.places == view.places and onnx.module.source_sha256 == file_sha256(TRANSFER)
+    photos = sorted((LANDMARKS10 / "test").glob("*/*.jpg"))[::100] + sorted((SHARED_DATA / "non_landmarks").rglob("*.jpg"))[::100]
+    if not photos:
+        pytest.skip("real photos not available")
+    squares = photo_squares(view, photos)
+    assert_same_answers(view, onnx, squares)
+    known = view.classify(squares)[1] >= view.unknown_threshold
+    assert known.any() and not known.all()  # both verdicts are compared
+
+
+def test_onnx_answers_photos_of_any_size_as_their_squares(tmp_path: Path) -> None:
+    view = open_export(TRANSFER)
+    onnx = OnnxExport((export_onnx(view, tmp_path / "t.onnx")).read_bytes())
+    photo = torch.randint(0, 256, (3, 300, 200), dtype=torch.uint8)
+    square = square_uint8(photo, view.resize_size).unsqueeze(0)
+    assert torch.allclose(onnx.classify(photo)[0], onnx.classify(square)[0], atol=1e-6)
+    assert torch.allclose(onnx.classify(photo.float() / 255)[0], onnx.classify(square)[0], atol=1e-3)
+
+
+def test_the_command_converts_an_export_and_predict_reads_the_onnx_file(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "transfer.onnx"
+    assert main(["export", str(TRANSFER), "--format", "onnx", "--out", str(out)]) == 0
+    assert "Exported" in capsys.readouterr().out
+    photo = next(iter(sorted((LANDMARKS10 / "test").glob("*/*.jpg"))), None) or pytest.skip("real photos not available")
+    expected, got = predict_photo(open_export(TRANSFER), photo), predict_photo(open_export(out), photo)
+    assert [name for name, _ in got.ranking] == [name for name, _ in expected.ranking] and got.known == expected.known
+    assert np.allclose([p for _, p in got.ranking], [p for _, p in expected.ranking], atol=TOLERANCE)
+
+
+def test_bad_onnx_files_and_names_are_clear_errors(tmp_path: Path, capsys) -> None:
+    assert main(["export", str(TRANSFER), "--format", "onnx", "--out", str(tmp_path / "x.pt")]) != 0
+    assert "name it .onnx" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ValueError, match="bad.onnx: not an ONNX export"):
+        open_export(bad)
+    onnx = open_export(export_onnx(open_export(TRANSFER), tmp_path / "ok.onnx"))
+    with pytest.raises(ValueError, match="classify only"):
+        onnx.features_and_logits(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="an ONNX file already"):
+        export_onnx(onnx, tmp_path / "again.onnx")
+
+
+def test_a_conversion_that_does_not_match_is_not_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(onnx_export, "largest_difference", lambda *args: 0.5)
+    with pytest.raises(ValueError, match="differ from the export's by 0.5"):
+        export_onnx(open_export(TRANSFER), tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def served_pair(tmp_path: Path) -> Path:
+    """The shipped model with its ONNX file beside it."""
+    model = tmp_path / "transfer_exported.pt"
+    shutil.copy(TRANSFER, model)
+    export_onnx(open_export(model), model.with_suffix(".onnx"), file_sha256(model))
+    return model
+
+
+@pytest.mark.parametrize("onnx_faster", [True, False])
+def test_serve_runs_the_faster_runtime_of_an_export_and_its_onnx_file(served_pair: Path, monkeypatch, onnx_faster: bool
+                                                                       ) -> None:
+    timed = lambda model, squares: (0.001 if onnx_faster else 1.0) if runtime_name(model) == "onnxruntime" else 0.01  # noqa: E731
+    monkeypatch.setattr(onnx_export, "seconds_per_batch", timed)
+    expected = "onnxruntime" if onnx_faster else "torchscript"
+    assert runtime_name(faster_runtime(served_pair)) == expected
+    with TestClient(create_app(ServiceSettings(served_pair))) as client:
+        deadline = time.monotonic() + 60
+        while (health := client.get("/health")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the model loads once the app starts
+        assert health.json()["runtime"] == expected
+        reloaded = client.post("/admin/reload").json()
+        assert reloaded["runtime"] == expected
+
+
+def test_an_onnx_file_made_from_another_export_is_left_aside(served_pair: Path) -> None:
+    served_pair.with_suffix(".onnx").write_bytes(export_onnx(open_export(TRANSFER), served_pair.parent / "x.onnx").read_bytes())
+    with pytest.warns(UserWarning, match="was not made from"):
+        assert runtime_name(faster_runtime(served_pair)) == "torchscript"
