@@ -37,7 +37,8 @@ from src.export import load_exported
 from src.recipes import recipe_for
 
 SHARED = REPO.parent / "shared" / "data"
-EXTRACTORS = [("mobilenet_v2", 128), ("mobilenet_v2", 224), ("efficientnet_lite0", 224), ("efficientnet_lite2", 260)]
+EXTRACTORS = [("mobilenet_v2", 128), ("mobilenet_v2", 160), ("mobilenet_v2", 224), ("efficientnet_lite0", 128), ("efficientnet_lite0", 160),
+              ("efficientnet_lite0", 192), ("efficientnet_lite0", 224), ("efficientnet_lite2", 260)]
 
 
 def imagenet_features(name: str, size: int, paths: list[Path]) -> torch.Tensor:
