@@ -223,16 +223,20 @@ def main() -> None:
         for name, reference in references.items():
             print(f"in process, {name}: batch {reference['batch_photos_per_second']} photos/s, one photo "
                   f"{reference['single_photo_ms']} ms", flush=True)
+        alone = Path(folder) / "torchscript" / args.model.name  # a copy without an ONNX file beside it: TorchScript
+        alone.parent.mkdir()
+        shutil.copy(args.model, alone)
         port = free_port()
-        server = start_server(args.model, port)
+        server = start_server(alone, port)
         url = f"http://127.0.0.1:{port}"
         rows = []
         try:
+            runtime = httpx.get(f"{url}/health").json()["runtime"]
             for name, (paths, requests) in sets.items():
                 payload = [(path.name, path.read_bytes()) for path in paths]
                 load(url, payload, 4, 8)  # warm-up
                 rows += [measured_row(url, name, payload, concurrency, requests, references[name]["batch_photos_per_second"],
-                                      "torchscript") for concurrency in CONCURRENCY]
+                                      runtime) for concurrency in CONCURRENCY]
             payload = [(path.name, path.read_bytes()) for path in photos]
             rss_before = psutil.Process(server.pid).memory_info().rss / 1e6
             soak = load(url, payload, 16, args.soak)

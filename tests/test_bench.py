@@ -61,6 +61,7 @@ def test_serve_benchmark_loads_the_service_and_compares_it_with_prediction_in_pr
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "serve.json").read_text())
+    assert all(row["runtime"] == "torchscript" for row in figures["rows"])
     assert [(row["photos"], row["concurrency"]) for row in figures["rows"]] == [
         (photos, clients) for photos in ("800x600", "12 MP") for clients in (1, 4, 16, 64)]
     assert all(row["failed"] == 0 and row["photos_per_second"] > 0 for row in figures["rows"])
