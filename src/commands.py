@@ -189,7 +189,8 @@ def serve(args: argparse.Namespace) -> None:
     if args.engine != "ray" and (args.address is not None or args.replicas != 1):
         raise ValueError("--address and --replicas only apply with --engine ray")
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None  # replicas elsewhere see no env
-    view = faster_runtime(args.model) if args.engine != "ray" else open_export(args.model)  # a wrong file is refused before the service listens
+    # a wrong file is refused before the service listens; Ray Serve's replicas run the file they are given
+    view = faster_runtime(args.model) if args.engine != "ray" else open_export(args.model)
     settings = ServiceSettings(args.model, token=token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
                                timeout=args.timeout, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:

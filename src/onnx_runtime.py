@@ -45,9 +45,6 @@ class OnnxExport:
         self.places_json = metadata["places_json"]
         self.source_sha256 = metadata.get("source_sha256", "")
 
-    def eval(self) -> OnnxExport:
-        return self
-
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probabilities (B, C), known scores (B,))`` of ``(B, 3, H, W)`` or ``(3, H, W)`` photos."""
         if images.dim() == 3:
@@ -61,6 +58,7 @@ class OnnxExport:
         return torch.from_numpy(probabilities), torch.from_numpy(scores)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities, as an export's ``forward`` gives them."""
         return self.classify(images)[0]
 
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
