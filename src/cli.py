@@ -127,7 +127,7 @@ def _add_add_landmarks(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k landmarks for photos")
     p.add_argument("photos", type=Path, nargs="+")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
     p.add_argument("--topk", type=positive_int, default=5)
 
 
@@ -135,7 +135,7 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tag", help="tag every photo of a folder into a CSV or JSON-lines file (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("photos_dir", type=Path)
-    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
     p.add_argument("--out", type=Path, required=True, help="tags.csv or tags.jsonl; an existing file is resumed")
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--threshold", type=float, help="below this known score the landmark is 'unknown' "
@@ -168,7 +168,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="POST /tag takes multipart/form-data with parts named 'photo'; GET /health, "
                                    "/metrics; POST /admin/reload (or SIGHUP) loads the model file again. docs/service.md")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="TorchScript export")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="bearer token required on every endpoint but /health (default: $LANDMARK_TOKEN; "

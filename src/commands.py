@@ -37,13 +37,13 @@ from .run import RunData, RunOutputs, run_training
 from .tagging import tag_photos
 
 
-def _is_export(path: Path) -> bool:
-    """Whether ``path`` is a model exported by this project (what ``export`` may replace without --force)."""
+def _opened_export(path: Path) -> ExportView | None:
+    """``path`` as a model exported by this project (what ``export`` may replace without --force, and converts to ONNX
+    as it is), or None for any other file."""
     try:
-        open_export(path)
+        return open_export(path)
     except (ValueError, OSError):
-        return False
-    return True
+        return None
 
 
 def _load_any(path: Path) -> ExportView:
@@ -97,11 +97,12 @@ def export(args: argparse.Namespace) -> None:
     if not onnx:
         check_model_name(args.out, "exported model")
     check_outputs(checkpoint=args.checkpoint, **{"exported model": args.out})
-    if args.out.exists() and not args.force and not _is_export(args.out):
+    if args.out.exists() and not args.force and _opened_export(args.out) is None:
         raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
                          "or --force to replace it")
-    if onnx and _is_export(args.checkpoint):  # an export converts as it is: no data, no calibration
-        path = export_onnx(open_export(args.checkpoint), args.out, file_sha256(args.checkpoint))
+    exported = _opened_export(args.checkpoint) if onnx else None
+    if exported is not None:  # an export converts as it is: no data, no calibration
+        path = export_onnx(exported, args.out, file_sha256(args.checkpoint))
     else:
         predictor = _calibrated(args)
         path = export_onnx(predictor, args.out) if onnx else export_predictor(predictor, args.out)

@@ -76,7 +76,7 @@ def square_program(model: nn.Module | ExportView) -> torch.jit.ScriptFunction:
     """``classify`` of an export as a TorchScript function of ``(B, 3, S, S)`` uint8 squares alone, with no branch
     and no module (steps 1-3 of the module docstring)."""
     view = export_view(model)
-    if not isinstance(view.module, nn.Module):
+    if isinstance(view.module, OnnxExport):
         raise ValueError("this is an ONNX file already: convert the TorchScript export it was made from")
     if view.format_version == 0:
         raise ValueError("this export has only forward (the classic project's format): export it again with "

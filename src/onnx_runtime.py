@@ -9,7 +9,7 @@ import json
 import numpy as np
 import torch
 
-from .preprocessing import resize_and_crop
+from .preprocessing import square_uint8
 
 INPUT = "photos"
 OUTPUTS = ("probabilities", "known_scores")
@@ -19,7 +19,7 @@ class OnnxExport:
     """An ONNX export run by onnxruntime (on the CPU, with as many threads as torch uses): ``classify`` and the metadata.
 
     ``classify`` takes ``(B, 3, S, S)`` uint8 squares as the ONNX file does; other sizes are cut to that
-    square first, and float photos (0-1) are rounded to uint8, as the callers of this project do."""
+    square first (:func:`~src.preprocessing.square_uint8`), and float photos (0-1) are rounded to uint8."""
 
     def __init__(self, data: bytes, source: str = "the model") -> None:
         import onnxruntime
@@ -52,8 +52,7 @@ class OnnxExport:
         if images.dtype != torch.uint8:
             images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
         if tuple(images.shape[-2:]) != (self.resize_size, self.resize_size):
-            squares = resize_and_crop(images.float(), self.resize_size, self.resize_size)
-            images = squares.round().clamp(0, 255).to(torch.uint8)
+            images = torch.stack([square_uint8(image, self.resize_size) for image in images])
         probabilities, scores = self.session.run(None, {INPUT: np.ascontiguousarray(images.cpu().numpy())})
         return torch.from_numpy(probabilities), torch.from_numpy(scores)
 

@@ -94,7 +94,8 @@ def ray_scored_batches(model_path: str | Path, paths: list[Path | str], size: in
     decode_batch = max(1, min(batch_size, -(-len(paths) // (4 * cpus))))  # enough decode tasks for every CPU
     dataset = (ray.data.from_items([{"index": i, "path": str(p)} for i, p in enumerate(paths)])
                .map_batches(_decode, fn_kwargs={"size": size}, batch_size=decode_batch)
-               .map_batches(_Scorer, fn_constructor_kwargs={"model_bytes": model, "source": str(model_path)}, batch_size=batch_size, **pool))
+               .map_batches(_Scorer, fn_constructor_kwargs={"model_bytes": model, "source": str(model_path)},
+                            batch_size=batch_size, **pool))
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         readable = batch["error"] == ""
         errors = {int(i): str(e) for i, e in zip(batch["index"][~readable], batch["error"][~readable])}

@@ -132,6 +132,10 @@ class LoadedModel:
                 raise ServiceError(422, f"model not reloaded: {error}") from error
             self.metrics.loads.labels(outcome="loaded").inc()
 
+    def described(self) -> dict[str, Any]:
+        """What ``/health`` and a reload say of the loaded model."""
+        return {"model": self.path.name, "landmarks": len(self.view.class_names), "runtime": runtime_name(self.view)}
+
 
 def _records(view: ExportView, names: list[str], rows: list[tuple[torch.Tensor, float]], k: int) -> list[dict[str, Any]]:
     """``tag``'s records of scored photos, as the service answers them (:class:`PhotoTag`)."""
@@ -263,8 +267,7 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
     async def health() -> JSONResponse:
         if model.view is None:
             return JSONResponse({"status": "unavailable", "error": model.problem}, status_code=503)
-        return JSONResponse({"status": "ok", "model": model.path.name, "landmarks": len(model.view.class_names),
-                             "runtime": runtime_name(model.view)})
+        return JSONResponse({"status": "ok", **model.described()})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text() -> PlainTextResponse:
@@ -277,8 +280,7 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
             raise ServiceError(409, "the model replicas hold their own copy of the model: deploy the new file by running "
                                     "`serve --engine ray` again (Ray Serve replaces the replicas one at a time)")
         await model.load()
-        return {"status": "reloaded", "model": model.path.name, "landmarks": len(model.view.class_names),
-                "runtime": runtime_name(model.view)}
+        return {"status": "reloaded", **model.described()}
 
     def read(view: ExportView, name: str, data: bytes) -> torch.Tensor:
         return model_square(view, read_for(view, data, name))

@@ -70,7 +70,7 @@ def model_places(model: torch.jit.ScriptModule, places_csv: str | Path | None = 
 
 
 def tag_records(probabilities: torch.Tensor, known_scores: torch.Tensor, paths: list[Path | str], names: list[str], k: int,
-                 threshold: float, places: dict[str, Place]) -> list[dict[str, Any]]:
+                threshold: float, places: dict[str, Place]) -> list[dict[str, Any]]:
     """One record per photo: its top-k, its landmark (``unknown`` below ``threshold``) and that landmark's place."""
     values, classes = probabilities.topk(min(k, len(names)), dim=1)
     records = []
@@ -243,7 +243,7 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
                     records = [error_record(todo[i], message) for i, message in errors.items()]
                     if indices:
                         records += tag_records(probabilities, known_scores, [todo[i] for i in indices], names, k,
-                                                threshold, places)
+                                               threshold, places)
                     if geotag_dir is not None:
                         _geotag(records, photos_dir, geotag_dir, overwrite_gps)
                     summary.unreadable += list(errors.values())

@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from conftest import LANDMARKS10, REPO, SHARED_DATA, TINY_CLASSES, tiny_config
+from conftest import REPO, SHARED_DATA, TINY_CLASSES, shared_folder, tiny_config
 import src.onnx_export as onnx_export
 from src.cli import main
 from src.decoding import square_batches
@@ -57,13 +57,12 @@ def test_every_registered_model_exports_to_onnx_with_the_same_answers(name: str,
     assert_same_answers(view, onnx, photo_squares(view, paths[:1]))  # a batch of one
 
 
-def test_the_shipped_model_converts_with_the_same_answers_on_real_photos(tmp_path: Path) -> None:
+def test_the_shipped_model_converts_with_the_same_answers_on_real_photos(landmarks10: Path, tmp_path: Path) -> None:
     view = open_export(TRANSFER)
     onnx = open_export(export_onnx(view, tmp_path / "transfer.onnx", file_sha256(TRANSFER)))
     assert onnx.places == view.places and onnx.module.source_sha256 == file_sha256(TRANSFER)
-    photos = sorted((LANDMARKS10 / "test").glob("*/*.jpg"))[::100] + sorted((SHARED_DATA / "non_landmarks").rglob("*.jpg"))[::100]
-    if not photos:
-        pytest.skip("real photos not available")
+    scenes = shared_folder(SHARED_DATA / "non_landmarks")
+    photos = sorted((landmarks10 / "test").glob("*/*.jpg"))[::100] + sorted(scenes.rglob("*.jpg"))[::100]
     squares = photo_squares(view, photos)
     assert_same_answers(view, onnx, squares)
     known = view.classify(squares)[1] >= view.unknown_threshold
@@ -79,11 +78,11 @@ def test_onnx_answers_photos_of_any_size_as_their_squares(tmp_path: Path) -> Non
     assert torch.allclose(onnx.classify(photo.float() / 255)[0], onnx.classify(square)[0], atol=1e-3)
 
 
-def test_the_command_converts_an_export_and_predict_reads_the_onnx_file(tmp_path: Path, capsys) -> None:
+def test_the_command_converts_an_export_and_predict_reads_the_onnx_file(landmarks10: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "transfer.onnx"
     assert main(["export", str(TRANSFER), "--format", "onnx", "--out", str(out)]) == 0
     assert "Exported" in capsys.readouterr().out
-    photo = next(iter(sorted((LANDMARKS10 / "test").glob("*/*.jpg"))), None) or pytest.skip("real photos not available")
+    photo = sorted((landmarks10 / "test").glob("*/*.jpg"))[0]
     expected, got = predict_photo(open_export(TRANSFER), photo), predict_photo(open_export(out), photo)
     assert [name for name, _ in got.ranking] == [name for name, _ in expected.ranking] and got.known == expected.known
     assert np.allclose([p for _, p in got.ranking], [p for _, p in expected.ranking], atol=TOLERANCE)
