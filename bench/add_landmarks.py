@@ -1,6 +1,6 @@
 """Adding landmarks from a few photos: accuracy on new and original landmarks, unknown detection, seconds.
 
-    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3] [--without-floor]
+    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3] [--without-floor] [--name NAME]
 
 New landmarks: the folders of ``../shared/data/new_landmarks``, in three settings:
 
@@ -28,7 +28,7 @@ to its ``classify``). The whole command line is also timed once (10 photos each,
 the model it writes is compared in file size and photos per second with its base.
 Writes ``bench/results/add_landmarks.json``; ``--without-floor`` measures the same draws with no
 similarity floor for added landmarks (:func:`src.openset.similarity_floor`: what it buys) and writes
-``bench/results/add_landmarks_without_floor.json``.
+``bench/results/add_landmarks_without_floor.json`` (``--name`` gives another name).
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--without-floor", action="store_true", help="added landmarks get no similarity floor (the ablation)")
+    parser.add_argument("--name", help="result file name (default: add_landmarks, or add_landmarks_without_floor)")
     args = parser.parse_args()
     if args.without_floor:
         added_fit.similarity_floor = lambda *_, **__: -2.0  # the floor of "none": every similarity reaches it
@@ -182,7 +183,7 @@ def main() -> None:
                   + "".join(f"{source} accepted {row[source + '_accepted']:.1%}, " for source in everyday)
                   + (f"other landmarks accepted {row['other_landmarks_accepted']:.1%}, " if measure_others else "")
                   + f"{row['seconds']:.1f} s", flush=True)
-    name = "add_landmarks_without_floor" if args.without_floor else "add_landmarks"
+    name = args.name or ("add_landmarks_without_floor" if args.without_floor else "add_landmarks")
     record = {"model": str(args.model), "similarity_floor": not args.without_floor,
               "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
               "scenes_before": before, "other_landmarks_before": other_before, "everyday_before": everyday_before,

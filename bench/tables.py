@@ -157,6 +157,25 @@ def add_landmarks_table() -> str:
                      "other landmarks accepted", "seconds"], rows)
 
 
+@generator("shared-trunk")
+def shared_trunk_table() -> str:
+    """docs/adding-landmarks.md: both designs of a model with added landmarks, one base (bench/shared_trunk.py)."""
+    rows: list[Row] = []
+    for design, r in load("shared_trunk")["designs"].items():
+        never, speed = r["never_trained_against"], r["photos_per_second"]
+        rows.append([design, pct(never["new_top1"], space=False), pct(never["new_named_and_accepted"], space=False),
+                     pct(never["original_accepted"], space=False),
+                     f"{pct(never['everyday_tuned_accepted'], space=False)} / {pct(never['everyday_left_out_accepted'], space=False)}"
+                     f" ({pct(r['everyday_before']['everyday_tuned'], space=False)} / "
+                     f"{pct(r['everyday_before']['everyday_left_out'], space=False)})",
+                     f"{pct(never['other_landmarks_accepted'], space=False)} ({pct(r['other_landmarks_before'], space=False)})",
+                     f"{speed['with_added_landmarks']:.0f} / {speed['base']:.0f} = **{r['speed_ratio']:.2f}×**",
+                     f"{r['base_megabytes']} MB, **{r['file_size_ratio']:.2f}×**", f"{r['command_seconds_10_photos']:.1f}"])
+    return markdown(["design", "new: top-1", "new: named right and accepted", "original: accepted",
+                     "everyday accepted: floor chosen on / left out (base alone)", "other landmarks accepted (base alone)",
+                     "photos/s: added / base", "base file, added model's size", "command seconds"], rows)
+
+
 @generator("tag")
 def tag_table() -> str:
     """docs/command-line.md: `tag` throughput, local and on Ray, against decoding alone (bench/tag.py)."""
@@ -313,6 +332,16 @@ def trained(name: str) -> str:
             f"{r['train_minutes']:.1f} min, {r['peak_memory_mb'] / 1000:.1f} GB")
 
 
+def readme_shared_trunk() -> str:
+    """The README's summary of both designs of a model with added landmarks on one 224 px base."""
+    designs = load("shared_trunk")["designs"]
+    return "; ".join(
+        f"{design}: **{r['speed_ratio']:.2f}×** its base's photos/s, {r['file_size_ratio']:.2f}× its file, "
+        f"{pct(r['never_trained_against']['new_named_and_accepted'])} of the new landmarks' photos named right and accepted, "
+        f"left-out everyday photos {pct(r['never_trained_against']['everyday_left_out_accepted'])} accepted"
+        for design, r in designs.items())
+
+
 @generator("results")
 def readme_results_table() -> str:
     """README.md: the targets and what was measured. Training times of the shipped (notebook) models come
@@ -343,6 +372,9 @@ def readme_results_table() -> str:
         ["new landmarks added from 10 photos each (the 9 never trained against, at once), shipped transfer model",
          "≥ 90 % new top-1 and accepted, ≥ 97.5 % original, ≤ 60 s", readme_add_landmarks(),
          "`python bench/add_landmarks.py` ([details](docs/adding-landmarks.md#adding-landmarks-from-a-few-photos))"],
+        ["the same, on a quick MobileNetV2 base read at 224 px: its shared trunk against a second network",
+         "≥ 0.5× the base's photos/s, ≤ 1.3× its file", readme_shared_trunk(),
+         "`python bench/shared_trunk.py --checkpoint CKPT` ([details](docs/adding-landmarks.md#two-designs-a-shared-trunk-or-a-second-network))"],
         [same_recipe, "—", trained("transfer"), "`python bench/train.py transfer`"],
         ["default transfer recipe on 9 landmarks no recipe choice looked at (`new_landmarks` 10-18)",
          "≥ 97.5 % within 10 min", readme_sizes(),

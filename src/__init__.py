@@ -13,7 +13,8 @@ Modules, from the bottom of the import graph up:
   optimizer), ``train`` (training loop), ``finetune`` (the transfer stages), ``checkpoint`` (saving/loading);
 - the exported model: ``export`` (the TorchScript format and its one reader), ``onnx_runtime`` and ``onnx_export``
   (an export as an ONNX file: running it, making it), ``openset`` (unknown detection),
-  ``memory`` (the feature memory an export keeps), ``answer`` (one photo's answer, shared with the app),
+  ``memory`` (the feature memory an export keeps), ``shared_trunk`` (one pass through a transfer model's ImageNet
+  first stages for its own and plain ImageNet features), ``answer`` (one photo's answer, shared with the app),
   ``predictor`` (answers for photos on disk), ``new_landmarks`` and ``added_fit`` (adding landmarks);
 - runs and commands: ``finish`` (export, test and record a run), ``run`` (one training run), ``evaluation``
   (accuracy figures), ``analysis`` (the notebooks' figures), ``tagging``, ``tag_output`` and ``ray_tagging``

@@ -1,6 +1,6 @@
 """Fitting added landmarks and calibrating their unknown detector (steps 3-4 of :mod:`src.new_landmarks`).
 
-The features are a memory of :class:`~src.export.CombinedFeatures`: the base export's own, then ImageNet ones;
+The features are a memory of :class:`~src.imagenet_features.CombinedFeatures`: the base export's own, then ImageNet ones;
 targets -1 mark photos of no known landmark. Each support photo is remembered as :data:`VIEWS` consecutive rows.
 """
 
@@ -64,7 +64,7 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
 
 def fit_rows(base: torch.nn.Module | ExportView, memory_features: torch.Tensor, memory_targets: torch.Tensor, num_added: int,
               lookalike: torch.Tensor, progress: str | None = None) -> nn.Linear:
-    """The added rows fitted on a memory of :class:`~src.export.CombinedFeatures`, its ``lookalike`` negatives left out
+    """The added rows fitted on a memory of :class:`~src.imagenet_features.CombinedFeatures`, its ``lookalike`` negatives left out
     (:func:`lookalike_negatives`)."""
     base = export_view(base)
     split = int(base.memory_features.shape[1])

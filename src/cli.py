@@ -107,6 +107,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negatives", type=Path, action="append", metavar="DIR",
                    help="negatives folders it was trained with, kept in its feature memory for adding landmarks "
                         "(repeatable; default: the folders in $LANDMARK_NEGATIVES)")
+    p.add_argument("--second-network", action="store_true",
+                   help="models with landmarks added to this export carry a second ImageNet network (slower, a little "
+                        "more accurate: docs/adding-landmarks.md) even where its own first stages could give those features")
     p.add_argument("--workers", type=workers_count, default=-1)
     p.add_argument("--force", action="store_true", help="replace an existing --out that is not a model exported by this project")
 

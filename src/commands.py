@@ -119,7 +119,8 @@ def _calibrated(args: argparse.Namespace) -> Predictor:
     if valid_set.class_names != list(checkpoint["class_names"]):
         raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
     negatives = args.negatives if args.negatives is not None else negatives_from_env()
-    return calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset)
+    return calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset,
+                                share_trunk=not args.second_network)
 
 
 def add_landmarks_command(base_path: Path, photos_dir: Path, out: Path, places_csv: Path | None, replace: bool,

@@ -9,9 +9,12 @@ Consumers need only ``torch`` to load it; inside this project every file (:func:
 Two kinds share the interface of :class:`ExportedModel` (``classify``, ``known_score``, ``forward``,
 ``features_and_logits``, ``logits_from_features``):
 
-- :class:`Predictor`: a trained network (``finish_run``, the ``export`` command);
+- :class:`Predictor`: a trained network (``finish_run``, the ``export`` command); a
+  :class:`~src.shared_trunk.SharedTrunkPredictor` also exposes its ImageNet first stages' output;
 - :class:`AddedLandmarksPredictor`: an export with landmarks added from a few photos each (:mod:`src.new_landmarks`):
-  the original export, untouched, plus one linear row per added landmark on :class:`CombinedFeatures`.
+  the original export, untouched, plus one linear row per added landmark on its own and plain ImageNet features
+  (:class:`~src.imagenet_features.CombinedFeatures`: a second network; :class:`~src.shared_trunk.SharedTrunkFeatures`:
+  the export's trunk, continued).
 
 TorchScript is the format on purpose (a file that runs with torch alone, any photo size); :mod:`src.onnx_export`
 makes an ONNX file of an export for onnxruntime, which :func:`open_export` reads too.
@@ -54,6 +57,7 @@ class FeatureMemory(NamedTuple):
     rows: list[int]  # the validation indices of the first rows
     general_backbone: str  # the ImageNet network of ``general`` and its input size
     general_size: int
+    general_trunk_stages: int = 0  # >0: ``general`` continues the model's own first stages (src/shared_trunk.py)
 
 
 NO_MEMORY = FeatureMemory(torch.zeros(0, 0, dtype=torch.float16), torch.zeros(0, 0, dtype=torch.float16),
@@ -121,8 +125,11 @@ class Predictor(ExportedModel):
     ``places_json`` holds ``{class name: {"latitude", "longitude", "country", "city", "wikidata"}}``
     for the classes with a known place. The ``memory`` (:class:`FeatureMemory`) is kept as ``memory_features``,
     ``memory_targets``, ``general_memory`` (of backbone ``general_backbone`` at ``general_size`` px) and
-    ``memory_as_added``. These attribute names are the exported file's interface (:data:`EXPORTED_ATTRIBUTES`).
+    ``memory_as_added``; ``general_trunk_stages`` > 0 says the ImageNet features continue the network's own first
+    stages (:mod:`src.shared_trunk`). These attribute names are the exported file's interface (:data:`EXPORTED_ATTRIBUTES`).
     """
+
+    ADDED_METHODS: tuple[str, ...] = ()  # methods a subclass adds to the file's interface
 
     def __init__(self, model: nn.Module, class_names: List[str], config: PreprocessConfig | Sequence[float] | None = None,
                  std: Sequence[float] | None = None, unknown_threshold: float = 0.0,
@@ -150,6 +157,7 @@ class Predictor(ExportedModel):
         self.register_buffer("memory_as_added", memory.as_added.half())
         self.general_backbone: str = memory.general_backbone
         self.general_size: int = int(memory.general_size)
+        self.general_trunk_stages: int = int(memory.general_trunk_stages)
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -171,27 +179,14 @@ class Predictor(ExportedModel):
             return self.model.head(features)
 
 
-class CombinedFeatures(nn.Module):
-    """Raw photos -> the features a model with added landmarks classifies: its ``base`` export's own
-    (the first ``base_size`` columns), then plain ImageNet ones (``general``)."""
-
-    def __init__(self, base: torch.jit.ScriptModule, general: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-        self.general = general
-        self.base_size: int = int(base.memory_features.shape[1])
-        self.resize_size: int = max(int(base.resize_size), int(general.resize_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.base.features_and_logits(x)[0], self.general(x)], dim=1)
-
-
 class AddedLandmarksPredictor(ExportedModel):
     """An export with landmarks added: the original export, untouched, and one linear row per added landmark
-    on :class:`CombinedFeatures`. Same interface as :class:`Predictor`; ``resize_size`` is the larger of the
-    two networks' (the base sees its own size and crop of it). ``memory_features`` are combined features."""
+    on ``combined`` (its own and plain ImageNet features, with ``base``, ``base_size`` and ``resize_size``:
+    :class:`~src.imagenet_features.CombinedFeatures` or :class:`~src.shared_trunk.SharedTrunkFeatures`). Same
+    interface as :class:`Predictor`; ``resize_size`` is ``combined``'s (the base sees its own size and crop of it).
+    ``memory_features`` are combined features."""
 
-    def __init__(self, combined: CombinedFeatures, added: nn.Linear, class_names: List[str], detector: nn.Module,
+    def __init__(self, combined: nn.Module, added: nn.Linear, class_names: List[str], detector: nn.Module,
                  unknown_threshold: float, places_json: str, memory_features: torch.Tensor, memory_targets: torch.Tensor
                  ) -> None:
         super().__init__()
@@ -225,15 +220,16 @@ class AddedLandmarksPredictor(ExportedModel):
 
 EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
                        "memory_features", "memory_targets", "general_memory", "memory_as_added", "general_backbone",
-                       "general_size", "features_and_logits", "logits_from_features", "classify", "known_score", "known_score_from_features"]
+                       "general_size", "general_trunk_stages", "features_and_logits", "logits_from_features", "classify", "known_score", "known_score_from_features"]
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
     """Script ``predictor`` with TorchScript, freeze it and save it (atomically) to ``path``, on the CPU. Freezing folds
     batch norm into the convolutions (about 10 % faster on a CPU) and keeps the attributes consumers read
-    (:data:`EXPORTED_ATTRIBUTES`)."""
+    (:data:`EXPORTED_ATTRIBUTES`, and the methods a subclass adds: ``ADDED_METHODS``)."""
     with torchscript_on_purpose():
-        scripted = torch.jit.freeze(torch.jit.script(predictor.cpu().eval()), preserved_attrs=EXPORTED_ATTRIBUTES)
+        scripted = torch.jit.freeze(torch.jit.script(predictor.cpu().eval()),
+                                    preserved_attrs=EXPORTED_ATTRIBUTES + list(predictor.ADDED_METHODS))
     return save_scripted(scripted, path)
 
 
@@ -269,6 +265,7 @@ class ExportView:
     memory_targets: torch.Tensor
     general_memory: torch.Tensor
     memory_as_added: torch.Tensor
+    general_trunk_stages: int = 0  # >0: its ImageNet features continue its own first stages (src/shared_trunk.py)
 
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probabilities (B, C), known scores (B,))`` from one pass."""
@@ -286,7 +283,7 @@ class ExportView:
 
 def features_of(model: nn.Module | ExportView) -> Callable[[torch.Tensor], torch.Tensor]:
     """Images -> features: an export's (or :class:`Predictor`'s) own network features, or the output of a feature
-    extractor such as :class:`CombinedFeatures`."""
+    extractor such as :class:`~src.imagenet_features.CombinedFeatures`."""
     if isinstance(model, ExportView) or hasattr(model, "features_and_logits"):
         return lambda images: model.features_and_logits(images)[0]
     return model
@@ -316,7 +313,8 @@ def export_view(module: nn.Module, source: str | Path = "the model") -> ExportVi
         places={name: Place.from_dict(d) for name, d in json.loads(str(getattr(module, "places_json", "{}"))).items()},
         base=combined.base if combined is not None else None,
         memory_features=getattr(module, "memory_features", _EMPTY), memory_targets=getattr(module, "memory_targets", _NO_TARGETS),
-        general_memory=getattr(module, "general_memory", _EMPTY), memory_as_added=getattr(module, "memory_as_added", _EMPTY))
+        general_memory=getattr(module, "general_memory", _EMPTY), memory_as_added=getattr(module, "memory_as_added", _EMPTY),
+        general_trunk_stages=int(getattr(module, "general_trunk_stages", 0)))
 
 
 def open_export(path: str | Path) -> ExportView:

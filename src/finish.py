@@ -32,6 +32,7 @@ from .memory import feature_memory, photo_features, rows_per_class
 from .openset import TRAINING_BANK_PHOTOS, nearest_detector, open_set_report, unknown_threshold
 from .places import places_for
 from .predictor import predict_photos
+from .shared_trunk import SharedTrunkPredictor, shared_trunk_model
 
 
 @dataclass
@@ -61,14 +62,18 @@ def training_bank(predictor: Predictor, train_set: LandmarkDataset, batch_size: 
 
 def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_csv: str | Path | None = None,
                          num_workers: int = -1, negatives: Sequence[str | Path] = (),
-                         train_set: LandmarkDataset | None = None) -> Predictor:
-    """Steps 1-2: ``model`` as a :class:`~src.export.Predictor` with its places, the feature memory that
+                         train_set: LandmarkDataset | None = None, share_trunk: bool = True) -> Predictor:
+    """Steps 1-2: ``model`` as a :class:`~src.export.Predictor` (a :class:`~src.shared_trunk.SharedTrunkPredictor` when its
+    first stages are ImageNet's and it reads photos at its backbone's native size, :mod:`src.shared_trunk`; not with
+    ``share_trunk=False``) with its places, the feature memory that
     adding landmarks needs (validation photos and the training half of ``negatives``;
     :func:`~src.memory.feature_memory`, with their plain ImageNet features), an unknown detector that
     compares photos with that memory and with ``train_set``'s photos (:func:`training_bank`; None: the memory
     alone), and its threshold chosen on ``valid_set``. What ``finish_run`` and the ``export`` command export."""
     names, places = valid_set.class_names, places_for(valid_set.class_names, places_csv)
-    plain = Predictor(model.cpu().eval(), names, valid_set.config, places=places)  # the network's features, to calibrate on
+    shared = shared_trunk_model(model.cpu().eval(), valid_set.config.eval_crop) if share_trunk else None
+    kind, model = (Predictor, model) if shared is None else (SharedTrunkPredictor, shared)
+    plain = kind(model, names, valid_set.config, places=places)  # the network's features, to calibrate on
     features, kept, _ = photo_features(plain, valid_set.paths, num_workers)  # one pass: threshold and memory
     memory = feature_memory(plain, features, [valid_set.paths[i] for i in kept], [valid_set.targets[i] for i in kept],
                             negatives, num_workers)
@@ -76,8 +81,8 @@ def calibrated_predictor(model: nn.Module, valid_set: LandmarkDataset, places_cs
     with torch.inference_mode():
         detector, known_scores = nearest_detector(memory.features[memory.targets >= 0], torch.tensor(memory.rows),
                                                   features, plain.logits_from_features(features), training_bank=training)
-    return Predictor(model, names, valid_set.config, places=places, detector=detector,
-                     unknown_threshold=unknown_threshold(known_scores), memory=memory)
+    return kind(model, names, valid_set.config, places=places, detector=detector,
+                unknown_threshold=unknown_threshold(known_scores), memory=memory)
 
 
 def finish_run(model: nn.Module, datasets: Mapping[str, LandmarkDataset], export: str | Path, record: RunRecord, *,

@@ -5,8 +5,9 @@ crowd together there. A backbone as trained on ImageNet, never fine-tuned, keeps
 a model never saw are named by the nearest class mean of a few photos each far more often with
 EfficientNet-Lite0's features at 224 px than with the model's own (``bench/new_landmark_features.py``
 measures both, docs/adding-landmarks.md). So every export keeps these features of the photos it
-remembers (``general_memory``), and a model with added landmarks carries this extractor beside its
-base.
+remembers (``general_memory``). A transfer model read at its backbone's native size computes them from its own
+first stages (:mod:`src.shared_trunk`); any other export's model with added landmarks carries this extractor beside
+its base.
 """
 
 from __future__ import annotations
@@ -45,3 +46,19 @@ class ImageNetFeatures(nn.Module):
         with torch.no_grad():
             x = (resize_and_crop(x, self.resize_size, self.resize_size) - self.mean) / self.std
             return self.backbone(x.contiguous(memory_format=torch.channels_last))
+
+
+class CombinedFeatures(nn.Module):
+    """Raw photos -> the features a model with added landmarks classifies: its ``base`` export's own
+    (the first ``base_size`` columns), then plain ImageNet ones from a second network (``general``, an
+    :class:`ImageNetFeatures`)."""
+
+    def __init__(self, base: torch.jit.ScriptModule, general: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.general = general
+        self.base_size: int = int(base.memory_features.shape[1])
+        self.resize_size: int = max(int(base.resize_size), int(general.resize_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.base.features_and_logits(x)[0], self.general(x)], dim=1)

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from .decoding import square_batches
-from .export import CombinedFeatures, FeatureMemory, features_of
-from .imagenet_features import ImageNetFeatures
+from .export import FeatureMemory, features_of
+from .imagenet_features import CombinedFeatures, ImageNetFeatures
 from .location import split_negatives
+from .shared_trunk import SharedTrunkFeatures, SharedTrunkPredictor, general_tail
 
 MEMORY_PER_CLASS = 100  # validation photos per class whose features an export keeps
 MEMORY_NEGATIVES = 500  # negative photos whose features an export keeps
@@ -28,7 +29,7 @@ FEATURE_BATCH = 16  # images a network sees at once: its activations take ~22 MB
 def photo_features(model: nn.Module, paths: Sequence[Path], num_workers: int = -1, batch_size: int = 64
                    ) -> tuple[torch.Tensor, list[int], dict[int, str]]:
     """The features of photos on disk (an export's ``features_and_logits``, or ``model(images)`` for a feature
-    extractor such as :class:`~src.export.CombinedFeatures`), the indices of the readable ones, and
+    extractor such as :class:`~src.imagenet_features.CombinedFeatures`), the indices of the readable ones, and
     ``{index: error}`` for the others."""
     features, kept, errors = [], [], {}
     extract = features_of(model)
@@ -63,24 +64,35 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
     """What an export keeps to add landmarks later (and to detect unknown photos with): up to
     :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
     calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1,
-    after them); of each, the model's features and :class:`~src.imagenet_features.ImageNetFeatures`'. Of the
-    validation photos also the model's features as a model with added landmarks computes them (read at the
-    larger of the two sizes, :class:`~src.export.CombinedFeatures`), which that model's threshold is calibrated on."""
-    general = ImageNetFeatures()
+    after them); of each, the model's features and plain ImageNet ones: from the model's own trunk continued for a
+    :class:`~src.shared_trunk.SharedTrunkPredictor` (:class:`~src.shared_trunk.SharedTrunkFeatures`), else from
+    :class:`~src.imagenet_features.ImageNetFeatures`. Of the validation photos also the model's features as a model
+    with added landmarks computes them (read at the larger of the two sizes), which that model's threshold is
+    calibrated on."""
     rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
     trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
     negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
+    size = valid_features.shape[1]
+    if isinstance(model, SharedTrunkPredictor):
+        network = model.model
+        combined = SharedTrunkFeatures(model, general_tail(network.backbone_name, network.trunk_stages))
+        general, general_columns = combined, slice(size, None)  # one pass gives both; the general half is kept
+        described = (network.backbone_name, model.image_size, network.trunk_stages)
+    else:
+        imagenet = ImageNetFeatures()
+        combined = CombinedFeatures(model, imagenet)
+        general, general_columns = imagenet, slice(None)
+        described = (imagenet.backbone_name, imagenet.resize_size, 0)
     # one read of each validation photo gives both of its features as a model with added landmarks computes them
     # (the memory is not kept yet, so the split is the caller's feature size, not the extractor's base_size)
-    as_read, readable, errors = photo_features(CombinedFeatures(model, general), [valid_paths[i] for i in rows], num_workers)
+    as_read, readable, errors = photo_features(combined, [valid_paths[i] for i in rows], num_workers)
     negatives_general, readable_negatives, negative_errors = photo_features(general, [trained_negatives[i] for i in kept],
                                                                             num_workers)
     if len(readable) != len(rows) or len(readable_negatives) != len(kept):
         raise RuntimeError(f"photos became unreadable while exporting: {'; '.join({**errors, **negative_errors}.values())}")
-    size = valid_features.shape[1]
     features = torch.cat([valid_features[rows], negative_features.reshape(-1, size)])
-    general_features = torch.cat([as_read[:, size:], negatives_general.reshape(-1, as_read.shape[1] - size)])
+    general_features = torch.cat([as_read[:, size:], negatives_general[:, general_columns].reshape(-1, as_read.shape[1] - size)])
     targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
     return FeatureMemory(features.half(), general_features.half(), as_read[:, :size].half(),
-                         torch.tensor(targets, dtype=torch.long), rows, general.backbone_name, general.resize_size)
+                         torch.tensor(targets, dtype=torch.long), rows, *described)
 

@@ -4,15 +4,18 @@
 
 1. read each new landmark's photos (bad ones skipped with a warning) and take :data:`~src.added_fit.VIEWS` views of
    each (the photo, mirrored, two corner crops, a mirrored centre crop);
-2. compute their :class:`~src.export.CombinedFeatures`: the export's own (frozen) features, then the ImageNet ones;
+2. compute their features (:func:`combined_features`): the export's own (frozen) features, then plain ImageNet ones,
+   from the export's own first stages continued with ImageNet's later ones when it has such a trunk
+   (:class:`~src.shared_trunk.SharedTrunkFeatures`, :mod:`src.shared_trunk`), else from a second network
+   (:class:`~src.imagenet_features.CombinedFeatures`);
 3. fit one new linear row per new landmark on those features, beside the export's unchanged head
    (:func:`~src.added_fit.fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
    the new views, and outlier exposure on the memory's negatives so that photos of no landmark
    stay unknown. The old classes' logits are the export's own, so what it knew is kept;
 4. calibrate the unknown detector again (:class:`~src.openset.AddedLandmarksDetector`), on both kinds
    of features (each normalised apart): photos called an original landmark on the memory's validation
-   photos as the new model reads them (``memory_as_added``: a small photo read at the ImageNet size and
-   scaled down scores lower than read at the base's own size), compared with the new views too
+   photos as the new model reads them (``memory_as_added``: with a second network, a small photo read at its
+   size and scaled down scores lower than read at the base's own size), compared with the new views too
    (:func:`~src.openset.nearest_detector`); photos called
    an added landmark on its support photos held out of the fit (:func:`~src.added_fit.held_out`), as an
    added landmark's new photos will be, by their top probability and how much nearer they are to the
@@ -22,9 +25,10 @@
    also be close to its photos, not just closer than to the negatives: as close in ImageNet features as
    the original landmarks' photos are to the nearest of as many of their own
    (:func:`~src.openset.similarity_floor`);
-5. script an :class:`~src.export.AddedLandmarksPredictor` (the original export and the ImageNet extractor + the
-   new rows + the memory with the new views), which has the interface of every export and loads with
-   ``torch.jit.load`` alone. Carrying a second network makes it slower than its base (docs/adding-landmarks.md).
+5. script an :class:`~src.export.AddedLandmarksPredictor` (the original export and the ImageNet features of step 2 +
+   the new rows + the memory with the new views), which has the interface of every export and loads with
+   ``torch.jit.load`` alone. A second network makes it much slower than its base, a shared trunk little
+   (docs/adding-landmarks.md).
 
 Adding again to such a model refits all added rows from its memory, so models never nest.
 ``bench/add_landmarks.py`` measures it (docs/adding-landmarks.md).
@@ -42,12 +46,13 @@ from tqdm.auto import tqdm
 
 from .added_fit import added_detector, fit_rows, lookalike_negatives
 from .decoding import square_batches
-from .export import AddedLandmarksPredictor, CombinedFeatures, ExportView, export_view, save_scripted, torchscript_on_purpose
+from .export import AddedLandmarksPredictor, ExportView, export_view, save_scripted, torchscript_on_purpose
 from .files import atomic_write
-from .imagenet_features import ImageNetFeatures
+from .imagenet_features import CombinedFeatures, ImageNetFeatures
 from .location import list_images
 from .memory import in_batches
 from .places import Place, display_name, place_key
+from .shared_trunk import SharedTrunkFeatures, general_tail
 
 STEPS = ("reading the photos and their features", "fitting the new landmarks",
          "checking them against photos of no landmark", "building the new model")
@@ -60,16 +65,21 @@ def base_of(model: torch.nn.Module | ExportView) -> ExportView:
     return export_view(view.base, "its base") if view.base is not None else view
 
 
-def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures:
-    """The :class:`~src.export.CombinedFeatures` of the models that adding landmarks to ``model`` makes (its own,
-    when it has added landmarks already): they do not depend on which landmarks are added."""
+def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures | SharedTrunkFeatures:
+    """The features the models that adding landmarks to ``model`` makes classify (its own, when it has added landmarks
+    already): they do not depend on which landmarks are added. An export whose first stages are ImageNet's continues
+    them with ImageNet's later stages (:class:`~src.shared_trunk.SharedTrunkFeatures`); any other runs a second network
+    (:class:`~src.imagenet_features.CombinedFeatures`)."""
     view = export_view(model)
     if view.base is not None:
         return view.module.combined
     if view.memory_features.numel() == 0 or view.general_memory.numel() == 0:
         raise ValueError("this export keeps no feature memory with ImageNet features: export it again from its "
                          "checkpoint with `python -m src export CHECKPOINT --out FILE --data DATASET`")
-    return CombinedFeatures(view.module, ImageNetFeatures(str(view.module.general_backbone), int(view.module.general_size)))
+    backbone = str(view.module.general_backbone)
+    if view.general_trunk_stages > 0:
+        return SharedTrunkFeatures(view.module, general_tail(backbone, view.general_trunk_stages))
+    return CombinedFeatures(view.module, ImageNetFeatures(backbone, int(view.module.general_size)))
 
 
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:

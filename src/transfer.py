@@ -164,9 +164,11 @@ class TransferModel(nn.Module):
     their ImageNet values.
     """
 
-    def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, dropout: float, spec: BackboneSpec) -> None:
+    def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, dropout: float, spec: BackboneSpec,
+                 backbone_name: str = "") -> None:
         super().__init__()
         self.backbone = backbone
+        self.backbone_name = backbone_name  # its registry name: the ImageNet weights its stages started from
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, n_classes))
         self.num_features = num_features
         self.num_classes = n_classes
@@ -231,6 +233,6 @@ def get_model_transfer_learning(
         raise ValueError(f"n_classes must be at least 1, got {n_classes}")
     spec = get_backbone_spec(model_name)
     backbone, num_features = spec.build(pretrained)
-    model = TransferModel(backbone, num_features, n_classes, dropout, spec)
+    model = TransferModel(backbone, num_features, n_classes, dropout, spec, model_name)
     model.freeze_backbone(freeze)
     return model
