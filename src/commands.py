@@ -148,7 +148,8 @@ def add_landmarks_to(args: argparse.Namespace) -> None:
         print(message, file=sys.stderr)
     added = ", ".join(f"{name} ({n} photos)" for name, n in record["added"].items())
     print(f"Added {added} to {args.model} in {record['seconds']:.1f} s -> {args.out} "
-          f"({len(record['class_names'])} landmarks, unknown threshold {record['unknown_threshold']:.3f})")
+          f"({len(record['class_names'])} landmarks, unknown threshold {record['unknown_threshold']:.3f}; ImageNet features from a "
+          f"{record['imagenet_features']})")
 
 
 def predict(args: argparse.Namespace) -> int:

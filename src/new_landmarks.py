@@ -82,6 +82,17 @@ def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures |
     return CombinedFeatures(view.module, ImageNetFeatures(backbone, int(view.module.general_size)))
 
 
+def imagenet_features_design(model: torch.nn.Module | ExportView) -> str:
+    """How the models that adding landmarks to ``model`` makes compute their plain ImageNet features, in words (the
+    ``add-landmarks`` record and summary say it: it sets their speed)."""
+    base = base_of(model)
+    backbone = str(base.module.general_backbone)
+    if base.general_trunk_stages > 0:
+        return (f"shared trunk: the export's own first {base.general_trunk_stages} stages, continued by ImageNet {backbone}'s "
+                "later ones")
+    return f"second network: ImageNet {backbone} at {int(base.module.general_size)} px"
+
+
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
     """``{landmark name: photos}`` of a folder with one sub-folder per landmark (``NN.Name/`` or ``Name/``)."""
     photos_dir = Path(photos_dir)
@@ -214,10 +225,12 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
 def save_added(model: torch.jit.ScriptModule, path: str | Path, base: str, added: Mapping[str, int], skipped: list[str],
                seconds: float, **details: str) -> dict:
     """Save a model with added landmarks atomically, with its record as JSON beside it: the model it was added to,
-    ``added`` (``{name: photos}``), the ``skipped`` photos, its classes, threshold and the seconds it took
-    (``details``: more fields, e.g. the photos' folder). Returns the record."""
+    ``added`` (``{name: photos}``), the ``skipped`` photos, its classes, threshold, the seconds it took and where its
+    ImageNet features come from (:func:`imagenet_features_design`; ``details``: more fields, e.g. the photos' folder).
+    Returns the record."""
     record = {"base": base, **details, "added": dict(added), "skipped": list(skipped), "class_names": list(model.class_names),
-              "unknown_threshold": float(model.unknown_threshold), "seconds": round(seconds, 1)}
+              "unknown_threshold": float(model.unknown_threshold), "seconds": round(seconds, 1),
+              "imagenet_features": imagenet_features_design(model)}
     path = save_scripted(model, path)
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return record

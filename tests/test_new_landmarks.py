@@ -364,7 +364,8 @@ def test_the_command_writes_only_a_pt_file_and_replaces_files_only_with_force(ba
     assert {path.name: path.read_bytes() for path in models.iterdir()} == files
     monkeypatch.setattr(commands, "add_landmarks_command", lambda *args: {"skipped": [], "added": {"Blue Tower": 7}, "seconds": 1.0,
                                                                      "class_names": BASE_NAMES + ["Blue Tower"],
-                                                                     "unknown_threshold": 0.5})
+                                                                     "unknown_threshold": 0.5,
+                                                                     "imagenet_features": "second network: ImageNet efficientnet_lite0 at 224 px"})
     assert main([*command, str(models / "other.pt"), "--force"]) == 0
 
 

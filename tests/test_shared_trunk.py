@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,11 @@ def test_export_shares_the_trunk_of_a_checkpoint_read_at_its_native_size_unless_
     assert isinstance(combined_features(shared), SharedTrunkFeatures) and isinstance(combined_features(second), CombinedFeatures)
     photos = torch.randint(0, 256, (2, 3, 90, 70), dtype=torch.uint8)
     assert torch.allclose(shared.classify(photos)[0], second.classify(photos)[0], atol=1e-5)  # the same network either way
+    new = tmp_path / "new" / "Sky_Gate"
+    new.mkdir(parents=True)
+    for photo in sorted((tiny_data / "train" / TINY_CLASSES[2]).iterdir())[:4]:
+        (new / photo.name).symlink_to(photo)
+    for design, said in (("shared", "shared trunk: the export's own first 7 stages"), ("second", "second network: ImageNet")):
+        assert main(["add-landmarks", str(tmp_path / f"{design}.pt"), str(new.parent), "--out", str(tmp_path / f"{design}+1.pt"),
+                     "--workers", "0"]) == 0
+        assert json.loads((tmp_path / f"{design}+1.json").read_text())["imagenet_features"].startswith(said)
