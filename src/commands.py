@@ -102,6 +102,9 @@ def export(args: argparse.Namespace) -> None:
                          "or --force to replace it")
     exported = _opened_export(args.checkpoint) if onnx else None
     if exported is not None:  # an export converts as it is: no data, no calibration
+        if args.second_network:
+            raise ValueError(f"{args.checkpoint}: --second-network is chosen when a training checkpoint is exported; "
+                             "this file is an export already and converts as it is")
         path = export_onnx(exported, args.out, file_sha256(args.checkpoint))
     else:
         predictor = _calibrated(args)

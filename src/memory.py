@@ -71,27 +71,27 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
     calibrated on."""
     rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
     trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
-    negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
     size = valid_features.shape[1]
     if isinstance(model, SharedTrunkPredictor):
         network = model.model
         combined = SharedTrunkFeatures(model, general_tail(network.backbone_name, network.trunk_stages))
-        general, general_columns = combined, slice(size, None)  # one pass gives both; the general half is kept
+        # one pass gives a negative photo's own and ImageNet features, both read at the model's own size
+        both, kept, _ = photo_features(combined, trained_negatives, num_workers)
+        negative_features, negatives_general, negative_errors = both[:, :size], both[:, size:], {}
         described = (network.backbone_name, model.image_size, network.trunk_stages)
     else:
         imagenet = ImageNetFeatures()
         combined = CombinedFeatures(model, imagenet)
-        general, general_columns = imagenet, slice(None)
+        negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
+        negatives_general, _, negative_errors = photo_features(imagenet, [trained_negatives[i] for i in kept], num_workers)
         described = (imagenet.backbone_name, imagenet.resize_size, 0)
     # one read of each validation photo gives both of its features as a model with added landmarks computes them
     # (the memory is not kept yet, so the split is the caller's feature size, not the extractor's base_size)
     as_read, readable, errors = photo_features(combined, [valid_paths[i] for i in rows], num_workers)
-    negatives_general, readable_negatives, negative_errors = photo_features(general, [trained_negatives[i] for i in kept],
-                                                                            num_workers)
-    if len(readable) != len(rows) or len(readable_negatives) != len(kept):
+    if len(readable) != len(rows) or negative_errors:
         raise RuntimeError(f"photos became unreadable while exporting: {'; '.join({**errors, **negative_errors}.values())}")
     features = torch.cat([valid_features[rows], negative_features.reshape(-1, size)])
-    general_features = torch.cat([as_read[:, size:], negatives_general[:, general_columns].reshape(-1, as_read.shape[1] - size)])
+    general_features = torch.cat([as_read[:, size:], negatives_general.reshape(-1, as_read.shape[1] - size)])
     targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
     return FeatureMemory(features.half(), general_features.half(), as_read[:, :size].half(),
                          torch.tensor(targets, dtype=torch.long), rows, *described)

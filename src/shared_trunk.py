@@ -11,7 +11,7 @@ plain ones. A model with added landmarks then carries a copy of those later stag
 often (MobileNetV2 at 128 px: 82.1 % against 88.0 % at 224, same bench), so such a model keeps the second network.
 
 The trunk is found, not assumed: it is the longest run of first stages whose every tensor equals the ImageNet
-weights (:func:`trunk_stages`), whatever the recipe or checkpoint says.
+weights (:func:`untouched_stages`), whatever the recipe or checkpoint says.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SharedTrunkModel(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def trunk_stages(model: nn.Module) -> int:
+def untouched_stages(model: nn.Module) -> int:
     """How many first stages of ``model`` (a :class:`~src.transfer.TransferModel` on an offline backbone) still hold
     their ImageNet weights (0 for any other model)."""
     if not isinstance(model, TransferModel) or model.backbone_name not in OFFLINE_BACKBONES:
@@ -82,7 +82,7 @@ def shared_trunk_model(model: nn.Module, eval_crop: int) -> SharedTrunkModel | N
     """``model`` as a :class:`SharedTrunkModel` when it reads ``eval_crop`` px squares, at least its backbone's native
     size, and its first stages are ImageNet's while later ones were trained; None otherwise (a model from scratch, a
     smaller input, a backbone trained whole or not at all)."""
-    count = trunk_stages(model)
+    count = untouched_stages(model)
     if count == 0 or count == len(model.stages()) or eval_crop < model.data_defaults.native_size:
         return None
     return SharedTrunkModel(model, count).eval()

@@ -54,6 +54,15 @@ TINY_CLASSES = ("00.Red_Fort", "01.Green_Gate", "02.Blue_Tower")
 COLOURS = ((200, 40, 40), (40, 180, 60), (40, 70, 210))
 
 
+def noise_photos(folder: Path, n: int = 8) -> Path:
+    """A negatives folder of grey noise photos: no landmark at all."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(90, 160, (40, 48, 3), dtype=np.uint8)).save(folder / f"noise{i}.jpg")
+    return folder
+
+
 def make_photo(class_index: int, rng: np.random.Generator, size: tuple[int, int] = (48, 40)) -> Image.Image:
     width, height = size
     base = np.array(COLOURS[class_index], dtype=np.float64)

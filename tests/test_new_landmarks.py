@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import TINY_CLASSES, run_without_src, tiny_config
+from conftest import TINY_CLASSES, noise_photos, run_without_src, tiny_config
 import src.commands as commands
 from src.cli import main
 from src.factory import create_model, list_models
@@ -38,15 +38,6 @@ def _photos(folder: Path, name: str) -> list[Path]:
     return sorted((folder / name).iterdir())
 
 
-def _negatives(root: Path, n: int = 8) -> Path:
-    """Grey noise photos: no landmark at all."""
-    rng = np.random.default_rng(1)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(90, 160, (40, 48, 3), dtype=np.uint8)).save(root / f"noise{i}.jpg")
-    return root
-
-
 def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size: int = 32, memory: bool = True) -> Path:
     """A two-landmark export (Red Fort, Green Gate) with its feature memory, as finish_run writes it."""
     torch.manual_seed(0)
@@ -58,7 +49,7 @@ def _base_export(tiny_data: Path, path: Path, name: str = "scratch", image_size:
         targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in _photos(tiny_data / "train", c)]
         features, kept, _ = photo_features(predictor, paths, num_workers=0)
         kept_memory = feature_memory(predictor, features, [paths[i] for i in kept], [targets[i] for i in kept],
-                                     [_negatives(path.parent / "negatives")], num_workers=0)
+                                     [noise_photos(path.parent / "negatives")], num_workers=0)
         predictor = Predictor(network, BASE_NAMES, tiny_config(image_size), unknown_threshold=0.5, places=places,
                               memory=kept_memory)
     return export_predictor(predictor, path)
@@ -267,7 +258,7 @@ def test_a_model_with_added_landmarks_exports_to_onnx_with_the_same_answers(base
     model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
     view = export_view(model)
     onnx = open_export(export_onnx(view, tmp_path / "added.onnx"))
-    paths = [p for c in TINY_CLASSES for p in _photos(tiny_data / "test", c)] + list(_negatives(tmp_path / "noise").iterdir())
+    paths = [p for c in TINY_CLASSES for p in _photos(tiny_data / "test", c)] + list(noise_photos(tmp_path / "noise").iterdir())
     squares = torch.cat([images for _, images, _ in square_batches(paths, view.resize_size, 64, num_workers=0)])
     (probabilities, scores), (onnx_probabilities, onnx_scores) = view.classify(squares), onnx.classify(squares)
     assert view.resize_size > view.base.resize_size  # the base reads a resized square: the resize is in the ONNX graph

@@ -91,6 +91,8 @@ def test_the_command_converts_an_export_and_predict_reads_the_onnx_file(landmark
 def test_bad_onnx_files_and_names_are_clear_errors(tmp_path: Path, capsys) -> None:
     assert main(["export", str(TRANSFER), "--format", "onnx", "--out", str(tmp_path / "x.pt")]) != 0
     assert "name it .onnx" in capsys.readouterr().err
+    assert main(["export", str(TRANSFER), "--format", "onnx", "--second-network", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "--second-network is chosen when a training checkpoint is exported" in capsys.readouterr().err
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")
     with pytest.raises(ValueError, match="bad.onnx: not an ONNX export"):

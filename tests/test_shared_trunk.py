@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_CLASSES
+from conftest import TINY_CLASSES, noise_photos
 from src.checkpoint import save_checkpoint
 from src.cli import main
 from src.export import Predictor, export_predictor, load_exported, save_scripted
 from src.factory import create_model
 from src.imagenet_features import GENERAL_BACKBONE, CombinedFeatures, ImageNetFeatures
+from src.location import split_negatives
 from src.memory import feature_memory, photo_features
 from src.new_landmarks import add_landmarks, combined_features
 from src.onnx_export import export_onnx
 from src.onnx_runtime import OnnxExport
 from src.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
-from src.shared_trunk import SharedTrunkFeatures, SharedTrunkPredictor, general_tail, shared_trunk_model, trunk_stages
+from src.shared_trunk import SharedTrunkFeatures, SharedTrunkPredictor, general_tail, shared_trunk_model, untouched_stages
 from src.transfer import OFFLINE_BACKBONES
 
 TRAINED = 12  # the transfer recipe's unfreeze
@@ -40,7 +41,7 @@ def _trained(name: str, stages: int = 3) -> torch.nn.Module:
 @pytest.mark.parametrize("name", list(OFFLINE_BACKBONES))
 def test_the_trunk_is_the_first_stages_that_kept_their_imagenet_weights(name: str) -> None:
     model = _trained(name)
-    assert trunk_stages(model) == len(model.stages()) - 3
+    assert untouched_stages(model) == len(model.stages()) - 3
     size = model.data_defaults.native_size
     shared = shared_trunk_model(model, size)
     photos = torch.randn(2, 3, size, size)
@@ -57,26 +58,28 @@ def test_a_model_without_an_imagenet_trunk_or_read_below_its_native_size_shares_
     untrained = create_model("mobilenet_v2", 2, pretrained=True)
     assert shared_trunk_model(untrained, 224) is None  # its own features are the ImageNet ones already
     whole = _trained("mobilenet_v2", len(untrained.stages()))
-    assert trunk_stages(whole) == 0 and shared_trunk_model(whole, 224) is None
-    assert trunk_stages(_trained("mobilenet_v2", TRAINED)) == len(untrained.stages()) - TRAINED  # found, whatever flags say
+    assert untouched_stages(whole) == 0 and shared_trunk_model(whole, 224) is None
+    assert untouched_stages(_trained("mobilenet_v2", TRAINED)) == len(untrained.stages()) - TRAINED  # found, whatever flags say
 
 
-def _export(kind: type[Predictor], network: torch.nn.Module, tiny_data: Path, path: Path) -> Path:
+def _export(kind: type[Predictor], network: torch.nn.Module, tiny_data: Path, path: Path, negatives: Path) -> Path:
     """A two-landmark export at 224 px with its feature memory, as finish_run writes it."""
     config = PreprocessConfig(eval_crop=224, resize=224, train_crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     paths = [p for c in TINY_CLASSES[:2] for p in sorted((tiny_data / "train" / c).iterdir())]
     targets = [i for i, c in enumerate(TINY_CLASSES[:2]) for _ in sorted((tiny_data / "train" / c).iterdir())]
     plain = kind(network, ["Red Fort", "Green Gate"], config, unknown_threshold=0.5)
     features, kept, _ = photo_features(plain, paths, num_workers=0)
-    memory = feature_memory(plain, features, paths, targets, num_workers=0)
+    memory = feature_memory(plain, features, paths, targets, [negatives], num_workers=0)
     return export_predictor(kind(network, ["Red Fort", "Green Gate"], config, unknown_threshold=0.5, memory=memory), path)
 
 
 @pytest.fixture(scope="module")
 def exports(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     network, folder = _trained("mobilenet_v2", TRAINED), tmp_path_factory.mktemp("shared")
-    return {"plain": _export(Predictor, network, tiny_data, folder / "plain.pt"),
-            "shared": _export(SharedTrunkPredictor, shared_trunk_model(network, 224), tiny_data, folder / "shared.pt")}
+    negatives = noise_photos(folder / "negatives")
+    return {"plain": _export(Predictor, network, tiny_data, folder / "plain.pt", negatives),
+            "shared": _export(SharedTrunkPredictor, shared_trunk_model(network, 224), tiny_data, folder / "shared.pt", negatives),
+            "negatives": negatives}
 
 
 def test_an_export_with_a_shared_trunk_answers_as_before_and_keeps_imagenet_features(exports: dict[str, Path],
@@ -89,8 +92,11 @@ def test_an_export_with_a_shared_trunk_answers_as_before_and_keeps_imagenet_feat
     assert plain.general_trunk_stages == 0 and not hasattr(plain, "trunk_features")
     assert all(hasattr(shared, name) for name in SharedTrunkPredictor.ADDED_METHODS)
     memory_photos = [p for c in TINY_CLASSES[:2] for p in sorted((tiny_data / "train" / c).iterdir())]
-    imagenet, _, _ = photo_features(ImageNetFeatures("mobilenet_v2", 224), memory_photos, num_workers=0)
-    assert torch.allclose(shared.general_memory[:len(memory_photos)].float(), imagenet, atol=2e-2)
+    remembered = memory_photos + split_negatives(exports["negatives"])[0]  # validation photos, then negatives
+    assert (shared.memory_targets == -1).sum() == len(remembered) - len(memory_photos) > 0
+    imagenet, _, _ = photo_features(ImageNetFeatures("mobilenet_v2", 224), remembered, num_workers=0)
+    assert torch.allclose(shared.general_memory.float(), imagenet, atol=2e-2)
+    assert torch.allclose(shared.memory_features.float(), plain.memory_features.float(), atol=1e-2)  # the same network
     assert torch.equal(shared.memory_as_added, shared.memory_features[:len(memory_photos)])  # read at its own size
     assert exports["shared"].stat().st_size < 1.01 * exports["plain"].stat().st_size  # the trunk's weights are stored once
 
