@@ -8,9 +8,12 @@ SHARED_DATA := $(wildcard ../shared/data/landmarks10/train)
 ifneq ($(SHARED_DATA),)
 export LANDMARK_DATA ?= $(abspath ../shared/data/landmarks10)
 endif
-# Photos of no known landmark for outlier exposure (src/openset.py): the everyday scenes and the first 10
-# of the 19 other landmarks; half of each folder, and the other 9 landmarks, stay out to measure on.
-SHARED_NEGATIVES := $(wildcard ../shared/data/non_landmarks) $(wildcard ../shared/data/new_landmarks/0?.*)
+# Photos of no known landmark for outlier exposure (src/openset.py): the everyday scenes, the first 10 of the
+# 19 other landmarks and 6 of the 10 everyday categories; half of each folder, the other 9 landmarks and the other
+# 4 everyday categories (pets, objects, plants, people) stay out to measure on.
+EVERYDAY_TRAINED := animals clothing food indoor street vehicles
+SHARED_NEGATIVES := $(wildcard ../shared/data/non_landmarks) $(wildcard ../shared/data/new_landmarks/0?.*) \
+	$(wildcard $(addprefix ../shared/data/everyday/,$(EVERYDAY_TRAINED)))
 ifneq ($(strip $(SHARED_NEGATIVES)),)
 export LANDMARK_NEGATIVES ?= $(subst $(eval) ,:,$(abspath $(SHARED_NEGATIVES)))
 endif

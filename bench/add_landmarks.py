@@ -20,7 +20,9 @@ adding, the share of ``everyday`` photos accepted (:func:`everyday_sources`: ``e
 categories the similarity floor's share was chosen on, and ``everyday_left_out``, the categories kept out
 of training, fitting, calibration and that choice: the honest figure), with the never-trained landmarks the share
 of *other* landmarks accepted (the held-out photos of the landmarks trained against, which look most like
-the added ones: the cost of accepting the added landmarks' photos), plus the seconds ``add_landmarks``
+the added ones: the cost of accepting the added landmarks' photos), with one landmark at a time the share of
+the other never-trained landmarks' photos accepted (``unseen_landmarks``: landmarks never in a negatives
+folder, as most a user meets are; :func:`unseen_landmarks`), plus the seconds ``add_landmarks``
 took (read, features, fit, script); see
 :func:`few_shot.few_shot_draw`. Predictions come from each photo's features, computed once
 (:func:`src.new_landmarks.combined_features`; ``logits_from_features`` of the new model, checked equal
@@ -105,6 +107,14 @@ def everyday_sources(trained_negatives: list[str]) -> dict[str, list[Path]]:
     return {source: paths for source, paths in sources.items() if paths}
 
 
+def unseen_landmarks(never: dict[str, list[Path]], added: dict[str, list[Path]], features: dict[Path, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """``{"unseen_landmarks": features}`` of every photo of the never-trained landmarks not being added (none left
+    when they all are): landmarks neither known, nor added, nor ever in a negatives folder, as most landmarks are."""
+    photos = [features[p] for name, paths in never.items() if name not in added for p in paths if p in features]
+    return {"unseen_landmarks": torch.stack(photos)} if photos else {}
+
+
 def command_run(model_path: Path, photos: dict[str, list[Path]], shots: int) -> tuple[float, int]:
     """Wall-clock seconds of the whole ``add-landmarks`` command (interpreter start included), and the bytes of
     the model it writes."""
@@ -155,10 +165,13 @@ def main() -> None:
         other_photos = [p for name, paths in settings["all at once"].items() if name not in never for p in paths]
         other_scores = base.known_score_from_features(photo_features(base, other_photos)[0])
         other_before = round(float((other_scores >= float(base.unknown_threshold)).float().mean()), 4)
+        unseen_scores = base.known_score_from_features(photo_features(base, [p for paths in never.values() for p in paths])[0])
+        unseen_before = round(float((unseen_scores >= float(base.unknown_threshold)).float().mean()), 4)
         everyday_before = {source: round(float((base.known_score_from_features(photo_features(base, paths)[0])
                                                 >= float(base.unknown_threshold)).float().mean()), 4)
                            for source, paths in everyday.items()}
-    print(f"Before adding: {other_before:.1%} of {len(other_photos)} photos of other landmarks accepted; everyday photos "
+    print(f"Before adding: {other_before:.1%} of {len(other_photos)} photos of other landmarks accepted, "
+          f"{unseen_before:.1%} of the never-trained landmarks' photos; everyday photos "
           + ", ".join(f"{source} {everyday_before[source]:.1%} of {len(paths)}" for source, paths in everyday.items()))
     added = check_features_route(base, never, test_folder.paths[:20])
     speed = {"base": round(photos_per_second(base, test_folder.paths[:500]), 1),
@@ -172,7 +185,7 @@ def main() -> None:
         measure_others = setting != "all at once"  # there, the other landmarks are added too
         for shots in args.shots:
             draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes, others if measure_others else None,
-                                   everyday_features)
+                                   {**everyday_features, **unseen_landmarks(never, photos, features)})
                      for photos in group for seed in range(args.draws)]
             row = {"setting": setting, "new_landmarks": len(group[0]), "photos_per_landmark": shots, "draws": args.draws,
                    **{key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}}
@@ -182,11 +195,14 @@ def main() -> None:
                   f"scenes accepted {row['unknown_accepted']:.1%} (AUROC {row['unknown_auroc']:.4f}), "
                   + "".join(f"{source} accepted {row[source + '_accepted']:.1%}, " for source in everyday)
                   + (f"other landmarks accepted {row['other_landmarks_accepted']:.1%}, " if measure_others else "")
+                  + (f"never-seen landmarks accepted {row['unseen_landmarks_accepted']:.1%}, "
+                     if "unseen_landmarks_accepted" in row else "")
                   + f"{row['seconds']:.1f} s", flush=True)
     name = args.name or ("add_landmarks_without_floor" if args.without_floor else "add_landmarks")
     record = {"model": str(args.model), "similarity_floor": not args.without_floor,
               "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
-              "scenes_before": before, "other_landmarks_before": other_before, "everyday_before": everyday_before,
+              "scenes_before": before, "other_landmarks_before": other_before, "unseen_landmarks_before": unseen_before,
+              "everyday_before": everyday_before,
               "everyday_photos": {source: len(paths) for source, paths in everyday.items()},
               "photos_per_second": speed, "rows": rows}
     if not args.without_floor:

@@ -142,7 +142,8 @@ def add_landmarks_table() -> str:
     """docs/adding-landmarks.md: new landmarks added from a few photos (bench/add_landmarks.py --shots 5 10)."""
     rows: list[Row] = []
     for r in load("add_landmarks")["rows"]:
-        other = r.get("other_landmarks_accepted")
+        other = " / ".join("—" if r.get(key) is None else pct(r[key], space=False)
+                           for key in ("other_landmarks_accepted", "unseen_landmarks_accepted"))
         rows.append([r["setting"], str(r["new_landmarks"]), str(r["photos_per_landmark"]),
                      *(pct(r[key], space=False) for key in ("new_top1", "new_accepted", "new_named_and_accepted")),
                      pct(r["original_top1"], 2, space=False), pct(r["original_accepted"], space=False),
@@ -150,11 +151,11 @@ def add_landmarks_table() -> str:
                      f"{pct(r['unknown_accepted'], space=False)}",
                      f"{pct(r['everyday_tuned_accepted'], space=False)} / "
                      f"{pct(r['everyday_left_out_accepted'], space=False)}",
-                     "—" if other is None else pct(other, space=False), f"{r['seconds']:.1f}"])
+                     other, f"{r['seconds']:.1f}"])
     return markdown(["new landmarks", "count", "photos each", "new: top-1", "new: accepted",
                      "new: named right and accepted", "original: top-1", "original: accepted",
                      "scenes: AUROC / FPR@95TPR / accepted", "everyday accepted: floor chosen on / left out",
-                     "other landmarks accepted", "seconds"], rows)
+                     "other landmarks accepted: trained against / never seen", "seconds"], rows)
 
 
 @generator("shared-trunk")
@@ -306,7 +307,9 @@ def readme_add_landmarks() -> str:
             f"{pct(nine['original_accepted'])} of it accepted; scenes {scenes} accepted ({scenes_note}), "
             f"everyday photos never chosen on {pct(nine['everyday_left_out_accepted'])} "
             f"({pct(record['everyday_before']['everyday_left_out'])} before adding), other landmarks "
-            f"{pct(nine['other_landmarks_accepted'])} ({pct(record['other_landmarks_before'])} before adding); "
+            f"{pct(nine['other_landmarks_accepted'])} ({pct(record['other_landmarks_before'])} before adding), "
+            f"never-seen landmarks {pct(one['unseen_landmarks_accepted'])} with one added "
+            f"({pct(record['unseen_landmarks_before'])} before adding); "
             f"{record['command_seconds_10_photos']:.1f} s for the whole command; "
             f"{speed['with_added_landmarks']:.1f} photos/s afterwards against {speed['base']:.1f}/s in the same run")
 
@@ -356,7 +359,7 @@ def readme_results_table() -> str:
          f"**{pct(scratch['test_top1'], 2)} / {pct(scratch['test_top5'], 2)}**",
          "`cnn_from_scratch.ipynb` (`make notebooks`)"],
         ["its training time / peak memory", "≤ 60 min / ≤ 4 GB",
-         f"**{notebook['original']:.1f} min** of epochs (4 of them beside other runs) / "
+         f"**{notebook['original']:.1f} min** of epochs (some of them beside test runs) / "
          f"{memory['scratch']:.1f} GB (command-line run)", "(same run)"],
         [same_recipe, "—", trained("scratch"), "`python bench/train.py scratch`"],
         ["transfer top-1 / top-5 (`checkpoints/transfer_exported.pt`, with outlier exposure)",
@@ -364,7 +367,7 @@ def readme_results_table() -> str:
          f"**{pct(transfer['test_top1'], 2)} / {pct(transfer['test_top5'], 2)}**",
          "`transfer_learning.ipynb` (`make notebooks`)"],
         ["its training time / peak memory", "≤ 30 min / ≤ 4 GB",
-         f"**{notebook['transfer']:.1f} min** (7.6-8.7 min over ten notebook runs) / "
+         f"**{notebook['transfer']:.1f} min** / "
          f"{memory['transfer']:.1f} GB (command-line run)", "(same run)"],
         ["unknown detection, shipped transfer model",
          "AUROC ≥ 0.99, FPR@95TPR ≤ 5 %, ≤ 5 % unknown / ≥ 95 % known accepted", readme_openset(),

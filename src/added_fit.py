@@ -1,12 +1,14 @@
 """Fitting added landmarks and calibrating their unknown detector (steps 3-4 of :mod:`src.new_landmarks`).
 
 The features are a memory of :class:`~src.imagenet_features.CombinedFeatures`: the base export's own, then ImageNet ones;
-targets -1 mark photos of no known landmark. Each support photo is remembered as :data:`VIEWS` consecutive rows.
+targets below 0 mark photos of no known landmark (-1 - k: of the export's negatives folder k). Each support photo is
+remembered as :data:`VIEWS` consecutive rows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -27,6 +29,7 @@ from .openset import (
     unit_features,
     unknown_threshold,
 )
+from .places import place_key
 
 VIEWS = 5  # views per new photo: the photo, mirrored, two corner crops, a mirrored centre crop
 FIT_STEPS = 300  # full-batch AdamW steps: under a second for a few thousand features
@@ -111,8 +114,9 @@ def held_out(base: torch.nn.Module | ExportView, memory_features: torch.Tensor, 
         if not (held & (memory_targets >= 0)).any():
             continue
         kept_features, kept_targets, kept_unit = memory_features[~held], memory_targets[~held], unit[~held]
-        lookalike = lookalike_negatives(kept_features, kept_targets, num_original, split)
-        added = fit_rows(base, kept_features, kept_targets, num_added, lookalike)
+        kept_lookalike = (lookalike[~held] if base.negative_sources  # by folder: the same rows
+                          else lookalike_negatives(kept_features, kept_targets, num_original, split))
+        added = fit_rows(base, kept_features, kept_targets, num_added, kept_lookalike)
         photos, targets = memory_features[held & scored], memory_targets[held & scored]
         negatives += int((targets < 0).sum())
         with torch.inference_mode():
@@ -120,7 +124,7 @@ def held_out(base: torch.nn.Module | ExportView, memory_features: torch.Tensor, 
             top, predicted = F.softmax(logits, dim=1).max(dim=1)
             bank = kept_targets >= 0
             margin = own_class_margin(unit[held & scored], kept_unit[bank], kept_targets[bank], predicted,
-                                      kept_unit[~bank & ~lookalike])
+                                      kept_unit[~bank & ~kept_lookalike])
         for kind, rows in (("support", (predicted >= num_original) & (targets >= 0)), ("negative", (predicted >= num_original) & (targets < 0))):
             parts[f"{kind}_top"].append(top[rows])
             parts[f"{kind}_margin"].append(margin[rows])
@@ -185,12 +189,20 @@ def similarity_floors(validation_general: torch.Tensor, memory_targets: torch.Te
     return floors
 
 
-def lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int) -> torch.Tensor:
-    """Which rows are negatives whose nearest labelled photo (cosine) is one of an added landmark: a
-    negatives folder may well hold photos of the very landmark being added, so they are left out."""
+def lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_classes: int, split: int,
+                        sources: Sequence[str] = (), added_names: Sequence[str] = ()) -> torch.Tensor:
+    """Which rows are negatives that may show an added landmark (a negatives folder may hold the very landmark
+    being added), left out of the fit and of the photos of no landmark it is compared with. A memory that names
+    its negatives' folders (``sources``) leaves out those of a folder named as an added landmark (``added_names``,
+    compared as :func:`~src.places.place_key`): a photo of another landmark that looks like an added one stays a
+    negative. A memory that does not, those whose nearest labelled photo (cosine) is of an added landmark."""
     negative = targets < 0
     lookalike = torch.zeros_like(negative)
-    if negative.any():
+    if sources:
+        added = {place_key(name) for name in added_names}
+        shown = torch.tensor([place_key(source) in added for source in sources], dtype=torch.bool)
+        lookalike[negative] = shown[-1 - targets[negative]]
+    elif negative.any():
         normalised = unit_features(features, split)
         labelled = (~negative).nonzero().flatten()
         nearest = targets[labelled[(normalised[negative] @ normalised[labelled].T).argmax(dim=1)]]

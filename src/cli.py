@@ -117,7 +117,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_add_landmarks(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("add-landmarks", help="add landmarks to an exported model from a few photos each (seconds, no retraining)",
                        description="PHOTOS_DIR holds one folder per new landmark (NN.Name/ or Name/) with a few photos "
-                                   "each (1 to ~50). Writes a new exported model and a JSON record beside it.")
+                                   "each (1 to ~50). Writes a new exported model and a JSON record beside it. A landmark "
+                                   "the model was trained against as a negatives folder is added under that folder's name "
+                                   "(the model's metrics JSON lists them): its photos there then stop counting as no landmark.")
     p.add_argument("model", type=Path, help="exported model to start from")
     p.add_argument("photos_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the new exported model (.pt)")

@@ -9,12 +9,10 @@ Consumers need only ``torch`` to load it; inside this project every file (:func:
 Two kinds share the interface of :class:`ExportedModel` (``classify``, ``known_score``, ``forward``,
 ``features_and_logits``, ``logits_from_features``):
 
-- :class:`Predictor`: a trained network (``finish_run``, the ``export`` command); a
-  :class:`~src.shared_trunk.SharedTrunkPredictor` also exposes its ImageNet first stages' output;
+- :class:`Predictor`: a trained network (``finish_run``, ``export``); a :class:`~src.shared_trunk.SharedTrunkPredictor`
+  also exposes its ImageNet first stages' output;
 - :class:`AddedLandmarksPredictor`: an export with landmarks added from a few photos each (:mod:`src.new_landmarks`):
-  the original export, untouched, plus one linear row per added landmark on its own and plain ImageNet features
-  (:class:`~src.imagenet_features.CombinedFeatures`: a second network; :class:`~src.shared_trunk.SharedTrunkFeatures`:
-  the export's trunk, continued).
+  the original export, untouched, plus one linear row per added landmark on its own and plain ImageNet features.
 
 TorchScript is the format on purpose (a file that runs with torch alone, any photo size); :mod:`src.onnx_export`
 makes an ONNX file of an export for onnxruntime, which :func:`open_export` reads too.
@@ -53,15 +51,15 @@ class FeatureMemory(NamedTuple):
     features: torch.Tensor  # (M, D) fp16: the model's own features
     general: torch.Tensor  # (M, G) fp16: the ImageNet features of the same photos
     as_added: torch.Tensor  # (V, D) fp16: the model's own features of the V validation rows as a model with added landmarks reads them
-    targets: torch.Tensor  # (M,) class indices, -1 for photos of no known landmark
+    targets: torch.Tensor  # (M,) class indices; -1 - k for a photo of no known landmark from ``negative_sources[k]``
     rows: list[int]  # the validation indices of the first rows
     general_backbone: str  # the ImageNet network of ``general`` and its input size
     general_size: int
     general_trunk_stages: int = 0  # >0: ``general`` continues the model's own first stages (src/shared_trunk.py)
+    negative_sources: tuple[str, ...] = ()  # the negatives folders' names (none: every negative is -1, its folder unknown)
 
 
-NO_MEMORY = FeatureMemory(torch.zeros(0, 0, dtype=torch.float16), torch.zeros(0, 0, dtype=torch.float16),
-                          torch.zeros(0, 0, dtype=torch.float16), torch.zeros(0, dtype=torch.long), [], "", 0)
+NO_MEMORY = FeatureMemory(*(torch.zeros(0, 0, dtype=torch.float16),) * 3, torch.zeros(0, dtype=torch.long), [], "", 0)
 
 
 @contextlib.contextmanager
@@ -126,7 +124,8 @@ class Predictor(ExportedModel):
     for the classes with a known place. The ``memory`` (:class:`FeatureMemory`) is kept as ``memory_features``,
     ``memory_targets``, ``general_memory`` (of backbone ``general_backbone`` at ``general_size`` px) and
     ``memory_as_added``; ``general_trunk_stages`` > 0 says the ImageNet features continue the network's own first
-    stages (:mod:`src.shared_trunk`). These attribute names are the exported file's interface (:data:`EXPORTED_ATTRIBUTES`).
+    stages (:mod:`src.shared_trunk`); ``negative_sources_json`` names the negatives folders. These attribute names
+    are the exported file's interface (:data:`EXPORTED_ATTRIBUTES`).
     """
 
     ADDED_METHODS: tuple[str, ...] = ()  # methods a subclass adds to the file's interface
@@ -158,6 +157,7 @@ class Predictor(ExportedModel):
         self.general_backbone: str = memory.general_backbone
         self.general_size: int = int(memory.general_size)
         self.general_trunk_stages: int = int(memory.general_trunk_stages)
+        self.negative_sources_json: str = json.dumps([str(name) for name in memory.negative_sources])
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -180,11 +180,11 @@ class Predictor(ExportedModel):
 
 
 class AddedLandmarksPredictor(ExportedModel):
-    """An export with landmarks added: the original export, untouched, and one linear row per added landmark
-    on ``combined`` (its own and plain ImageNet features, with ``base``, ``base_size`` and ``resize_size``:
-    :class:`~src.imagenet_features.CombinedFeatures` or :class:`~src.shared_trunk.SharedTrunkFeatures`). Same
-    interface as :class:`Predictor`; ``resize_size`` is ``combined``'s (the base sees its own size and crop of it).
-    ``memory_features`` are combined features."""
+    """An export with landmarks added: the original export, untouched, and one linear row per added landmark on
+    ``combined`` (its own and plain ImageNet features, with ``base``, ``base_size`` and ``resize_size``: a second
+    network, :class:`~src.imagenet_features.CombinedFeatures`, or the export's trunk continued,
+    :class:`~src.shared_trunk.SharedTrunkFeatures`). Same interface as :class:`Predictor`; ``resize_size`` is
+    ``combined``'s; ``memory_features`` are combined features."""
 
     def __init__(self, combined: nn.Module, added: nn.Linear, class_names: List[str], detector: nn.Module,
                  unknown_threshold: float, places_json: str, memory_features: torch.Tensor, memory_targets: torch.Tensor
@@ -218,9 +218,10 @@ class AddedLandmarksPredictor(ExportedModel):
             return features, self.logits_from_features(features)
 
 
-EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold", "places_json",
-                       "memory_features", "memory_targets", "general_memory", "memory_as_added", "general_backbone",
-                       "general_size", "general_trunk_stages", "features_and_logits", "logits_from_features", "classify", "known_score", "known_score_from_features"]
+EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold",
+                       "places_json", "memory_features", "memory_targets", "general_memory", "memory_as_added",
+                       "general_backbone", "general_size", "general_trunk_stages", "negative_sources_json",
+                       "features_and_logits", "logits_from_features", "classify", "known_score", "known_score_from_features"]
 
 
 def export_predictor(predictor: Predictor, path: str | Path) -> Path:
@@ -249,9 +250,9 @@ _EMPTY, _NO_TARGETS = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
 class ExportView:
     """An export as this project reads it, checked once (:func:`export_view`): its module and what it carries.
 
-    ``module`` is TorchScript, or an ONNX file's :class:`~src.onnx_runtime.OnnxExport`. ``classify`` answers for every
-    format; ``memory`` is what adding landmarks starts from (empty tensors for a file that keeps none); ``base`` is the
-    export a model with added landmarks was built on (None for a trained one)."""
+    ``module`` is TorchScript, or an ONNX file's :class:`~src.onnx_runtime.OnnxExport`. ``classify`` answers for every format;
+    ``memory`` is what adding landmarks starts from (empty for a file that keeps none); ``base`` is the export a model with
+    added landmarks was built on (None for a trained one)."""
 
     module: nn.Module
     format_version: int
@@ -266,6 +267,7 @@ class ExportView:
     general_memory: torch.Tensor
     memory_as_added: torch.Tensor
     general_trunk_stages: int = 0  # >0: its ImageNet features continue its own first stages (src/shared_trunk.py)
+    negative_sources: tuple[str, ...] = ()  # names of the negatives folders: memory target -1 - k is of folder k
 
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probabilities (B, C), known scores (B,))`` from one pass."""
@@ -282,8 +284,7 @@ class ExportView:
 
 
 def features_of(model: nn.Module | ExportView) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Images -> features: an export's (or :class:`Predictor`'s) own network features, or the output of a feature
-    extractor such as :class:`~src.imagenet_features.CombinedFeatures`."""
+    """Images -> features: an export's (or :class:`Predictor`'s) own network features, or a feature extractor's output."""
     if isinstance(model, ExportView) or hasattr(model, "features_and_logits"):
         return lambda images: model.features_and_logits(images)[0]
     return model
@@ -314,7 +315,8 @@ def export_view(module: nn.Module, source: str | Path = "the model") -> ExportVi
         base=combined.base if combined is not None else None,
         memory_features=getattr(module, "memory_features", _EMPTY), memory_targets=getattr(module, "memory_targets", _NO_TARGETS),
         general_memory=getattr(module, "general_memory", _EMPTY), memory_as_added=getattr(module, "memory_as_added", _EMPTY),
-        general_trunk_stages=int(getattr(module, "general_trunk_stages", 0)))
+        general_trunk_stages=int(getattr(module, "general_trunk_stages", 0)),
+        negative_sources=tuple(json.loads(str(getattr(module, "negative_sources_json", "[]")))))
 
 
 def open_export(path: str | Path) -> ExportView:

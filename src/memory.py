@@ -19,6 +19,7 @@ from .decoding import square_batches
 from .export import FeatureMemory, features_of
 from .imagenet_features import CombinedFeatures, ImageNetFeatures
 from .location import split_negatives
+from .places import display_name
 from .shared_trunk import SharedTrunkFeatures, SharedTrunkPredictor, general_tail
 
 MEMORY_PER_CLASS = 100  # validation photos per class whose features an export keeps
@@ -63,14 +64,16 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
                    negatives: Sequence[str | Path] = (), num_workers: int = -1) -> FeatureMemory:
     """What an export keeps to add landmarks later (and to detect unknown photos with): up to
     :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
-    calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (target -1,
-    after them); of each, the model's features and plain ImageNet ones: from the model's own trunk continued for a
+    calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (after them, target
+    -1 - k for folder k, named in ``negative_sources``: adding a landmark a folder shows leaves its photos out); of
+    each, the model's features and plain ImageNet ones: from the model's own trunk continued for a
     :class:`~src.shared_trunk.SharedTrunkPredictor` (:class:`~src.shared_trunk.SharedTrunkFeatures`), else from
     :class:`~src.imagenet_features.ImageNetFeatures`. Of the validation photos also the model's features as a model
     with added landmarks computes them (read at the larger of the two sizes), which that model's threshold is
     calibrated on."""
     rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
-    trained_negatives = _evenly([path for folder in negatives for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
+    sourced = _evenly([(k, path) for k, folder in enumerate(negatives) for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
+    trained_negatives = [path for _, path in sourced]
     size = valid_features.shape[1]
     if isinstance(model, SharedTrunkPredictor):
         network = model.model
@@ -92,7 +95,8 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
         raise RuntimeError(f"photos became unreadable while exporting: {'; '.join({**errors, **negative_errors}.values())}")
     features = torch.cat([valid_features[rows], negative_features.reshape(-1, size)])
     general_features = torch.cat([as_read[:, size:], negatives_general.reshape(-1, as_read.shape[1] - size)])
-    targets = [valid_targets[i] for i in rows] + [-1] * len(kept)
+    targets = [valid_targets[i] for i in rows] + [-1 - sourced[i][0] for i in kept]
     return FeatureMemory(features.half(), general_features.half(), as_read[:, :size].half(),
-                         torch.tensor(targets, dtype=torch.long), rows, *described)
+                         torch.tensor(targets, dtype=torch.long), rows, *described,
+                         negative_sources=tuple(display_name(Path(folder).name) for folder in negatives))
 

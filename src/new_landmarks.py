@@ -11,7 +11,8 @@
 3. fit one new linear row per new landmark on those features, beside the export's unchanged head
    (:func:`~src.added_fit.fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
    the new views, and outlier exposure on the memory's negatives so that photos of no landmark
-   stay unknown. The old classes' logits are the export's own, so what it knew is kept;
+   stay unknown (but those of a negatives folder named as a new landmark: :func:`~src.added_fit.lookalike_negatives`).
+   The old classes' logits are the export's own, so what it knew is kept;
 4. calibrate the unknown detector again (:class:`~src.openset.AddedLandmarksDetector`), on both kinds
    of features (each normalised apart): photos called an original landmark on the memory's validation
    photos as the new model reads them (``memory_as_added``: with a second network, a small photo read at its
@@ -206,7 +207,8 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
-    lookalike = lookalike_negatives(memory_features, memory_targets, len(base_names), int(base.memory_features.shape[1]))
+    lookalike = lookalike_negatives(memory_features, memory_targets, len(base_names), int(base.memory_features.shape[1]),
+                                    base.negative_sources, names[len(base_names):])
     step(2, STEPS[1])
     added = fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike,
                       progress="Fitting the new landmarks")

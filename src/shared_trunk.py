@@ -1,7 +1,7 @@
 """A transfer model whose first stages never left their ImageNet weights: those stages run once for two features.
 
 The transfer recipe trains only a backbone's last stages (:class:`~src.recipes.TransferRecipe` ``unfreeze``): the
-stages before them keep their ImageNet weights, and they take most of the network's time (84 % for MobileNetV2 at
+stages before them keep their ImageNet weights, and they take most of the network's time (about 80 % for MobileNetV2 at
 128 px, ``bench/new_landmark_features.py``). Adding landmarks needs plain ImageNet features beside the model's own
 (:mod:`src.imagenet_features`). When the model reads photos at its backbone's native size or more, those plain
 features are the backbone's own ImageNet ones: the *trunk* (the untouched first stages) runs once, the trained

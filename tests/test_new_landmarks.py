@@ -80,6 +80,34 @@ def test_an_export_keeps_features_of_validation_photos_and_negatives(base_path: 
     assert (model.general_backbone, model.general_size) == (GENERAL_BACKBONE, GENERAL_SIZE)
 
 
+def test_an_export_names_the_folder_of_each_remembered_negative(tiny_data: Path, tmp_path: Path) -> None:
+    predictor = Predictor(create_model("scratch", 2, pretrained=False, widths=(8, 16)), BASE_NAMES, tiny_config(32))
+    paths = _photos(tiny_data / "train", TINY_CLASSES[0])
+    features, kept, _ = photo_features(predictor, paths, num_workers=0)
+    tower = tmp_path / "07.Blue_Tower"
+    tower.mkdir()
+    for photo in _photos(tiny_data / "train", TINY_CLASSES[2]):
+        shutil.copy(photo, tower / photo.name)
+    memory = feature_memory(predictor, features, [paths[i] for i in kept], [0] * len(kept),
+                            [noise_photos(tmp_path / "scenes"), tower], num_workers=0)
+    view = export_view(torch.jit.load(export_predictor(Predictor(predictor.model, BASE_NAMES, tiny_config(32), memory=memory),
+                                                       tmp_path / "named.pt")))
+    assert view.negative_sources == ("scenes", "Blue Tower")
+    negatives = view.memory_targets[view.memory_targets < 0]
+    assert set(negatives.tolist()) == {-1, -2}  # -1 - k: a photo of folder k
+
+
+def test_only_negatives_of_a_folder_named_as_an_added_landmark_are_left_out_for_it() -> None:
+    targets = torch.tensor([0, 0, 1, 1, -1, -1, -2, -2, 2, 2])
+    features = torch.randn(len(targets), 6)
+    features[4:6] = features[8]  # scenes that look exactly like the added landmark's photos
+    lookalike = added_fit.lookalike_negatives(features, targets, 2, 3, ("scenes", "Blue Tower"), ["blue  tower"])
+    assert lookalike.tolist() == [False] * 6 + [True, True, False, False]  # by name: a lookalike of another folder stays a negative
+    assert not added_fit.lookalike_negatives(features, targets, 2, 3, ("scenes", "Blue Tower"), ["Sky Gate"]).any()
+    unnamed = added_fit.lookalike_negatives(features, targets, 2, 3)  # a memory that does not name them: by nearest photo
+    assert unnamed[4] and unnamed[5]
+
+
 def test_an_export_keeps_its_validation_photos_as_a_model_with_added_landmarks_reads_them(base_path: Path, tiny_data: Path
                                                                                           ) -> None:
     model = load_exported(base_path)

@@ -87,10 +87,12 @@ def test_shipped_model_learns_a_new_landmark_from_a_few_photos(name: str, landma
     folder = shared_folder(landmarks10.parent / "new_landmarks" / "13.Lotus_Temple")
     from src.new_landmarks import add_landmarks
     from src.predictor import predict_photos
-    from src.export import load_exported
+    from src.export import export_view, load_exported
 
     base = load_exported(REPO / "checkpoints" / name)
     assert len(base.memory_features) == len(base.memory_targets) == len(base.general_memory) > 1000
+    sources = export_view(base).negative_sources  # each remembered negative's folder, so a folder's landmark can be added
+    assert "non landmarks" in sources and set((-1 - base.memory_targets[base.memory_targets < 0]).tolist()) <= set(range(len(sources)))
     assert len(base.memory_as_added) == int((base.memory_targets >= 0).sum())  # its validation photos as read when adding
     photos = sorted(folder.glob("*.jpg"))
     model, _ = add_landmarks(base, {"Lotus Temple": photos[:8]}, num_workers=0)
