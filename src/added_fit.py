@@ -8,7 +8,7 @@ remembered as :data:`VIEWS` consecutive rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -38,6 +38,7 @@ FIT_WEIGHT_DECAY = 1e-4
 HELD_OUT_FOLDS = 5  # support photos are held out of the fit in this many folds to calibrate the added landmarks' scores
 MIN_HELD_OUT = 5  # fewer held-out support photos than this: added landmarks are scored like the original ones
 MAX_NEGATIVES_ADDED = 0.02  # at most this share of held-out negatives may pass as an added landmark
+ALIKE_FOLDER_SHARE = 0.75  # this share of a new landmark's photos nearest to one negatives folder's: the user is told
 
 
 def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: torch.Tensor, num_added: int,
@@ -208,3 +209,27 @@ def lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_clas
         nearest = targets[labelled[(normalised[negative] @ normalised[labelled].T).argmax(dim=1)]]
         lookalike[negative.nonzero().flatten()[nearest >= base_classes]] = True
     return lookalike
+
+
+def folders_alike(features: torch.Tensor, targets: torch.Tensor, split: int, sources: Sequence[str],
+                  new: Mapping[str, int]) -> dict[str, tuple[str, int]]:
+    """``{new landmark: (negatives folder, photos)}`` for each landmark of ``new`` (``{name: target}``) at least
+    :data:`ALIKE_FOLDER_SHARE` of whose photos are nearest (cosine, among every other remembered photo) to a photo of
+    one negatives folder of ``sources`` named otherwise: they may well show that folder's landmark, which is learned
+    well only under the folder's name (:func:`lookalike_negatives` leaves its negatives out then; under another name
+    they are fitted against it)."""
+    if not sources:
+        return {}
+    unit = unit_features(features, split)
+    alike: dict[str, tuple[str, int]] = {}
+    for name, target in new.items():
+        own = targets == target
+        photos, others = own.nonzero().flatten()[::VIEWS], (~own).nonzero().flatten()
+        if len(photos) == 0:
+            continue
+        nearest = targets[others[(unit[photos] @ unit[others].T).argmax(dim=1)]]
+        folders = torch.bincount(-1 - nearest[nearest < 0], minlength=len(sources))
+        folder = int(folders.argmax())
+        if folders[folder] >= ALIKE_FOLDER_SHARE * len(photos) and place_key(sources[folder]) != place_key(name):
+            alike[name] = (sources[folder], int(folders[folder]))
+    return alike

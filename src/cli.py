@@ -119,7 +119,8 @@ def _add_add_landmarks(sub: argparse._SubParsersAction) -> None:
                        description="PHOTOS_DIR holds one folder per new landmark (NN.Name/ or Name/) with a few photos "
                                    "each (1 to ~50). Writes a new exported model and a JSON record beside it. A landmark "
                                    "the model was trained against as a negatives folder is added under that folder's name "
-                                   "(the model's metrics JSON lists them): its photos there then stop counting as no landmark.")
+                                   "(the model's metrics JSON lists them): its photos there then stop counting as no landmark; "
+                                   "the command says so when a new landmark's photos look like such a folder of another name.")
     p.add_argument("model", type=Path, help="exported model to start from")
     p.add_argument("photos_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the new exported model (.pt)")

@@ -28,7 +28,7 @@ from .finish import calibrated_predictor
 from .helpers import get_device, seed_everything, setup_env
 from .images import ImageReadError
 from .location import get_data_location, negatives_from_env
-from .new_landmarks import add_landmarks, read_new_landmarks, save_added
+from .new_landmarks import add_landmarks, alike_folder_notes, read_new_landmarks, save_added
 from .onnx_export import export_onnx, faster_runtime, file_sha256, runtime_name
 from .places import places_for
 from .predictor import predict_photo, predict_photos
@@ -129,13 +129,14 @@ def _calibrated(args: argparse.Namespace) -> Predictor:
 def add_landmarks_command(base_path: Path, photos_dir: Path, out: Path, places_csv: Path | None, replace: bool,
                           num_workers: int = -1) -> dict:
     """Read, add, save, and return the record written beside the new model (``skipped`` lists the photos that
-    could not be read)."""
+    could not be read, ``notes`` the landmarks that look like a negatives folder of another name)."""
     start = time.perf_counter()
     model = open_export(base_path)
     photos = read_new_landmarks(photos_dir)
-    new_model, skipped = add_landmarks(model, photos, places_for(list(photos), places_csv), replace, num_workers)
+    with alike_folder_notes() as notes:
+        new_model, skipped = add_landmarks(model, photos, places_for(list(photos), places_csv), replace, num_workers)
     return save_added(new_model, out, str(base_path), {name: len(paths) for name, paths in photos.items()}, skipped,
-                      time.perf_counter() - start, photos_dir=str(photos_dir))
+                      time.perf_counter() - start, notes, photos_dir=str(photos_dir))
 
 
 def add_landmarks_to(args: argparse.Namespace) -> None:
@@ -147,7 +148,7 @@ def add_landmarks_to(args: argparse.Namespace) -> None:
     if existing and not args.force:
         raise ValueError(f"{' and '.join(existing)} already exist(s): give another --out, or --force to replace")
     record = add_landmarks_command(args.model, args.photos_dir, args.out, args.places, args.replace, args.workers)
-    for message in record["skipped"]:
+    for message in record["skipped"] + record["notes"]:
         print(message, file=sys.stderr)
     added = ", ".join(f"{name} ({n} photos)" for name, n in record["added"].items())
     print(f"Added {added} to {args.model} in {record['seconds']:.1f} s -> {args.out} "

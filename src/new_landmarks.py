@@ -11,7 +11,8 @@
 3. fit one new linear row per new landmark on those features, beside the export's unchanged head
    (:func:`~src.added_fit.fit_added_rows`): class-balanced cross-entropy over old + new classes on the memory and
    the new views, and outlier exposure on the memory's negatives so that photos of no landmark
-   stay unknown (but those of a negatives folder named as a new landmark: :func:`~src.added_fit.lookalike_negatives`).
+   stay unknown (but those of a negatives folder named as a new landmark: :func:`~src.added_fit.lookalike_negatives`;
+   a new landmark whose photos look most like another folder's gets an :class:`AlikeFolderWarning`).
    The old classes' logits are the export's own, so what it knew is kept;
 4. calibrate the unknown detector again (:class:`~src.openset.AddedLandmarksDetector`), on both kinds
    of features (each normalised apart): photos called an original landmark on the memory's validation
@@ -37,15 +38,17 @@ Adding again to such a model refits all added rows from its memory, so models ne
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .added_fit import added_detector, fit_rows, lookalike_negatives
+from .added_fit import VIEWS, added_detector, fit_rows, folders_alike, lookalike_negatives
 from .decoding import square_batches
 from .export import AddedLandmarksPredictor, ExportView, export_view, save_scripted, torchscript_on_purpose
 from .files import atomic_write
@@ -54,6 +57,26 @@ from .location import list_images
 from .memory import in_batches
 from .places import Place, display_name, place_key
 from .shared_trunk import SharedTrunkFeatures, general_tail
+
+
+class AlikeFolderWarning(UserWarning):
+    """Most photos of a new landmark look like a negatives folder of another name (:func:`~src.added_fit.folders_alike`)."""
+
+
+@contextlib.contextmanager
+def alike_folder_notes() -> Iterator[list[str]]:
+    """The messages of the :class:`AlikeFolderWarning` s raised in the block, for a caller that shows them itself (the
+    command line, the app); other warnings go on as usual."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AlikeFolderWarning)
+        yield notes
+    for warning in caught:
+        if issubclass(warning.category, AlikeFolderWarning):
+            notes.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
 
 STEPS = ("reading the photos and their features", "fitting the new landmarks",
          "checking them against photos of no landmark", "building the new model")
@@ -207,8 +230,15 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
         memory_features = torch.cat([memory_features, features])
         memory_targets = torch.cat([memory_targets, torch.full((len(features),), len(names), dtype=torch.long)])
         names.append(name)
-    lookalike = lookalike_negatives(memory_features, memory_targets, len(base_names), int(base.memory_features.shape[1]),
-                                    base.negative_sources, names[len(base_names):])
+    split = int(base.memory_features.shape[1])
+    lookalike = lookalike_negatives(memory_features, memory_targets, len(base_names), split, base.negative_sources,
+                                    names[len(base_names):])
+    alike = folders_alike(memory_features, memory_targets, split, base.negative_sources, {n: names.index(n) for n in new_features})
+    for name, (folder, photos) in alike.items():
+        warnings.warn(AlikeFolderWarning(
+            f"{photos} of the {len(new_features[name]) // VIEWS} photos of {name!r} look most like the negatives folder "
+            f"{folder!r} the model was trained against: if they show that landmark, add them as {folder!r} (its photos "
+            "there then stop counting as no landmark); under another name they are fitted against them"), stacklevel=2)
     step(2, STEPS[1])
     added = fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike,
                       progress="Fitting the new landmarks")
@@ -225,14 +255,14 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
 
 
 def save_added(model: torch.jit.ScriptModule, path: str | Path, base: str, added: Mapping[str, int], skipped: list[str],
-               seconds: float, **details: str) -> dict:
+               seconds: float, notes: Sequence[str] = (), **details: str) -> dict:
     """Save a model with added landmarks atomically, with its record as JSON beside it: the model it was added to,
-    ``added`` (``{name: photos}``), the ``skipped`` photos, its classes, threshold, the seconds it took and where its
-    ImageNet features come from (:func:`imagenet_features_design`; ``details``: more fields, e.g. the photos' folder).
-    Returns the record."""
-    record = {"base": base, **details, "added": dict(added), "skipped": list(skipped), "class_names": list(model.class_names),
-              "unknown_threshold": float(model.unknown_threshold), "seconds": round(seconds, 1),
-              "imagenet_features": imagenet_features_design(model)}
+    ``added`` (``{name: photos}``), the ``skipped`` photos, the ``notes`` (:func:`alike_folder_notes`), its classes,
+    threshold, the seconds it took and where its ImageNet features come from (:func:`imagenet_features_design`;
+    ``details``: more fields, e.g. the photos' folder). Returns the record."""
+    record = {"base": base, **details, "added": dict(added), "skipped": list(skipped), "notes": list(notes),
+              "class_names": list(model.class_names), "unknown_threshold": float(model.unknown_threshold),
+              "seconds": round(seconds, 1), "imagenet_features": imagenet_features_design(model)}
     path = save_scripted(model, path)
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return record

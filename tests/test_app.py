@@ -327,6 +327,7 @@ print(json.dumps({"weak": why_overlay(view, weak) is None, "centre": lit[50, 50]
 
 
 TEACH_PHOTOS = sorted((LANDMARKS10.parent / "new_landmarks" / "10.India_Gate").glob("*.jpg"))[:8]
+TRAINED_AGAINST = LANDMARKS10.parent / "new_landmarks" / "09.Humayuns_Tomb"  # a negatives folder of the shipped model
 
 
 def teach_uploads(folder: Path) -> list[str]:
@@ -379,6 +380,13 @@ app.remove.click()
 answers["asked"] = app.status.value
 app.remove.click()
 answers["after_removal"] = [app.picker.value, [value for _, value in app.picker.options], app.remove.layout.display]
+if {TRAINED_AGAINST.is_dir()!r}:  # its held-out photos, taught under another name than the folder's
+    from src.location import split_negatives
+    teach.name.value = "Tomb of Humayun"
+    teach.latitude.value = teach.longitude.value = teach.city.value = teach.country.value = ""
+    teach.photos.value = upload([str(path) for path in split_negatives(Path({str(TRAINED_AGAINST)!r}))[1][:5]])
+    teach.teach()
+    answers["alike"] = teach.status.value
 print(json.dumps(answers))
 """
     answers = run_app(tmp_path, models, code)
@@ -398,6 +406,9 @@ print(json.dumps(answers))
     assert answers["remove_shown"] and "will be deleted" in answers["asked"]  # a taught model, removed on a second click
     assert answers["after_removal"] == ["transfer_exported.pt", ["transfer_exported.pt"], "none"]
     assert not (models / "transfer_exported+india_gate.pt").exists() and not (models / "transfer_exported+india_gate.json").exists()
+    if TRAINED_AGAINST.is_dir():  # the user is told the photos look like a landmark it was trained against
+        assert "Learned <b>Tomb of Humayun</b>" in answers["alike"]
+        assert "look most like the negatives folder &#x27;Humayuns Tomb&#x27;" in answers["alike"]
 
 
 def test_without_the_package_the_app_says_what_it_needs(tmp_path: Path) -> None:

@@ -108,6 +108,45 @@ def test_only_negatives_of_a_folder_named_as_an_added_landmark_are_left_out_for_
     assert unnamed[4] and unnamed[5]
 
 
+def test_a_new_landmark_whose_photos_look_like_a_negatives_folder_of_another_name_is_said() -> None:
+    targets = torch.tensor([0] * 4 + [-1] * 4 + [-2] * 4 + [2] * (4 * VIEWS))
+    features = torch.randn(len(targets), 6)
+    for photo, row in enumerate([8, 9, 10, 1]):  # 3 of the 4 new photos (all their views) are a Blue Tower negative's
+        features[12 + photo * VIEWS:12 + (photo + 1) * VIEWS] = features[row]
+    sources = ("scenes", "Blue Tower")
+    assert added_fit.folders_alike(features, targets, 3, sources, {"Azure Spire": 2}) == {"Azure Spire": ("Blue Tower", 3)}
+    assert added_fit.folders_alike(features, targets, 3, sources, {"blue  tower": 2}) == {}  # under the folder's name
+    assert added_fit.folders_alike(features, targets, 3, (), {"Azure Spire": 2}) == {}  # negatives of no named folder
+    features[12 + 2 * VIEWS:12 + 3 * VIEWS] = features[0]  # 2 of 4 alike: under ALIKE_FOLDER_SHARE
+    assert added_fit.folders_alike(features, targets, 3, sources, {"Azure Spire": 2}) == {}
+
+
+def test_adding_a_negatives_folder_s_landmark_under_another_name_warns_and_the_command_says_it(
+        tiny_data: Path, tmp_path: Path, capsys) -> None:
+    predictor = Predictor(create_model("scratch", 2, pretrained=False, widths=(8, 16)), BASE_NAMES, tiny_config(32))
+    paths = [p for c in TINY_CLASSES[:2] for p in _photos(tiny_data / "train", c)]
+    features, kept, _ = photo_features(predictor, paths, num_workers=0)
+    tower = tmp_path / "07.Blue_Tower"
+    tower.mkdir()
+    blue = _photos(tiny_data / "train", TINY_CLASSES[2])
+    for photo in blue:
+        shutil.copy(photo, tower / photo.name)
+    memory = feature_memory(predictor, features, [paths[i] for i in kept], [i // 12 for i in kept], [tower], num_workers=0)
+    base = export_predictor(Predictor(predictor.model, BASE_NAMES, tiny_config(32), memory=memory), tmp_path / "base.pt")
+    with pytest.warns(new_landmarks.AlikeFolderWarning, match="'Azure Spire' look most like the negatives folder 'Blue Tower'"):
+        add_landmarks(load_exported(base), {"Azure Spire": blue[:4]}, num_workers=0)
+    photos = tmp_path / "new" / "Azure_Spire"
+    photos.mkdir(parents=True)
+    for photo in blue[:4]:
+        shutil.copy(photo, photos / photo.name)
+    assert main(["add-landmarks", str(base), str(photos.parent), "--out", str(tmp_path / "added.pt"), "--workers", "0"]) == 0
+    record = json.loads((tmp_path / "added.json").read_text())
+    assert len(record["notes"]) == 1 and record["notes"][0] in capsys.readouterr().err
+    (photos.parent / "Azure_Spire").rename(photos.parent / "Blue_Tower")  # under the folder's name: nothing to say
+    assert main(["add-landmarks", str(base), str(photos.parent), "--out", str(tmp_path / "named.pt"), "--workers", "0"]) == 0
+    assert json.loads((tmp_path / "named.json").read_text())["notes"] == []
+
+
 def test_an_export_keeps_its_validation_photos_as_a_model_with_added_landmarks_reads_them(base_path: Path, tiny_data: Path
                                                                                           ) -> None:
     model = load_exported(base_path)
@@ -381,8 +420,8 @@ def test_the_command_writes_only_a_pt_file_and_replaces_files_only_with_force(ba
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert {path.name: path.read_bytes() for path in models.iterdir()} == files
-    monkeypatch.setattr(commands, "add_landmarks_command", lambda *args: {"skipped": [], "added": {"Blue Tower": 7}, "seconds": 1.0,
-                                                                     "class_names": BASE_NAMES + ["Blue Tower"],
+    monkeypatch.setattr(commands, "add_landmarks_command", lambda *args: {"skipped": [], "notes": [], "added": {"Blue Tower": 7},
+                                                                     "seconds": 1.0, "class_names": BASE_NAMES + ["Blue Tower"],
                                                                      "unknown_threshold": 0.5,
                                                                      "imagenet_features": "second network: ImageNet efficientnet_lite0 at 224 px"})
     assert main([*command, str(models / "other.pt"), "--force"]) == 0
