@@ -265,7 +265,11 @@ def readme_runtimes() -> str:
     transfer = record["rows"][0]
     sixteen = next(r for r in serve["onnx_rows"] if r["concurrency"] == 16)
     one = next(r for r in serve["onnx_rows"] if r["concurrency"] == 1)
-    return (f"largest difference **{record['largest_difference']:.1e}**, {record['verdicts_differ']} of "
+    answers = [sets for row in record["rows"] for sets in row["answers"].values()]
+    probability = max(a["largest_probability_difference"] for a in answers)
+    known = max(a["largest_known_score_difference"] for a in answers)
+    return (f"probabilities within **{probability:.1e}**, known scores within {known:.1e} (steps of its percentile ranks), "
+            f"{record['verdicts_differ']} of "
             f"{record['photos_compared']:,} verdicts differ ({len(record['rows'])} models, one with added landmarks); "
             f"one photo {transfer['torchscript_batch1_ms']:.1f} → **{transfer['onnxruntime_batch1_ms']:.1f} ms**, batches of 32 "
             f"{transfer['torchscript_batch32_ms']:.2f} → **{transfer['onnxruntime_batch32_ms']:.2f} ms** a photo; served "
@@ -359,7 +363,7 @@ def readme_results_table() -> str:
          f"**{pct(scratch['test_top1'], 2)} / {pct(scratch['test_top5'], 2)}**",
          "`cnn_from_scratch.ipynb` (`make notebooks`)"],
         ["its training time / peak memory", "≤ 60 min / ≤ 4 GB",
-         f"**{notebook['original']:.1f} min** of epochs (some of them beside test runs) / "
+         f"**{notebook['original']:.1f} min** of epochs (the first two beside benchmark runs) / "
          f"{memory['scratch']:.1f} GB (command-line run)", "(same run)"],
         [same_recipe, "—", trained("scratch"), "`python bench/train.py scratch`"],
         ["transfer top-1 / top-5 (`checkpoints/transfer_exported.pt`, with outlier exposure)",
