@@ -101,6 +101,7 @@ def test_an_export_with_a_shared_trunk_answers_as_before_and_keeps_imagenet_feat
     assert exports["shared"].stat().st_size < 1.01 * exports["plain"].stat().st_size  # the trunk's weights are stored once
 
 
+@pytest.mark.filterwarnings("ignore::src.new_landmarks.AlikeFolderWarning")  # a tiny base: its noise negatives are nearest
 def test_landmarks_added_to_it_continue_its_trunk_instead_of_a_second_network(exports: dict[str, Path], tiny_data: Path,
                                                                               tmp_path: Path) -> None:
     base = load_exported(exports["shared"])
