@@ -177,7 +177,8 @@ def tag(args: argparse.Namespace) -> None:
         raise ValueError("--overwrite-gps only applies with --geotag DIR")
     if args.address is not None and args.engine != "ray":
         raise ValueError("--address only applies with --engine ray")
-    model = open_export(args.model)
+    # the local engine runs the faster of the export and its ONNX file, as serve does; Ray's workers run the file given
+    model = faster_runtime(args.model) if args.engine == "local" else open_export(args.model)
     summary = tag_photos(model.module, args.photos_dir, args.out, args.topk, args.threshold, args.batch_size, args.workers,
                          model_path=args.model, places_csv=args.places, geotag_dir=args.geotag, overwrite_gps=args.overwrite_gps,
                          from_list=args.from_list, engine=args.engine, address=args.address)
@@ -187,7 +188,7 @@ def tag(args: argparse.Namespace) -> None:
     geotagged = f", {summary.geotagged} geotagged copies in {args.geotag}" if args.geotag else ""
     print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown: known score below {threshold:.3f}){geotagged}, "
           f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
-          f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s) -> {args.out}")
+          f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s, {runtime_name(model)}) -> {args.out}")
 
 
 def serve(args: argparse.Namespace) -> None:

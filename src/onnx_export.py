@@ -18,7 +18,7 @@ converts (the shipped ones, models with added landmarks) without its training ch
 5. check it: the file's answers for random squares must match the export's.
 
 :class:`~src.onnx_runtime.OnnxExport` runs such a file, so :func:`~src.export.open_export` serves a ``.onnx`` file to
-every command; :func:`faster_runtime` picks the faster of an export and its ONNX file for ``serve``.
+every command; :func:`faster_runtime` picks the faster of an export and its ONNX file for ``serve`` and ``tag``.
 ``bench/runtimes.py`` compares both runtimes.
 """
 

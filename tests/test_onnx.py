@@ -136,6 +136,19 @@ def test_serve_runs_the_faster_runtime_of_an_export_and_its_onnx_file(served_pai
         assert reloaded["runtime"] == expected
 
 
+@pytest.mark.parametrize("onnx_faster", [True, False])
+def test_tag_runs_the_faster_runtime_of_an_export_and_its_onnx_file(served_pair: Path, tiny_data: Path, tmp_path: Path,
+                                                                     monkeypatch, capsys, onnx_faster: bool) -> None:
+    timed = lambda model, squares: (0.001 if onnx_faster else 1.0) if runtime_name(model) == "onnxruntime" else 0.01  # noqa: E731
+    monkeypatch.setattr(onnx_export, "seconds_per_batch", timed)
+    photos = tiny_data / "train" / TINY_CLASSES[0]
+    out = tmp_path / "tags.csv"
+    assert main(["tag", str(photos), "--model", str(served_pair), "--out", str(out), "--workers", "0"]) == 0
+    summary = capsys.readouterr().out
+    assert f"photos/s, {'onnxruntime' if onnx_faster else 'torchscript'}) -> {out}" in summary
+    assert len(out.read_text().splitlines()) == 1 + len(list(photos.iterdir()))  # a header and a row a photo
+
+
 def test_an_onnx_file_made_from_another_export_is_left_aside(served_pair: Path) -> None:
     served_pair.with_suffix(".onnx").write_bytes(export_onnx(open_export(TRANSFER), served_pair.parent / "x.onnx").read_bytes())
     with pytest.warns(UserWarning, match="was not made from"):
