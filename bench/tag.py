@@ -6,7 +6,8 @@ Two photo sets: the 2,500 unlabelled ``landmarks10`` photos (128 px) and ``--ful
 JPEGs (4000×3000, quality 90) made in a temporary folder from ``landmark_images_sample`` (its 125
 photos, then mirrored copies). For each:
 the whole ``tag_photos`` run with ``engine="local"`` and ``engine="ray"`` (a local Ray on this
-machine, started before the clock), and the two parts alone: decoding (``square_batches``, all
+machine, started before the clock), and with ``engine="local"`` on the model's ONNX file (what ``tag`` runs when
+that file lies beside the model and is faster here: :func:`src.onnx_export.faster_runtime`), and the two parts alone: decoding (``square_batches``, all
 cores, no model) and the model (``classify`` on already decoded batches, one process). The decode
 ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
 draft mode + the model's square, 40 photos, no process start-up). The two engines' outputs are
@@ -32,8 +33,9 @@ from utils import REPO, write_result
 from src.decoding import square_batches
 from src.images import read_image
 from src.location import list_images
-from src.export import export_view
+from src.export import export_view, open_export
 from src.export import load_exported
+from src.onnx_export import export_onnx, file_sha256
 from src.ray_tagging import start_ray
 from src.preprocessing import square_uint8
 from src.tagging import tag_photos
@@ -56,7 +58,7 @@ def full_size_photos(folder: Path, count: int) -> list[Path]:
     return list_images(folder)
 
 
-def measure(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work: Path) -> dict:
+def measure(model: torch.jit.ScriptModule, model_path: Path, onnx_path: Path, folder: Path, work: Path) -> dict:
     photos = list_images(folder)
     size = int(model.resize_size)
     sample = photos[:: max(1, len(photos) // 40)]  # the decode ceiling: one core, no process start-up
@@ -86,6 +88,12 @@ def measure(model: torch.jit.ScriptModule, model_path: Path, folder: Path, work:
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         tags[engine] = {row["path"]: row for row in rows}
         figures[f"{engine}_rows"] = len(rows)
+    out = work / f"{folder.name}_onnx.jsonl"
+    summary = tag_photos(open_export(onnx_path).module, folder, out, model_path=onnx_path, engine="local")
+    figures["local_onnx_photos_per_s"] = rate(summary.tagged + len(summary.unreadable), summary.seconds)
+    print(f"{folder.name}: local, onnxruntime {figures['local_onnx_photos_per_s']} photos/s", flush=True)
+    onnx = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    figures["onnx_same_landmark"] = sum(tags["local"][p]["landmark"] == onnx[p]["landmark"] for p in tags["local"] if p in onnx)
     local, ray = tags["local"], tags["ray"]
     figures["ray_same_photos_each_once"] = set(local) == set(ray) and figures["ray_rows"] == len(ray) == len(photos)
     figures["ray_same_landmark"] = sum(local[p]["landmark"] == ray[p]["landmark"] for p in local if p in ray)
@@ -128,8 +136,9 @@ def main() -> None:
         work, big = Path(tmp), Path(tmp) / "full_size_12mp"
         big.mkdir()
         full_size_photos(big, args.full_size)
-        results = {"unlabelled_128px": measure(model, args.model, SHARED / "landmarks10" / "unlabeled", work),
-                   "full_size_12mp": measure(model, args.model, big, work)}
+        onnx_path = export_onnx(open_export(args.model), work / "model.onnx", file_sha256(args.model))
+        results = {"unlabelled_128px": measure(model, args.model, onnx_path, SHARED / "landmarks10" / "unlabeled", work),
+                   "full_size_12mp": measure(model, args.model, onnx_path, big, work)}
         results["unlabelled_128px"]["ray_simulated_2_node_cluster"] = simulated_cluster(
             model, args.model, SHARED / "landmarks10" / "unlabeled", work)
     write_result("tag", {"model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
