@@ -5,11 +5,15 @@ reads of an export. Needs onnxruntime, NumPy and torch only: :func:`~src.export.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .preprocessing import square_uint8
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 INPUT = "photos"
 OUTPUTS = ("probabilities", "known_scores")
@@ -22,16 +26,9 @@ class OnnxExport:
     square first (:func:`~src.preprocessing.square_uint8`), and float photos (0-1) are rounded to uint8."""
 
     def __init__(self, data: bytes, source: str = "the model") -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # onnxruntime's threads spin while they wait for work by default: beside the service's decoding threads that
-        # took their cores (16 clients on 2 cores: 158 photos/s and p99 318 ms spinning, 196/s and 136 ms not; bench/serve.py)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._data = data
         try:
-            self.session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            self.session = self._session()
         except Exception as error:  # onnxruntime raises its own error types for foreign files
             raise ValueError(f"{source}: not an ONNX export ({error})") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -45,8 +42,25 @@ class OnnxExport:
         self.places_json = metadata["places_json"]
         self.source_sha256 = metadata.get("source_sha256", "")
 
+    def _session(self) -> onnxruntime.InferenceSession:
+        """A session with torch's thread count now: its threads are fixed when it opens, and ``tag`` gives the model
+        fewer threads for large photos (:func:`src.tagging.model_threads`), as it does TorchScript."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # onnxruntime's threads spin while they wait for work by default: beside the service's decoding threads that
+        # took their cores (16 clients on 2 cores: 158 photos/s and p99 318 ms spinning, 196/s and 136 ms not; bench/serve.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.threads = torch.get_num_threads()
+        return onnxruntime.InferenceSession(self._data, options, providers=["CPUExecutionProvider"])
+
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(probabilities (B, C), known scores (B,))`` of ``(B, 3, H, W)`` or ``(3, H, W)`` photos."""
+        """``(probabilities (B, C), known scores (B,))`` of ``(B, 3, H, W)`` or ``(3, H, W)`` photos, with as many threads
+        as torch uses now (the session opens again when that changed)."""
+        if torch.get_num_threads() != self.threads:
+            self.session = self._session()
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if images.dtype != torch.uint8:

@@ -78,6 +78,21 @@ def test_onnx_answers_photos_of_any_size_as_their_squares(tmp_path: Path) -> Non
     assert torch.allclose(onnx.classify(photo.float() / 255)[0], onnx.classify(square)[0], atol=1e-3)
 
 
+def test_onnx_runs_with_as_many_threads_as_torch_uses_at_each_call(tmp_path: Path) -> None:
+    onnx = OnnxExport((export_onnx(open_export(TRANSFER), tmp_path / "t.onnx")).read_bytes())
+    squares = torch.randint(0, 256, (2, 3, onnx.resize_size, onnx.resize_size), dtype=torch.uint8)
+    before, threads = onnx.classify(squares), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as tag does for large photos
+        once = onnx.classify(squares)
+        assert onnx.threads == 1 and onnx.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(once[0], before[0], atol=1e-6) and torch.allclose(once[1], before[1], atol=1e-6)
+    onnx.classify(squares)
+    assert onnx.threads == threads
+
+
 def test_the_command_converts_an_export_and_predict_reads_the_onnx_file(landmarks10: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "transfer.onnx"
     assert main(["export", str(TRANSFER), "--format", "onnx", "--out", str(out)]) == 0
