@@ -191,10 +191,12 @@ def tag_table() -> str:
         draft = ", JPEG draft mode" if key == "full_size_12mp" else ""
         rows.append([label.format(photos=r["photos"]), rate(r["decode_only_photos_per_s"]),
                      rate(r["model_only_photos_per_s"]), f"**{rate(r['local_photos_per_s'])}**",
-                     f"{rate(r['local_onnx_photos_per_s'])} ({r['onnx_same_landmark']:,} of {r['photos']:,} same landmark)", ray,
+                     f"{rate(r['local_onnx_photos_per_s'])} ({r['onnx_same_landmark']:,} of {r['photos']:,} same landmark)",
+                     ray,
                      f"{rate(r['decode_ceiling_photos_per_s'])} ({r['decode_ms_per_photo_one_core']} ms a photo{draft})"])
     return markdown(["photos", "decode only (2 processes)", "model only (1 process)", "`tag`, local engine",
-                     "the same on onnxruntime (ONNX file beside the model)", "`tag --engine ray` (local Ray)", "decode ceiling (2 × one photo on one core)"], rows)
+                     "the same on onnxruntime (ONNX file beside the model)", "`tag --engine ray` (local Ray)",
+                     "decode ceiling (2 × one photo on one core)"], rows)
 
 
 @generator("app-start")

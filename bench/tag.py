@@ -7,9 +7,9 @@ JPEGs (4000×3000, quality 90) made in a temporary folder from ``landmark_images
 photos, then mirrored copies). For each:
 the whole ``tag_photos`` run with ``engine="local"`` and ``engine="ray"`` (a local Ray on this
 machine, started before the clock), and with ``engine="local"`` on the model's ONNX file (what ``tag`` runs when
-that file lies beside the model and is faster here: :func:`src.onnx_export.faster_runtime`), and the two parts alone: decoding (``square_batches``, all
-cores, no model) and the model (``classify`` on already decoded batches, one process). The decode
-ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
+that file lies beside the model and is faster here: :func:`src.onnx_export.faster_runtime`), and the two parts
+alone: decoding (``square_batches``, all cores, no model) and the model (``classify`` on already decoded batches,
+one process). The decode ceiling is the number of cores over one photo's decode time on one core (``read_image`` with JPEG
 draft mode + the model's square, 40 photos, no process start-up). The two engines' outputs are
 compared photo by photo (each photo once, same landmark, largest probability difference). Last, the
 unlabelled photos go through ``--address``, joining a 2-node Ray cluster simulated on this machine

@@ -212,8 +212,8 @@ def lookalike_negatives(features: torch.Tensor, targets: torch.Tensor, base_clas
 
 
 def folders_alike(features: torch.Tensor, targets: torch.Tensor, split: int, sources: Sequence[str],
-                  new: Mapping[str, int]) -> dict[str, tuple[str, int]]:
-    """``{new landmark: (negatives folder, photos)}`` for each landmark of ``new`` (``{name: target}``) at least
+                  new: Mapping[str, int]) -> dict[str, tuple[str, int, int]]:
+    """``{new landmark: (negatives folder, photos like it, photos)}`` for each landmark of ``new`` (``{name: target}``) at least
     :data:`ALIKE_FOLDER_SHARE` of whose photos are nearest (cosine, among every other remembered photo) to a photo of
     one negatives folder of ``sources`` named otherwise: they may well show that folder's landmark, which is learned
     well only under the folder's name (:func:`lookalike_negatives` leaves its negatives out then; under another name
@@ -221,7 +221,7 @@ def folders_alike(features: torch.Tensor, targets: torch.Tensor, split: int, sou
     if not sources:
         return {}
     unit = unit_features(features, split)
-    alike: dict[str, tuple[str, int]] = {}
+    alike: dict[str, tuple[str, int, int]] = {}
     for name, target in new.items():
         own = targets == target
         photos, others = own.nonzero().flatten()[::VIEWS], (~own).nonzero().flatten()
@@ -231,5 +231,5 @@ def folders_alike(features: torch.Tensor, targets: torch.Tensor, split: int, sou
         folders = torch.bincount(-1 - nearest[nearest < 0], minlength=len(sources))
         folder = int(folders.argmax())
         if folders[folder] >= ALIKE_FOLDER_SHARE * len(photos) and place_key(sources[folder]) != place_key(name):
-            alike[name] = (sources[folder], int(folders[folder]))
+            alike[name] = (sources[folder], int(folders[folder]), len(photos))
     return alike

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .added_fit import VIEWS, added_detector, fit_rows, folders_alike, lookalike_negatives
+from .added_fit import added_detector, fit_rows, folders_alike, lookalike_negatives
 from .decoding import square_batches
 from .export import AddedLandmarksPredictor, ExportView, export_view, save_scripted, torchscript_on_purpose
 from .files import atomic_write
@@ -233,10 +233,11 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
     split = int(base.memory_features.shape[1])
     lookalike = lookalike_negatives(memory_features, memory_targets, len(base_names), split, base.negative_sources,
                                     names[len(base_names):])
-    alike = folders_alike(memory_features, memory_targets, split, base.negative_sources, {n: names.index(n) for n in new_features})
-    for name, (folder, photos) in alike.items():
+    alike_folders = folders_alike(memory_features, memory_targets, split, base.negative_sources,
+                                  {name: names.index(name) for name in new_features})
+    for name, (folder, alike, photos) in alike_folders.items():
         warnings.warn(AlikeFolderWarning(
-            f"{photos} of the {len(new_features[name]) // VIEWS} photos of {name!r} look most like the negatives folder "
+            f"{alike} of the {photos} photos of {name!r} look most like the negatives folder "
             f"{folder!r} the model was trained against: if they show that landmark, add them as {folder!r} (its photos "
             "there then stop counting as no landmark); under another name they are fitted against them"), stacklevel=2)
     step(2, STEPS[1])

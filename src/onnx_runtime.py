@@ -27,8 +27,9 @@ class OnnxExport:
 
     def __init__(self, data: bytes, source: str = "the model") -> None:
         self._data = data
+        self.threads = torch.get_num_threads()
         try:
-            self.session = self._session()
+            self.session = self._session(self.threads)
         except Exception as error:  # onnxruntime raises its own error types for foreign files
             raise ValueError(f"{source}: not an ONNX export ({error})") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -42,25 +43,24 @@ class OnnxExport:
         self.places_json = metadata["places_json"]
         self.source_sha256 = metadata.get("source_sha256", "")
 
-    def _session(self) -> onnxruntime.InferenceSession:
-        """A session with torch's thread count now: its threads are fixed when it opens, and ``tag`` gives the model
+    def _session(self, threads: int) -> onnxruntime.InferenceSession:
+        """A session on ``threads`` threads (torch's count): its threads are fixed when it opens, and ``tag`` gives the model
         fewer threads for large photos (:func:`src.tagging.model_threads`), as it does TorchScript."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # onnxruntime's threads spin while they wait for work by default: beside the service's decoding threads that
         # took their cores (16 clients on 2 cores: 158 photos/s and p99 318 ms spinning, 196/s and 136 ms not; bench/serve.py)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.threads = torch.get_num_threads()
         return onnxruntime.InferenceSession(self._data, options, providers=["CPUExecutionProvider"])
 
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probabilities (B, C), known scores (B,))`` of ``(B, 3, H, W)`` or ``(3, H, W)`` photos, with as many threads
         as torch uses now (the session opens again when that changed)."""
-        if torch.get_num_threads() != self.threads:
-            self.session = self._session()
+        if (threads := torch.get_num_threads()) != self.threads:
+            self.threads, self.session = threads, self._session(threads)
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if images.dtype != torch.uint8:

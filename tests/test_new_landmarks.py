@@ -116,7 +116,8 @@ def test_a_new_landmark_whose_photos_look_like_a_negatives_folder_of_another_nam
     for photo, row in enumerate([8, 9, 10, 1]):  # 3 of the 4 new photos (all their views) are a Blue Tower negative's
         features[12 + photo * VIEWS:12 + (photo + 1) * VIEWS] = features[row]
     sources = ("scenes", "Blue Tower")
-    assert added_fit.folders_alike(features, targets, 3, sources, {"Azure Spire": 2}) == {"Azure Spire": ("Blue Tower", 3)}
+    alike = added_fit.folders_alike(features, targets, 3, sources, {"Azure Spire": 2})
+    assert alike == {"Azure Spire": ("Blue Tower", 3, 4)}
     assert added_fit.folders_alike(features, targets, 3, sources, {"blue  tower": 2}) == {}  # under the folder's name
     assert added_fit.folders_alike(features, targets, 3, (), {"Azure Spire": 2}) == {}  # negatives of no named folder
     features[12 + 2 * VIEWS:12 + 3 * VIEWS] = features[0]  # 2 of 4 alike: under ALIKE_FOLDER_SHARE
