@@ -15,7 +15,7 @@ Modules, from the bottom of the import graph up:
   (an export as an ONNX file: running it, making it), ``openset`` (unknown detection),
   ``memory`` (the feature memory an export keeps), ``shared_trunk`` (one pass through a transfer model's ImageNet
   first stages for its own and plain ImageNet features), ``answer`` (one photo's answer, shared with the app),
-  ``predictor`` (answers for photos on disk), ``new_landmarks`` and ``added_fit`` (adding landmarks);
+  ``predictor`` (answers for photos on disk), ``new_landmarks``, ``added_fit`` and ``embedded_base`` (adding landmarks);
 - runs and commands: ``finish`` (export, test and record a run), ``run`` (one training run), ``evaluation``
   (accuracy figures), ``analysis`` (the notebooks' figures), ``tagging``, ``tag_output`` and ``ray_tagging``
   (batch tagging), ``batching``, ``service`` and ``ray_serving`` (the HTTP

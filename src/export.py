@@ -12,7 +12,7 @@ Two kinds share the interface of :class:`ExportedModel` (``classify``, ``known_s
 - :class:`Predictor`: a trained network (``finish_run``, ``export``); a :class:`~src.shared_trunk.SharedTrunkPredictor`
   also exposes its ImageNet first stages' output;
 - :class:`AddedLandmarksPredictor`: an export with landmarks added from a few photos each (:mod:`src.new_landmarks`):
-  the original export, untouched, plus one linear row per added landmark on its own and plain ImageNet features.
+  the original export's network, untouched, plus one linear row per added landmark on its own and plain ImageNet features.
 
 TorchScript is the format on purpose (a file that runs with torch alone, any photo size); :mod:`src.onnx_export`
 makes an ONNX file of an export for onnxruntime, which :func:`open_export` reads too.
@@ -180,9 +180,9 @@ class Predictor(ExportedModel):
 
 
 class AddedLandmarksPredictor(ExportedModel):
-    """An export with landmarks added: the original export, untouched, and one linear row per added landmark on
-    ``combined`` (its own and plain ImageNet features, with ``base``, ``base_size`` and ``resize_size``: a second
-    network, :class:`~src.imagenet_features.CombinedFeatures`, or the export's trunk continued,
+    """An export with landmarks added: the original export's network (:mod:`src.embedded_base`), untouched, and one
+    linear row per added landmark on ``combined`` (its own and plain ImageNet features, with ``base``, ``base_size`` and
+    ``resize_size``: a second network, :class:`~src.imagenet_features.CombinedFeatures`, or the export's trunk continued,
     :class:`~src.shared_trunk.SharedTrunkFeatures`). Same interface as :class:`Predictor`; ``resize_size`` is
     ``combined``'s; ``memory_features`` are combined features."""
 

@@ -27,8 +27,9 @@
    also be close to its photos, not just closer than to the negatives: as close in ImageNet features as
    the original landmarks' photos are to the nearest of as many of their own
    (:func:`~src.openset.similarity_floor`);
-5. script an :class:`~src.export.AddedLandmarksPredictor` (the original export and the ImageNet features of step 2 +
-   the new rows + the memory with the new views), which has the interface of every export and loads with
+5. script an :class:`~src.export.AddedLandmarksPredictor` (the features of step 2: the original export's network
+   without its detector and memory, :mod:`src.embedded_base`, and frozen ImageNet stages; the new rows; the memory
+   with the new views; the new detector), which has the interface of every export and loads with
    ``torch.jit.load`` alone. A second network makes it much slower than its base, a shared trunk little
    (docs/adding-landmarks.md).
 
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 
 from .added_fit import added_detector, fit_rows, folders_alike, lookalike_negatives
 from .decoding import square_batches
+from .embedded_base import embedded_base, frozen
 from .export import AddedLandmarksPredictor, ExportView, export_view, save_scripted, torchscript_on_purpose
 from .files import atomic_write
 from .imagenet_features import CombinedFeatures, ImageNetFeatures
@@ -93,7 +95,8 @@ def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures |
     """The features the models that adding landmarks to ``model`` makes classify (its own, when it has added landmarks
     already): they do not depend on which landmarks are added. An export whose first stages are ImageNet's continues
     them with ImageNet's later stages (:class:`~src.shared_trunk.SharedTrunkFeatures`); any other runs a second network
-    (:class:`~src.imagenet_features.CombinedFeatures`)."""
+    (:class:`~src.imagenet_features.CombinedFeatures`). Both hold the export's network alone (:func:`~src.embedded_base.
+    embedded_base`) and frozen ImageNet stages (batch norm folded in)."""
     view = export_view(model)
     if view.base is not None:
         return view.module.combined
@@ -102,8 +105,9 @@ def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures |
                          "checkpoint with `python -m src export CHECKPOINT --out FILE --data DATASET`")
     backbone = str(view.module.general_backbone)
     if view.general_trunk_stages > 0:
-        return SharedTrunkFeatures(view.module, general_tail(backbone, view.general_trunk_stages))
-    return CombinedFeatures(view.module, ImageNetFeatures(backbone, int(view.module.general_size)))
+        return SharedTrunkFeatures(embedded_base(view), frozen(general_tail(backbone, view.general_trunk_stages), []))
+    general = frozen(ImageNetFeatures(backbone, int(view.module.general_size)), ["resize_size", "backbone_name"])
+    return CombinedFeatures(embedded_base(view), general)
 
 
 def imagenet_features_design(model: torch.nn.Module | ExportView) -> str:

@@ -221,6 +221,25 @@ def test_the_new_model_reloads_without_src_with_names_places_and_outputs(base_pa
     assert result.stdout.startswith("ok") and result.stdout.strip().endswith("(2,)")
 
 
+def test_the_new_model_carries_its_base_network_alone_and_a_frozen_imagenet_network(base_path: Path, new_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    base = load_exported(base_path)
+    model, _ = add_landmarks(base, read_new_landmarks(new_dir), num_workers=0)
+    inside = model.combined.base
+    assert not hasattr(inside, "classify") and not hasattr(inside, "detector")  # its own detector answers
+    assert inside.memory_features.shape == (0, base.memory_features.shape[1]) and inside.general_memory.numel() == 0
+    assert torch.equal(inside.memory_as_added, base.memory_as_added) and list(inside.class_names) == BASE_NAMES
+    photos = torch.randint(0, 256, (3, 3, 50, 40), dtype=torch.uint8)
+    for ours, theirs in zip(inside.features_and_logits(photos), base.features_and_logits(photos)):
+        assert torch.equal(ours, theirs)
+    general = model.combined.general
+    assert not list(general.parameters())  # frozen: batch norm folded into the convolutions
+    assert torch.allclose(general(photos), ImageNetFeatures(GENERAL_BACKBONE, GENERAL_SIZE)(photos), atol=1e-4)
+    rows = sum(m.numel() * m.element_size() for m in (base.memory_features, base.general_memory))  # the new model's too
+    inside.save(str(tmp_path / "inside.pt"))
+    assert (tmp_path / "inside.pt").stat().st_size < base_path.stat().st_size - rows
+
+
 def test_adding_twice_keeps_every_landmark_and_replace_learns_one_again(base_path: Path, tiny_data: Path) -> None:
     blue = _photos(tiny_data / "train", TINY_CLASSES[2])
     once, _ = add_landmarks(load_exported(base_path), {"Blue Tower": blue[:4]}, num_workers=0)
