@@ -16,6 +16,7 @@ import json
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .export import EXPORTED_ATTRIBUTES, ExportView, export_view, torchscript_on_purpose
@@ -38,7 +39,7 @@ def frozen(module: nn.Module, keep: list[str]) -> torch.jit.ScriptModule:
 class EmbeddedBase(nn.Module):
     """An export's network and the attributes adding landmarks reads, with empty ``memory_features``,
     ``general_memory`` and ``memory_targets`` that keep their widths (the model with added landmarks holds
-    those rows)."""
+    those rows). It has no ``classify``: without a detector it gives probabilities, not verdicts."""
 
     def __init__(self, base: ExportView) -> None:
         super().__init__()
@@ -65,8 +66,9 @@ class EmbeddedBase(nn.Module):
     def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.network.features_and_logits(x)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.features_and_logits(x)  # what it is run for: it gives no probabilities
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, as every export's ``forward`` (the app explains an original landmark with them)."""
+        return F.softmax(self.network.features_and_logits(x)[1], dim=1)
 
     @torch.jit.export
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:

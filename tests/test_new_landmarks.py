@@ -232,6 +232,7 @@ def test_the_new_model_carries_its_base_network_alone_and_a_frozen_imagenet_netw
     photos = torch.randint(0, 256, (3, 3, 50, 40), dtype=torch.uint8)
     for ours, theirs in zip(inside.features_and_logits(photos), base.features_and_logits(photos)):
         assert torch.equal(ours, theirs)
+    assert torch.allclose(inside(photos), base(photos))  # probabilities, as every export's forward (the app's explanations)
     general = model.combined.general
     assert not list(general.parameters())  # frozen: batch norm folded into the convolutions
     assert torch.allclose(general(photos), ImageNetFeatures(GENERAL_BACKBONE, GENERAL_SIZE)(photos), atol=1e-4)
