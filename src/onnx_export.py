@@ -14,7 +14,8 @@ converts (the shipped ones, models with added landmarks) without its training ch
    products with torch's own weights. onnxruntime's antialiased ``Resize`` differs from torch's by up to 5 % of
    the pixel range;
 4. export with opset 18 (``searchsorted`` as a comparison and a count), with the export's metadata in
-   ``metadata_props`` and the SHA-256 of the TorchScript file it was made from;
+   ``metadata_props`` and the SHA-256 of the TorchScript file it was made from; the fp16 banks that freezing made
+   float32 constants are stored as fp16 again, each with a ``Cast`` (exact: the same values);
 5. check it: the file's answers for random squares must match the export's.
 
 :class:`~src.onnx_runtime.OnnxExport` runs such a file, so :func:`~src.export.open_export` serves a ``.onnx`` file to
@@ -45,6 +46,28 @@ from .onnx_runtime import INPUT, OUTPUTS, OnnxExport
 OPSET = 18
 TOLERANCE = 1e-4  # the largest difference in probability or known score export_onnx accepts
 CHECK_BATCH = 4
+HALF_CONSTANT = 65536  # float constants of this many values or more are stored as fp16 where that is exact
+
+
+def _half_constants(graph: Any) -> None:
+    """Store every large float constant whose values are all fp16 (the export's fp16 banks, which freezing turned into
+    float32) as fp16 followed by a ``Cast`` back to float32: half the bytes, the same values."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    for node in graph.node:
+        value = node.attribute[0].t if node.op_type == "Constant" and node.attribute[0].name == "value" else None
+        array = numpy_helper.to_array(value) if value is not None and value.data_type == TensorProto.FLOAT else None
+        if array is None or array.size < HALF_CONSTANT or not np.array_equal(array.astype(np.float16), array):
+            nodes.append(node)
+            continue
+        half = f"{node.output[0]}_fp16"
+        stored = numpy_helper.from_array(array.astype(np.float16), half)
+        nodes.append(helper.make_node("Constant", [], [half], value=stored))
+        nodes.append(helper.make_node("Cast", [half], [node.output[0]], to=TensorProto.FLOAT))
+    graph.ClearField("node")
+    graph.node.extend(nodes)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -158,6 +181,7 @@ def export_onnx(model: nn.Module | ExportView, path: str | Path, source_sha256: 
         torch.onnx.export(_Program(program), (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT],
                           output_names=list(OUTPUTS), dynamic_axes={name: batch for name in (INPUT, *OUTPUTS)})
     proto = onnx.load_from_string(buffer.getvalue())
+    _half_constants(proto.graph)
     metadata = {"format_version": view.format_version, "class_names": json.dumps(view.class_names),
                 "places_json": json.dumps({name: place.to_dict() for name, place in view.places.items()}, sort_keys=True),
                 "unknown_threshold": repr(view.unknown_threshold), "resize_size": view.resize_size,

@@ -67,6 +67,29 @@ def test_the_shipped_model_converts_with_the_same_answers_on_real_photos(landmar
     assert_same_answers(view, onnx, squares)
     known = view.classify(squares)[1] >= view.unknown_threshold
     assert known.any() and not known.all()  # both verdicts are compared
+    assert (tmp_path / "transfer.onnx").stat().st_size < 0.8 * TRANSFER.stat().st_size  # its fp16 banks stay fp16
+
+
+def test_large_float_constants_that_are_fp16_are_stored_as_fp16_with_the_same_values() -> None:
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    banks = {"half": rng.standard_normal(onnx_export.HALF_CONSTANT).astype(np.float16).astype(np.float32),
+             "full": rng.standard_normal(onnx_export.HALF_CONSTANT).astype(np.float32),  # not fp16: kept as it is
+             "small": rng.standard_normal(8).astype(np.float16).astype(np.float32)}
+    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+             for name, value in banks.items()]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [len(value)]) for name, value in banks.items()]
+    model = helper.make_model(helper.make_graph(nodes, "banks", [], outputs), opset_imports=[helper.make_opsetid("", 18)])
+    onnx_export._half_constants(model.graph)
+    onnx.checker.check_model(model)
+    stored = {node.output[0]: node.attribute[0].t.data_type for node in model.graph.node if node.op_type == "Constant"}
+    assert stored == {"half_fp16": TensorProto.FLOAT16, "full": TensorProto.FLOAT, "small": TensorProto.FLOAT}
+    answers = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    for answer, value in zip(answers, banks.values()):
+        assert answer.dtype == np.float32 and np.array_equal(answer, value)
 
 
 def test_onnx_answers_photos_of_any_size_as_their_squares(tmp_path: Path) -> None:
