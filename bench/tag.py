@@ -33,8 +33,7 @@ from utils import REPO, write_result
 from src.decoding import square_batches
 from src.images import read_image
 from src.location import list_images
-from src.export import export_view, open_export
-from src.export import load_exported
+from src.export import export_view, load_exported, open_export
 from src.onnx_export import export_onnx, file_sha256
 from src.ray_tagging import start_ray
 from src.preprocessing import square_uint8
