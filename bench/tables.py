@@ -318,7 +318,8 @@ def readme_add_landmarks() -> str:
             f"never-seen landmarks {pct(one['unseen_landmarks_accepted'])} with one added "
             f"({pct(record['unseen_landmarks_before'])} before adding); "
             f"{record['command_seconds_10_photos']:.1f} s for the whole command; "
-            f"{speed['with_added_landmarks']:.1f} photos/s afterwards against {speed['base']:.1f}/s in the same run")
+            f"{speed['with_added_landmarks']:.1f} photos/s afterwards against {speed['base']:.1f}/s in the same run, "
+            f"from a file {record['file_size_ratio']:.2f}× its base's")
 
 
 def readme_sizes() -> str:

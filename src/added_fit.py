@@ -22,6 +22,7 @@ from .export import ExportView, export_view
 from .openset import (
     ACCEPT_KNOWN,
     AddedLandmarksDetector,
+    RememberedPhotos,
     nearest_detector,
     own_class_margin,
     percentile,
@@ -134,12 +135,13 @@ def held_out(base: torch.nn.Module | ExportView, memory_features: torch.Tensor, 
 
 
 def added_detector(base: torch.nn.Module | ExportView, added: nn.Linear, memory_features: torch.Tensor, memory_targets: torch.Tensor,
-              lookalike: torch.Tensor) -> tuple[AddedLandmarksDetector, float]:
+                   lookalike: torch.Tensor, remembered: RememberedPhotos | None = None) -> tuple[AddedLandmarksDetector, float]:
     """The unknown detector of a model with added landmarks and its threshold (module docstring, step 4).
     Photos called an original landmark are calibrated on the memory's first rows, the validation photos,
     with the base's own features as this model reads them (``base.memory_as_added``; for a file that keeps
     none, as the base alone reads them). The remembered negatives but the ``lookalike`` ones are what
-    a photo called an added landmark must be nearer to it than to."""
+    a photo called an added landmark must be nearer to it than to. ``remembered``: the memory as the new model keeps
+    it (:class:`~src.openset.RememberedPhotos`; by default, ``memory_features`` in fp16 and the base's ``memory_as_added``)."""
     base = export_view(base)
     num_original, split = len(base.class_names), int(base.memory_features.shape[1])
     as_read = memory_features.clone()
@@ -155,12 +157,14 @@ def added_detector(base: torch.nn.Module | ExportView, added: nn.Linear, memory_
         logits = torch.cat([base.module.logits_from_features(validation[:, :split]), added(validation)], dim=1)
         original, original_scores = nearest_detector(as_read[known], bank_rows, validation, logits, split)
     original_scores = torch.as_tensor(original_scores).float()
-    no_landmark = memory_features[(memory_targets < 0) & ~lookalike]
+    references = (original.softmax_reference, original.nearest_reference)
+    remembered = remembered or RememberedPhotos(memory_features.half(), split, validation_as_added)
+    no_landmark = (memory_targets < 0) & ~lookalike
     floors = similarity_floors(memory_features[in_validation, split:], memory_targets, num_original)
     out = held_out(base, memory_features, memory_targets, added.out_features, lookalike)
     if len(out.support_top) < MIN_HELD_OUT:  # too few to calibrate on: added landmarks are scored like original ones (no margin)
-        detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark[:0], num_original,
-                                          torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0, floors)
+        detector = AddedLandmarksDetector(remembered, memory_targets, torch.zeros_like(no_landmark), num_original, references,
+                                          original_scores, torch.zeros(0), torch.zeros(0), torch.zeros(0), 0.0, floors)
         return detector, unknown_threshold(percentile(detector.original_scores, original_scores).numpy())
     top_reference, margin_reference = out.support_top.sort().values, out.support_margin.sort().values
     support = (percentile(top_reference, out.support_top) + percentile(margin_reference, out.support_margin)) / 2
@@ -172,7 +176,7 @@ def added_detector(base: torch.nn.Module | ExportView, added: nn.Linear, memory_
     if len(negative) > allowed:
         needed = max(needed, float(negative.sort(descending=True).values[allowed]) + 1e-6)
     offset = needed - accepting
-    detector = AddedLandmarksDetector(original, original_scores, memory_targets[known], no_landmark, num_original,
+    detector = AddedLandmarksDetector(remembered, memory_targets, no_landmark, num_original, references, original_scores,
                                       out.support_top, out.support_margin, support, offset, floors)
     ranks = torch.cat([percentile(detector.original_scores, original_scores), percentile(detector.added_scores, support)])
     return detector, unknown_threshold(ranks.numpy())

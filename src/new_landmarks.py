@@ -29,8 +29,9 @@
    (:func:`~src.openset.similarity_floor`);
 5. script an :class:`~src.export.AddedLandmarksPredictor` (the features of step 2: the original export's network
    without its detector and memory, :mod:`src.embedded_base`, and frozen ImageNet stages; the new rows; the memory
-   with the new views; the new detector), which has the interface of every export and loads with
-   ``torch.jit.load`` alone. A second network makes it much slower than its base, a shared trunk little
+   with the new views; the new detector, which compares photos with that memory itself,
+   :class:`~src.openset.RememberedPhotos`, so the file stores each photo once), which has the interface of every
+   export and loads with ``torch.jit.load`` alone. A second network makes it much slower than its base, a shared trunk little
    (docs/adding-landmarks.md).
 
 Adding again to such a model refits all added rows from its memory, so models never nest.
@@ -57,6 +58,7 @@ from .files import atomic_write
 from .imagenet_features import CombinedFeatures, ImageNetFeatures
 from .location import list_images
 from .memory import in_batches
+from .openset import RememberedPhotos
 from .places import Place, display_name, place_key
 from .shared_trunk import SharedTrunkFeatures, general_tail
 
@@ -248,14 +250,15 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
     added = fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike,
                       progress="Fitting the new landmarks")
     step(3, STEPS[2])
-    detector, threshold = added_detector(base, added, memory_features, memory_targets, lookalike)
+    remembered = RememberedPhotos(memory_features.half(), split, combined.base.memory_as_added)  # the file keeps each once
+    detector, threshold = added_detector(base, added, memory_features, memory_targets, lookalike, remembered)
     step(4, STEPS[3])
     known_places = dict(view.places)
     known_places.update({name: place for name, place in (places or {}).items() if name in names})
     places_json = json.dumps({name: known_places[name].to_dict() for name in names if name in known_places}, sort_keys=True)
     with torchscript_on_purpose():
         scripted = torch.jit.script(AddedLandmarksPredictor(combined, added, names, detector, threshold, places_json,
-                                                            memory_features, memory_targets))
+                                                            remembered.memory, memory_targets))
     return scripted, skipped
 
 

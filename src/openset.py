@@ -24,6 +24,7 @@ before it (and a bare :class:`~src.predictor.Predictor`) score with :class:`MaxS
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -90,13 +91,41 @@ def _nearest_in(unit: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return (unit @ bank.to(unit.dtype).T).max(dim=1).values
 
 
+class RememberedPhotos(nn.Module):
+    """The photos a model with added landmarks remembers, for cosine similarities: its memory's own fp16 features (the
+    base's, then ImageNet ones: :func:`unit_features` halves), the base half of the first rows read from ``as_added``
+    (the validation photos as this model reads them, ``memory_as_added``), and each row's inverse half lengths.
+
+    Why: the memory (what adding again fits on) and the detector's banks hold the same photos. Holding the model's own
+    tensors, not unit-length copies, stores them once in the file: a tensor two modules hold is saved once."""
+
+    def __init__(self, memory: torch.Tensor, split: int, as_added: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.split: int = int(split)
+        self.register_buffer("memory", memory)  # the same tensor, not a copy
+        self.register_buffer("as_added", memory[:0, :split] if as_added is None or as_added.numel() == 0 else as_added)
+        own = torch.cat([self.as_added.float(), memory[len(self.as_added):, :split].float()])
+        lengths = torch.stack([own.norm(dim=1), memory[:, split:].float().norm(dim=1)], dim=1)
+        self.register_buffer("inverse_lengths", 1 / (lengths.clamp_min(1e-12) * math.sqrt(2.0)))
+
+    def forward(self, unit: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The similarities of :func:`unit_features` rows to every remembered photo (as ``unit_features`` rows would
+        give: both halves count half) and of their ImageNet halves alone (plain cosines), each ``(B, rows)``."""
+        own, general, rows = unit[:, :self.split], unit[:, self.split:], self.as_added.shape[0]
+        own_similarity = torch.cat([own @ self.as_added.to(unit.dtype).T,
+                                    own @ self.memory[rows:, :self.split].to(unit.dtype).T], dim=1)
+        general_similarity = (general @ self.memory[:, self.split:].to(unit.dtype).T) * self.inverse_lengths[:, 1]
+        return own_similarity * self.inverse_lengths[:, 0] + general_similarity, general_similarity * 2.0
+
+
 class AddedLandmarksDetector(nn.Module):
-    """Known score of a model with landmarks added from a few photos. A photo the model calls one of its
-    original landmarks is scored by ``original`` (:class:`SoftmaxAndNearest` over every remembered photo); one
-    it calls an added landmark, by its top probability and its :func:`own_class_margin` (how much nearer it is
-    to a remembered photo *of that landmark* than to any remembered photo of no landmark, ``negative_bank``),
-    each ranked among support photos held out of the fit (``softmax_reference``, ``margin_reference``:
-    :func:`src.new_landmarks.held_out`). Either score is then ranked among the
+    """Known score of a model with landmarks added from a few photos, over its :class:`RememberedPhotos` (``targets``:
+    their classes, below 0 for photos of no landmark). A photo the model calls one of its original landmarks is scored
+    as :class:`SoftmaxAndNearest` scores (top probability and similarity to the nearest remembered photo of a landmark,
+    ranked among validation photos: ``original_references``); one it calls an added landmark, by its top probability
+    and its :func:`own_class_margin` (how much nearer it is to a remembered photo *of that landmark* than to any
+    remembered photo of no landmark in ``compared_negatives``), each ranked among support photos held out of the fit
+    (``softmax_reference``, ``margin_reference``: :func:`src.added_fit.held_out`). Either score is then ranked among the
     scores of its own held-out photos (``original_scores``: validation photos, ``added_scores``: support ones),
     so one threshold keeps the same share of both kinds; an added landmark's score is first lowered by
     ``added_offset`` when that share would let through too many held-out photos of no landmark.
@@ -112,48 +141,56 @@ class AddedLandmarksDetector(nn.Module):
     Both scores are relative: a photo far from everything remembered (an animal, an object, when the
     remembered negatives hold none like it) can still be nearer to an added landmark than to any
     negative. So a photo called an added landmark must also be *close* to it: the ImageNet-feature
-    similarity (the columns after ``original.split``) to the nearest remembered photo of that landmark
-    must reach its ``added_floors`` entry (:func:`similarity_floor`; -2 for the original landmarks, and
-    no floor when ``added_floors`` is empty), or the photo scores 0, unknown.
+    similarity to the nearest remembered photo of that landmark must reach its ``added_floors`` entry
+    (:func:`similarity_floor`; -2 for the original landmarks, and no floor when ``added_floors`` is empty),
+    or the photo scores 0, unknown.
     """
 
-    def __init__(self, original: SoftmaxAndNearest, original_scores: torch.Tensor, bank_targets: torch.Tensor,
-                 negative_bank: torch.Tensor, num_original: int, softmax_reference: torch.Tensor,
-                 margin_reference: torch.Tensor, added_scores: torch.Tensor, added_offset: float,
-                 added_floors: torch.Tensor | None = None) -> None:
+    def __init__(self, remembered: RememberedPhotos, targets: torch.Tensor, compared_negatives: torch.Tensor,
+                 num_original: int, original_references: Tuple[torch.Tensor, torch.Tensor], original_scores: torch.Tensor,
+                 softmax_reference: torch.Tensor, margin_reference: torch.Tensor, added_scores: torch.Tensor,
+                 added_offset: float, added_floors: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.original = original
+        self.remembered = remembered
+        self.split: int = remembered.split
         self.num_original: int = int(num_original)
+        self.register_buffer("bank_rows", (targets >= 0).nonzero().flatten())
+        self.register_buffer("bank_targets", targets[self.bank_rows].long())
+        self.register_buffer("negative_rows", (compared_negatives & (targets < 0)).nonzero().flatten())
+        self.register_buffer("original_softmax_reference", original_references[0].float().sort().values)
+        self.register_buffer("original_nearest_reference", original_references[1].float().sort().values)
         self.register_buffer("original_scores", original_scores.float().sort().values)
-        self.register_buffer("bank_targets", bank_targets.long())
-        self.register_buffer("negative_bank", unit_features(negative_bank, original.split).half())
         self.register_buffer("softmax_reference", softmax_reference.float().sort().values)
         self.register_buffer("margin_reference", margin_reference.float().sort().values)
         self.register_buffer("added_scores", added_scores.float().sort().values)
         self.added_offset: float = float(added_offset)
         self.register_buffer("added_floors", torch.zeros(0) if added_floors is None else added_floors.float())
 
+    def _added_score(self, top: torch.Tensor, predicted: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+        own = nearest_of_class(similarity.index_select(1, self.bank_rows), self.bank_targets, predicted)
+        if self.negative_rows.numel() > 0:
+            own = own - similarity.index_select(1, self.negative_rows).max(dim=1).values
+        return (percentile(self.softmax_reference, top) + percentile(self.margin_reference, own)) / 2
+
+    @torch.jit.export
     def added_score(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The score of a photo as one of the added landmarks: the class it is predicted as is taken to be one."""
         top, predicted = F.softmax(logits.float(), dim=1).max(dim=1)
-        margin = own_class_margin(unit_features(features, self.original.split), self.original.bank, self.bank_targets,
-                                  predicted, self.negative_bank)
-        return (percentile(self.softmax_reference, top) + percentile(self.margin_reference, margin)) / 2
+        return self._added_score(top, predicted, self.remembered(unit_features(features, self.split))[0])
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        score = percentile(self.original_scores, self.original(features, logits))
-        predicted = logits.argmax(dim=1)
+        top, predicted = F.softmax(logits.float(), dim=1).max(dim=1)
+        similarity, general = self.remembered(unit_features(features, self.split))
+        nearest = similarity.index_select(1, self.bank_rows).max(dim=1).values
+        original = (percentile(self.original_softmax_reference, top) + percentile(self.original_nearest_reference, nearest)) / 2
+        score = percentile(self.original_scores, original)
         called_added = predicted >= self.num_original
         if self.added_scores.numel() > 0:
-            added = percentile(self.added_scores, self.added_score(features, logits) - self.added_offset)
+            added = percentile(self.added_scores, self._added_score(top, predicted, similarity) - self.added_offset)
             score = torch.where(called_added, torch.maximum(added, score), score)
         if self.added_floors.numel() == 0:
             return score
-        split = self.original.split
-        general = F.normalize(features[:, split:].float(), dim=1)
-        # the bank holds unit_features: each half is already of length 1/sqrt(2), so the cosine needs only that factor
-        similarity = (general @ self.original.bank[:, split:].float().T) * math.sqrt(2.0)
-        own = nearest_of_class(similarity, self.bank_targets, predicted)
+        own = nearest_of_class(general.index_select(1, self.bank_rows), self.bank_targets, predicted)
         return torch.where(called_added & (own < self.added_floors[predicted]), torch.zeros_like(score), score)
 
 

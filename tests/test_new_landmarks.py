@@ -25,7 +25,7 @@ from src.added_fit import MAX_NEGATIVES_ADDED, VIEWS, HeldOut, held_out
 from src.new_landmarks import add_landmarks, read_new_landmarks
 from src.commands import add_landmarks_command
 from src.decoding import square_batches
-from src.export import Predictor, export_predictor, export_view, load_exported, open_export
+from src.export import Predictor, export_predictor, export_view, load_exported, open_export, save_scripted
 from src.memory import FEATURE_BATCH, MEMORY_NEGATIVES, feature_memory, photo_features
 from src.onnx_export import export_onnx
 from src.openset import nearest_of_class, percentile, similarity_floor, unit_features
@@ -166,10 +166,11 @@ def test_a_model_with_added_landmarks_calibrates_on_its_validation_photos_as_it_
     base = load_exported(base_path)
     split = base.memory_features.shape[1]
     as_added = torch.cat([base.memory_as_added.float(), base.general_memory[:24].float()], 1)
+    unit = unit_features(as_added, split)
     once, _ = add_landmarks(base, {"Blue Tower": _photos(tiny_data / "train", TINY_CLASSES[2])[:4]}, num_workers=0)
-    assert torch.allclose(once.detector.original.bank[:24].float(), unit_features(as_added, split), atol=1e-3)
+    assert torch.allclose(once.detector.remembered(unit)[0][:, :24], unit @ unit.T, atol=1e-3)
     twice, _ = add_landmarks(once, {"Sky Gate": _photos(tiny_data / "train", TINY_CLASSES[2])[4:8]}, num_workers=0)
-    assert torch.allclose(twice.detector.original.bank[:24].float(), unit_features(as_added, split), atol=1e-3)
+    assert torch.allclose(twice.detector.remembered(unit)[0][:, :24], unit @ unit.T, atol=1e-3)
 
 
 def test_imagenet_features_take_raw_photos_of_any_size_and_script() -> None:
@@ -239,6 +240,18 @@ def test_the_new_model_carries_its_base_network_alone_and_a_frozen_imagenet_netw
     rows = sum(m.numel() * m.element_size() for m in (base.memory_features, base.general_memory))  # the new model's too
     inside.save(str(tmp_path / "inside.pt"))
     assert (tmp_path / "inside.pt").stat().st_size < base_path.stat().st_size - rows
+
+
+def test_the_new_model_keeps_each_remembered_photo_once(base_path: Path, new_dir: Path, tmp_path: Path) -> None:
+    model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
+    saved = load_exported(save_scripted(model, tmp_path / "added.pt"))
+    remembered = saved.detector.remembered  # the detector compares with the memory itself, not with a copy of it
+    for theirs, ours in ((saved.memory_features, remembered.memory), (saved.combined.base.memory_as_added, remembered.as_added)):
+        assert ours.untyped_storage().data_ptr() == theirs.untyped_storage().data_ptr() and torch.equal(ours, theirs)
+    saved.combined.save(str(tmp_path / "network.pt"))  # the networks and the base's memory_as_added
+    beside = (tmp_path / "added.pt").stat().st_size - (tmp_path / "network.pt").stat().st_size
+    memory = saved.memory_features.numel() * saved.memory_features.element_size()
+    assert memory < beside < 1.5 * memory  # the memory once (a copy in the detector: twice); code, indices, references
 
 
 def test_adding_twice_keeps_every_landmark_and_replace_learns_one_again(base_path: Path, tiny_data: Path) -> None:
@@ -331,16 +344,22 @@ def test_added_landmarks_may_not_let_through_more_held_out_negatives_than_allowe
 def test_with_too_few_photos_to_hold_out_added_landmarks_are_scored_as_original_ones(base_path: Path, tiny_data: Path) -> None:
     blue = _photos(tiny_data / "train", TINY_CLASSES[2])
     model, _ = add_landmarks(load_exported(base_path), {"Blue Tower": blue[:1], "Sky Gate": blue[1:2]}, num_workers=0)
-    assert model.detector.added_scores.numel() == 0 and model.detector.negative_bank.numel() == 0  # nor a margin to keep
+    detector = model.detector
+    assert detector.added_scores.numel() == 0 and detector.negative_rows.numel() == 0  # nor a margin to keep
     features = model.combined(torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8))
     logits = model.logits_from_features(features)
-    original = percentile(model.detector.original_scores, model.detector.original(features, logits))
-    floors = model.detector.added_floors  # the original landmarks' standard for one photo: still a floor
+    split, (top, predicted) = detector.split, F.softmax(logits, 1).max(1)
+    bank = model.memory_features[model.memory_targets >= 0].float()
+    bank[:len(model.combined.base.memory_as_added), :split] = model.combined.base.memory_as_added.float()
+    nearest = (unit_features(features, split) @ unit_features(bank, split).T).max(1).values
+    original = percentile(detector.original_scores, (percentile(detector.original_softmax_reference, top)
+                                                     + percentile(detector.original_nearest_reference, nearest)) / 2)
+    floors = detector.added_floors  # the original landmarks' standard for one photo: still a floor
     assert floors.tolist()[:2] == [-2.0, -2.0] and all(-1 < floor < 1 for floor in floors.tolist()[2:])
-    split, predicted = model.detector.original.split, logits.argmax(1)
-    general = F.normalize(features[:, split:], dim=1) @ F.normalize(model.detector.original.bank[:, split:].float(), dim=1).T
-    floored = (predicted >= 2) & (nearest_of_class(general, model.detector.bank_targets, predicted) < floors[predicted])
-    assert torch.allclose(model.known_score_from_features(features), torch.where(floored, torch.zeros_like(original), original))
+    general = F.normalize(features[:, split:], dim=1) @ F.normalize(bank[:, split:], dim=1).T
+    floored = (predicted >= 2) & (nearest_of_class(general, detector.bank_targets, predicted) < floors[predicted])
+    assert torch.allclose(model.known_score_from_features(features), torch.where(floored, torch.zeros_like(original), original),
+                          atol=1e-3)
 
 
 def test_a_model_with_added_landmarks_exports_to_onnx_with_the_same_answers(base_path: Path, new_dir: Path, tiny_data: Path,
@@ -359,7 +378,7 @@ def test_a_model_with_added_landmarks_exports_to_onnx_with_the_same_answers(base
 
 def test_a_photo_far_from_everything_is_unknown_after_adding(base_path: Path, new_dir: Path) -> None:
     model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
-    split, floors = model.detector.original.split, model.detector.added_floors
+    split, floors = model.detector.split, model.detector.added_floors
     validation = model.memory_targets[(model.memory_targets >= 0) & (model.memory_targets < 2)]
     assert floors[2] == similarity_floor(model.memory_features[:len(validation), split:], validation, 6)  # 6 photos added
     # features called the new landmark (along its row) whose ImageNet part is unlike each of its remembered photos
