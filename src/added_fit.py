@@ -125,8 +125,10 @@ def held_out(base: torch.nn.Module | ExportView, memory_features: torch.Tensor, 
             logits = torch.cat([base.module.logits_from_features(photos[:, :split]), added(photos)], dim=1)
             top, predicted = F.softmax(logits, dim=1).max(dim=1)
             bank = kept_targets >= 0
-            margin = own_class_margin(unit[held & scored], kept_unit[bank], kept_targets[bank], predicted,
-                                      kept_unit[~bank & ~kept_lookalike])
+            scored_unit, negatives_kept = unit[held & scored], kept_unit[~bank & ~kept_lookalike]
+            nearest_negative = ((scored_unit @ negatives_kept.T).max(dim=1).values if len(negatives_kept)
+                                else torch.zeros(len(scored_unit)))
+            margin = own_class_margin(scored_unit @ kept_unit[bank].T, kept_targets[bank], predicted, nearest_negative)
         for kind, rows in (("support", (predicted >= num_original) & (targets >= 0)), ("negative", (predicted >= num_original) & (targets < 0))):
             parts[f"{kind}_top"].append(top[rows])
             parts[f"{kind}_margin"].append(margin[rows])

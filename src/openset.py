@@ -167,10 +167,10 @@ class AddedLandmarksDetector(nn.Module):
         self.register_buffer("added_floors", torch.zeros(0) if added_floors is None else added_floors.float())
 
     def _added_score(self, top: torch.Tensor, predicted: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
-        own = nearest_of_class(similarity.index_select(1, self.bank_rows), self.bank_targets, predicted)
-        if self.negative_rows.numel() > 0:
-            own = own - similarity.index_select(1, self.negative_rows).max(dim=1).values
-        return (percentile(self.softmax_reference, top) + percentile(self.margin_reference, own)) / 2
+        nearest_negative = (similarity.index_select(1, self.negative_rows).max(dim=1).values if self.negative_rows.numel() > 0
+                            else torch.zeros_like(top))  # a branch on a buffer: frozen, it folds away (ONNX)
+        margin = own_class_margin(similarity.index_select(1, self.bank_rows), self.bank_targets, predicted, nearest_negative)
+        return (percentile(self.softmax_reference, top) + percentile(self.margin_reference, margin)) / 2
 
     @torch.jit.export
     def added_score(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -194,19 +194,16 @@ class AddedLandmarksDetector(nn.Module):
         return torch.where(called_added & (own < self.added_floors[predicted]), torch.zeros_like(score), score)
 
 
-def own_class_margin(unit: torch.Tensor, bank: torch.Tensor, bank_targets: torch.Tensor, classes: torch.Tensor,
-                     negatives: torch.Tensor) -> torch.Tensor:
-    """How much nearer each unit-length row is to its class in ``classes`` than to any photo of no landmark:
-    the cosine similarity to the nearest ``bank`` photo of that class, less that to the nearest of the
-    unit-length ``negatives`` (none: nothing subtracted).
+def own_class_margin(to_bank: torch.Tensor, bank_targets: torch.Tensor, classes: torch.Tensor, nearest_negative: torch.Tensor
+                     ) -> torch.Tensor:
+    """How much nearer each photo is to its class in ``classes`` than to any photo of no landmark, from its cosine
+    similarities: to the nearest photo of that class among ``to_bank``'s (B, M; bank photos of ``bank_targets``), less
+    ``nearest_negative`` (B,), that to the nearest photo of no landmark (0 when none is compared with).
 
     Why: a photo of no landmark that happens to lie near an added landmark's few photos mostly lies nearer
     still to some remembered street or building; a photo of the landmark does not. It costs a landmark whose
     photos the negatives hold (docs/adding-landmarks.md measures both)."""
-    own = nearest_of_class(unit @ bank.to(unit.dtype).T, bank_targets, classes)
-    if negatives.numel() == 0:
-        return own
-    return own - _nearest_in(unit, negatives)
+    return nearest_of_class(to_bank, bank_targets, classes) - nearest_negative
 
 
 def similarity_floor(general: torch.Tensor, targets: torch.Tensor, k: int, share: float = FLOOR_SHARE,
