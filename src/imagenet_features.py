@@ -20,6 +20,7 @@ from .preprocessing import resize_and_crop
 
 GENERAL_BACKBONE = "efficientnet_lite0"  # chosen by bench/new_landmark_features.py among the shipped ImageNet backbones
 GENERAL_SIZE = 224  # its native input size (smaller inputs name new landmarks less often, same bench)
+PHOTOS_PER_PASS = 4  # on a CPU: 4 photos keep the largest activation at 224 px near 20 MB, under glibc's 32 MB ceiling
 
 
 class ImageNetFeatures(nn.Module):
@@ -27,14 +28,19 @@ class ImageNetFeatures(nn.Module):
     backbone's features of their centre square at ``size`` px. Scriptable with ``torch.jit.script``.
 
     The network runs in channels-last memory order, in which a CPU runs its depthwise convolutions
-    much faster (same features to float rounding)."""
+    much faster (same features to float rounding). On a CPU it takes a batch ``photos_per_pass`` photos at a
+    time, with the same features: glibc's allocator maps every block over 32 MB afresh from the system, a whole
+    batch's activations at 224 px are such blocks, and their page faults made a batch of 50 take 2-3 times as long
+    as passes of 4 (docs/adding-landmarks.md). 0 runs the batch in one pass, as ONNX export needs."""
 
-    def __init__(self, backbone: str = GENERAL_BACKBONE, size: int = GENERAL_SIZE) -> None:
+    def __init__(self, backbone: str = GENERAL_BACKBONE, size: int = GENERAL_SIZE,
+                 photos_per_pass: int = PHOTOS_PER_PASS) -> None:
         super().__init__()
         network = create_model(backbone, 1, pretrained=True).backbone.eval().requires_grad_(False)
         self.backbone = network.to(memory_format=torch.channels_last)
         self.backbone_name: str = backbone
         self.resize_size: int = int(size)
+        self.photos_per_pass: int = int(photos_per_pass)
         defaults = data_defaults(backbone)
         self.register_buffer("mean", torch.tensor(defaults.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(defaults.std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -45,7 +51,10 @@ class ImageNetFeatures(nn.Module):
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         with torch.no_grad():
             x = (resize_and_crop(x, self.resize_size, self.resize_size) - self.mean) / self.std
-            return self.backbone(x.contiguous(memory_format=torch.channels_last))
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.photos_per_pass > 0 and not x.is_cuda and x.shape[0] > self.photos_per_pass:
+                return torch.cat([self.backbone(part) for part in torch.split(x, self.photos_per_pass)])
+            return self.backbone(x)
 
 
 class CombinedFeatures(nn.Module):

@@ -108,7 +108,8 @@ def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures |
     backbone = str(view.module.general_backbone)
     if view.general_trunk_stages > 0:
         return SharedTrunkFeatures(embedded_base(view), frozen(general_tail(backbone, view.general_trunk_stages), []))
-    general = frozen(ImageNetFeatures(backbone, int(view.module.general_size)), ["resize_size", "backbone_name"])
+    general = frozen(ImageNetFeatures(backbone, int(view.module.general_size)),
+                     ["resize_size", "backbone_name", "photos_per_pass"])
     return CombinedFeatures(embedded_base(view), general)
 
 

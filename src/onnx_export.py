@@ -6,7 +6,9 @@ the decode cache, ``model_square`` for one photo). The export's own resize depen
 ONNX graph cannot express. :func:`export_onnx` makes the file from the TorchScript export itself, so every export
 converts (the shipped ones, models with added landmarks) without its training checkpoint:
 
-1. freeze the export (its attributes become constants) and take the graph of its ``classify``;
+1. freeze the export (its attributes become constants) and take the graph of its ``classify``, with every network
+   that takes a CPU batch a few photos at a time (``photos_per_pass``) taking it whole: a loop ONNX cannot
+   express, and onnxruntime plans its own memory;
 2. specialise it to squares of ``S``: shape propagation and constant folding remove every size-dependent
    branch. The batch size stays free;
 3. rewrite what the ONNX exporter cannot read. The ``no_grad`` scopes go, in-place ops become pure ones, and an
@@ -106,7 +108,8 @@ def square_program(model: nn.Module | ExportView) -> torch.jit.ScriptFunction:
                          "`python -m src export CHECKPOINT --out FILE` first")
     with torchscript_on_purpose():
         module = view.module if isinstance(view.module, torch.jit.ScriptModule) else torch.jit.script(view.module)
-        module = torch.jit.freeze(module.eval(), preserved_attrs=["classify"])
+        with _whole_batches(module):
+            module = torch.jit.freeze(module.eval(), preserved_attrs=["classify"])
     graph = module.classify.graph.copy()
     torch._C._jit_pass_inline(graph)
     example = torch.zeros(2, 3, view.resize_size, view.resize_size, dtype=torch.uint8)
@@ -128,6 +131,19 @@ def square_program(model: nn.Module | ExportView) -> torch.jit.ScriptFunction:
     _matrix_resizes(graph)
     graph.eraseInput(0)
     return torch._C._create_function_from_graph("classify_squares", graph)
+
+
+@contextlib.contextmanager
+def _whole_batches(module: torch.jit.ScriptModule) -> Iterator[None]:
+    """Every submodule of ``module`` that splits a batch (``photos_per_pass``) takes it whole, until the block ends."""
+    splitting = [(part, int(part.photos_per_pass)) for _, part in module.named_modules() if hasattr(part, "photos_per_pass")]
+    for part, _ in splitting:
+        part.photos_per_pass = 0
+    try:
+        yield
+    finally:
+        for part, photos in splitting:
+            part.photos_per_pass = photos
 
 
 class _Program(nn.Module):

@@ -70,6 +70,15 @@ def test_serve_benchmark_loads_the_service_and_compares_it_with_prediction_in_pr
     assert all(row["failed"] == 0 and row["runtime"] in ("onnxruntime", "torchscript") for row in figures["onnx_rows"])
 
 
+def test_imagenet_passes_benchmark_times_each_pass_size_under_each_allocator(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/imagenet_passes.py", "--photos", "3", "--passes", "1", "3", "--seconds", "0",
+                             "--rounds", "1", "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    timings = json.loads((tmp_path / "imagenet_passes.json").read_text())["ms_per_photo"]
+    assert list(timings) == ["glibc", "glibc, no fresh maps"] and all(list(t) == ["1", "3"] for t in timings.values())
+    assert all(ms > 0 for t in timings.values() for ms in t.values())
+
+
 def test_runtimes_benchmark_compares_torchscript_and_onnxruntime(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "bench/runtimes.py", "--models", str(tiny_export), "--add", "0", "--photos",
                              str(tiny_data / "test"), "--every", "1", "--rounds", "1", "--results", str(tmp_path)],

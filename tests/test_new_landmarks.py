@@ -18,7 +18,7 @@ from conftest import TINY_CLASSES, noise_photos, run_without_src, tiny_config
 import src.commands as commands
 from src.cli import main
 from src.factory import create_model, list_models
-from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, ImageNetFeatures
+from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE, PHOTOS_PER_PASS, ImageNetFeatures
 import src.added_fit as added_fit
 import src.new_landmarks as new_landmarks
 from src.added_fit import MAX_NEGATIVES_ADDED, VIEWS, HeldOut, held_out
@@ -183,6 +183,16 @@ def test_imagenet_features_take_raw_photos_of_any_size_and_script() -> None:
     assert torch.allclose(torch.jit.script(extractor)(photos), features, atol=1e-4)
 
 
+def test_imagenet_features_take_a_cpu_batch_a_few_photos_at_a_time_with_the_same_features() -> None:
+    extractor, passes = ImageNetFeatures(photos_per_pass=2), []
+    extractor.backbone.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    photos = torch.randint(0, 256, (5, 3, 60, 80), dtype=torch.uint8)
+    features = extractor(photos)
+    assert passes == [2, 2, 1]  # the caches hold a few photos' activations at 224 px, not a batch's
+    extractor.photos_per_pass = 0
+    assert torch.allclose(extractor(photos), features, atol=1e-5) and passes[3:] == [5]  # 0: the batch in one pass
+
+
 def test_a_new_landmark_is_learned_and_the_old_ones_are_untouched(base_path: Path, new_dir: Path, tiny_data: Path) -> None:
     base = load_exported(base_path)
     add_landmarks_command(base_path, new_dir, new_dir.parent / "added.pt", None, False, num_workers=0)
@@ -236,7 +246,9 @@ def test_the_new_model_carries_its_base_network_alone_and_a_frozen_imagenet_netw
     assert torch.allclose(inside(photos), base(photos))  # probabilities, as every export's forward (the app's explanations)
     general = model.combined.general
     assert not list(general.parameters())  # frozen: batch norm folded into the convolutions
-    assert torch.allclose(general(photos), ImageNetFeatures(GENERAL_BACKBONE, GENERAL_SIZE)(photos), atol=1e-4)
+    assert general.photos_per_pass == PHOTOS_PER_PASS  # kept: the saved model splits a CPU batch too
+    batch = torch.randint(0, 256, (PHOTOS_PER_PASS + 2, 3, 50, 40), dtype=torch.uint8)
+    assert torch.allclose(general(batch), ImageNetFeatures(GENERAL_BACKBONE, GENERAL_SIZE, photos_per_pass=0)(batch), atol=1e-4)
     rows = sum(m.numel() * m.element_size() for m in (base.memory_features, base.general_memory))  # the new model's too
     inside.save(str(tmp_path / "inside.pt"))
     assert (tmp_path / "inside.pt").stat().st_size < base_path.stat().st_size - rows
@@ -374,6 +386,7 @@ def test_a_model_with_added_landmarks_exports_to_onnx_with_the_same_answers(base
     assert float((probabilities - onnx_probabilities).abs().max()) <= 1e-4 and float((scores - onnx_scores).abs().max()) <= 1e-4
     assert torch.equal(scores >= view.unknown_threshold, onnx_scores >= onnx.unknown_threshold)
     assert onnx.class_names == BASE_NAMES + ["Blue Tower"]
+    assert model.combined.general.photos_per_pass == PHOTOS_PER_PASS  # the ONNX graph takes a batch whole; the model still splits
 
 
 def test_a_photo_far_from_everything_is_unknown_after_adding(base_path: Path, new_dir: Path) -> None:
