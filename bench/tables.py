@@ -177,14 +177,16 @@ def shared_trunk_table() -> str:
                      "photos/s: added / base", "base file, added model's size", "command seconds"], rows)
 
 
-@generator("imagenet-passes")
-def imagenet_passes_table() -> str:
-    """docs/adding-landmarks.md: the second network's milliseconds a photo by photos per pass (bench/imagenet_passes.py)."""
-    record = load("imagenet_passes")
-    passes = list(next(iter(record["ms_per_photo"].values())))
-    rows = [[name, *(f"**{timings[size]:.2f}**" if int(size) == record["photos_per_pass_shipped"] else f"{timings[size]:.2f}"
-                     for size in passes)] for name, timings in record["ms_per_photo"].items()]
-    return markdown(["allocator (ms a photo)", *(f"{size} per pass" for size in passes)], rows)
+@generator("passes")
+def passes_table() -> str:
+    """docs/adding-landmarks.md: milliseconds a photo by photos per pass, under two allocator settings (bench/passes.py)."""
+    record = load("passes")
+    rows: list[Row] = []
+    for network, settings in record["ms_per_photo"].items():
+        for allocator, timings in settings.items():
+            rows.append([network, allocator, *(f"{ms:.2f}" for ms in timings.values())])
+    passes = list(next(iter(next(iter(record["ms_per_photo"].values())).values())))
+    return markdown(["network (ms a photo)", "allocator", *(f"{size} per pass" for size in passes)], rows)
 
 
 @generator("tag")

@@ -70,13 +70,16 @@ def test_serve_benchmark_loads_the_service_and_compares_it_with_prediction_in_pr
     assert all(row["failed"] == 0 and row["runtime"] in ("onnxruntime", "torchscript") for row in figures["onnx_rows"])
 
 
-def test_imagenet_passes_benchmark_times_each_pass_size_under_each_allocator(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "bench/imagenet_passes.py", "--photos", "3", "--passes", "1", "3", "--seconds", "0",
-                             "--rounds", "1", "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_passes_benchmark_times_each_pass_size_under_each_allocator(tiny_export: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "bench/passes.py", "--exports", str(tiny_export), "--photos", "3", "--passes", "1",
+                             "3", "--seconds", "0", "--rounds", "1", "--results", str(tmp_path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    timings = json.loads((tmp_path / "imagenet_passes.json").read_text())["ms_per_photo"]
-    assert list(timings) == ["glibc", "glibc, no fresh maps"] and all(list(t) == ["1", "3"] for t in timings.values())
-    assert all(ms > 0 for t in timings.values() for ms in t.values())
+    timings = json.loads((tmp_path / "passes.json").read_text())["ms_per_photo"]
+    assert len(timings) == 2 and any(network.endswith("s_exported.pt classify (37 px squares)") for network in timings)
+    for settings in timings.values():
+        assert list(settings) == ["glibc", "glibc, no fresh maps"] and all(list(t) == ["1", "3"] for t in settings.values())
+        assert all(ms > 0 for t in settings.values() for ms in t.values())
 
 
 def test_runtimes_benchmark_compares_torchscript_and_onnxruntime(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
