@@ -188,7 +188,7 @@ def test_imagenet_features_take_a_cpu_batch_a_few_photos_at_a_time_with_the_same
     extractor.backbone.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
     photos = torch.randint(0, 256, (5, 3, 60, 80), dtype=torch.uint8)
     features = extractor(photos)
-    assert passes == [2, 2, 1]  # the caches hold a few photos' activations at 224 px, not a batch's
+    assert passes == [2, 2, 1]  # a few photos' activations at 224 px are blocks glibc keeps; a batch's are not
     extractor.photos_per_pass = 0
     assert torch.allclose(extractor(photos), features, atol=1e-5) and passes[3:] == [5]  # 0: the batch in one pass
 
