@@ -187,6 +187,20 @@ def passes_table() -> str:
     return markdown(["network (ms a photo)", "allocator", *(f"{size} per pass" for size in timings)], rows)
 
 
+@generator("allocator-training")
+def allocator_training_table() -> str:
+    """docs/design.md: a training step's milliseconds a photo, and each child's peak memory, as glibc comes and with
+    freed memory kept (bench/passes.py)."""
+    result = load("passes")
+    settings = list(result["peak_memory_mb"])
+    rows: list[Row] = [[network, *(f"{timings[s]:.2f}" for s in settings), f"{timings[settings[0]] / timings[settings[-1]]:.1f}×"]
+                       for network, timings in result["training_ms_per_photo"].items()]
+    peaks = result["peak_memory_mb"]
+    rows.append(["peak memory of the whole run (MB)", *(f"{peaks[s]:,.0f}" for s in settings),
+                 f"{peaks[settings[-1]] / peaks[settings[0]]:.2f}× the memory"])
+    return markdown(["training step (ms a photo)", *settings, "faster"], rows)
+
+
 @generator("tag")
 def tag_table() -> str:
     """docs/command-line.md: `tag` throughput, local and on Ray, against decoding alone (bench/tag.py)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -15,6 +16,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))  # run as `python bench/<script>.py` from anywhere
+
+from src.allocator import keep_freed_memory  # noqa: E402  (after the path)
+
+# every benchmark runs in a process set up as the entry points set theirs (src/allocator.py); bench/passes.py sets
+# BENCH_ALLOCATOR=glibc in the child it compares against, left as glibc comes (any MALLOC_* setting would not be)
+FREED_MEMORY_KEPT = keep_freed_memory() if os.environ.get("BENCH_ALLOCATOR") != "glibc" else False
 
 
 def peak_memory_mb(children: bool = False) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, commands
+from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError
 from .defaults import BATCH_SIZE, SEED, VALID_SIZE
 from .distributed import shutdown
@@ -216,6 +217,7 @@ def _check_settings(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     args.argv = argv  # recorded in the metrics JSON, so every number says how to reproduce it
     try:
         _check_settings(args)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .defaults import SEED
 from .location import get_data_location
 
@@ -53,7 +54,9 @@ def seed_everything(seed: int = SEED) -> None:
 
 
 def setup_env(data_dir: str | Path | None = None, seed: int = SEED, checkpoints_dir: str | Path = "checkpoints") -> Environment:
-    """Seed everything, pick the device, find (or download) the data and create `checkpoints/`."""
+    """Seed everything, keep freed memory for the next step (:mod:`src.allocator`), pick the device, find (or
+    download) the data and create `checkpoints/`."""
+    keep_freed_memory()
     seed_everything(seed)
     device = get_device()
     location = get_data_location(data_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .batching import MAX_BATCH, MAX_WAIT
 from .export import ExportView, export_from_bytes
 from .service import ServiceSettings, create_app
@@ -51,6 +52,7 @@ def deployments(model_bytes: bytes, settings: ServiceSettings, replicas: int, gp
         """One copy of the exported model, scoring the photos sent to it in batches."""
 
         def __init__(self) -> None:
+            keep_freed_memory()
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             self.view = export_from_bytes(model_bytes, self.device, str(settings.model))
             self.score.set_max_batch_size(settings.max_batch)

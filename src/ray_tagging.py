@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .decoding import SquarePhotos
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install -r requirements-scale.txt"
@@ -47,6 +48,7 @@ class _Scorer:
     def __init__(self, model_bytes: bytes, source: str) -> None:
         from .export import export_from_bytes
 
+        keep_freed_memory()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = export_from_bytes(model_bytes, self.device, source)
 

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from src.allocator import keep_freed_memory
 from src.preprocessing import PreprocessConfig
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.pop("LANDMARK_NEGATIVES", None)  # the Makefile exports it; module-scoped fixtures run before the autouse one
+keep_freed_memory()  # the suite runs in a process set up as the entry points set theirs (src/allocator.py)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

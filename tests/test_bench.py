@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from src.allocator import USER_SETTINGS, runs_on_glibc
 from src.cli import main
 
 
@@ -70,16 +71,27 @@ def test_serve_benchmark_loads_the_service_and_compares_it_with_prediction_in_pr
     assert all(row["failed"] == 0 and row["runtime"] in ("onnxruntime", "torchscript") for row in figures["onnx_rows"])
 
 
+@pytest.mark.skipif(not runs_on_glibc(), reason="compares settings of glibc's allocator")
 def test_passes_benchmark_times_each_pass_size_under_each_allocator(tiny_export: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "bench/passes.py", "--exports", str(tiny_export), "--photos", "3", "--passes", "1",
-                             "3", "--seconds", "0", "--rounds", "1", "--results", str(tmp_path)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+                             "3", "--train", "scratch:32", "--seconds", "0", "--rounds", "1", "--results", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=without_allocator_settings())
     assert result.returncode == 0, result.stderr[-3000:]
-    timings = json.loads((tmp_path / "passes.json").read_text())["ms_per_photo"]
+    figures = json.loads((tmp_path / "passes.json").read_text())
+    timings = figures["ms_per_photo"]
     assert len(timings) == 2 and any(network.endswith("s_exported.pt classify (37 px squares)") for network in timings)
+    settings_named = ["glibc as it comes", "freed memory kept"]
     for settings in timings.values():
-        assert list(settings) == ["glibc", "glibc, no fresh maps"] and all(list(t) == ["1", "3"] for t in settings.values())
+        assert list(settings) == settings_named and all(list(t) == ["1", "3"] for t in settings.values())
         assert all(ms > 0 for t in settings.values() for ms in t.values())
+    (training,) = figures["training_ms_per_photo"].values()
+    assert list(training) == settings_named and all(ms > 0 for ms in training.values())
+    assert list(figures["peak_memory_mb"]) == settings_named and all(mb > 100 for mb in figures["peak_memory_mb"].values())
+
+
+def without_allocator_settings() -> dict[str, str]:
+    """This environment less any setting of the C allocator, which would make the kept setting's child refuse."""
+    return {name: value for name, value in os.environ.items() if name not in USER_SETTINGS and name != "LD_PRELOAD"}
 
 
 def test_runtimes_benchmark_compares_torchscript_and_onnxruntime(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
