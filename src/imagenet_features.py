@@ -20,7 +20,7 @@ from .preprocessing import resize_and_crop
 
 GENERAL_BACKBONE = "efficientnet_lite0"  # chosen by bench/new_landmark_features.py among the shipped ImageNet backbones
 GENERAL_SIZE = 224  # its native input size (smaller inputs name new landmarks less often, same bench)
-PHOTOS_PER_PASS = 4  # on a CPU: 4 photos keep the largest activation at 224 px near 20 MB, under glibc's 32 MB ceiling
+PHOTOS_PER_PASS = 4  # on a CPU: 4 photos keep the largest activation at 224 px near 20 MB, a block glibc keeps
 
 
 class ImageNetFeatures(nn.Module):
@@ -29,9 +29,11 @@ class ImageNetFeatures(nn.Module):
 
     The network runs in channels-last memory order, in which a CPU runs its depthwise convolutions
     much faster (same features to float rounding). On a CPU it takes a batch ``photos_per_pass`` photos at a
-    time, with the same features: glibc's allocator maps every block over 32 MB afresh from the system, a whole
-    batch's activations at 224 px are such blocks, and their page faults made a batch of 50 take 2-3 times as long
-    as passes of 4 (docs/adding-landmarks.md). 0 runs the batch in one pass, as ONNX export needs."""
+    time, with the same features: in a process left as glibc comes (a platform's own that loads the file), every
+    block over 32 MB is mapped afresh from the system, a whole batch's activations at 224 px are such blocks, and a
+    batch of 50 takes 2.5 times as long as passes of 4; with freed memory kept (:mod:`src.allocator`) passes of 4
+    are still 1.2 times as fast (``bench/passes.py``, docs/adding-landmarks.md). 0 runs the batch in one pass, as
+    ONNX export needs."""
 
     def __init__(self, backbone: str = GENERAL_BACKBONE, size: int = GENERAL_SIZE,
                  photos_per_pass: int = PHOTOS_PER_PASS) -> None:

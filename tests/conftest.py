@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.allocator import keep_freed_memory
+from src.allocator import USER_SETTINGS, keep_freed_memory
 from src.preprocessing import PreprocessConfig
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -30,6 +30,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LANDMARKS10 = SHARED_DATA / "landmarks10"
 CANONICAL_SAMPLE = SHARED_DATA / "landmark_images_sample"
 
+
+
+def without_allocator_settings() -> dict[str, str]:
+    """This environment less any setting of the C allocator (``src/allocator.py``), for a child process whose
+    allocator a test names."""
+    return {name: value for name, value in os.environ.items() if name not in USER_SETTINGS and name != "LD_PRELOAD"}
 
 
 def tiny_config(crop: int = 32, resize: int | None = None, train_crop: int | None = None) -> PreprocessConfig:

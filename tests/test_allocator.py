@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from src.allocator import USER_SETTINGS, keep_freed_memory, runs_on_glibc
+from conftest import REPO, without_allocator_settings
+from src.allocator import keep_freed_memory, runs_on_glibc
 
 pytestmark = pytest.mark.skipif(not runs_on_glibc(), reason="the setting is glibc's")
 
@@ -31,7 +30,7 @@ print(result, (mallinfo2().hblkhd - before) >> 20)
 def mapped_after(setup: str, env: dict[str, str] | None = None) -> tuple[str, int]:
     """What ``setup`` returned in a fresh interpreter, and the MB glibc then maps for a 64 MB tensor."""
     out = subprocess.run([sys.executable, "-c", MEASURE.format(setup=setup)], cwd=REPO, capture_output=True, text=True,
-                         env={**{k: v for k, v in os.environ.items() if k not in USER_SETTINGS}, **(env or {})},
+                         env={**without_allocator_settings(), **(env or {})},
                          check=True).stdout.split()
     return out[-2], int(out[-1])
 

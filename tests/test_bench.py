@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
-from src.allocator import USER_SETTINGS, runs_on_glibc
+from conftest import REPO, without_allocator_settings
+from src.allocator import runs_on_glibc
 from src.cli import main
 
 
@@ -87,11 +87,6 @@ def test_passes_benchmark_times_each_pass_size_under_each_allocator(tiny_export:
     (training,) = figures["training_ms_per_photo"].values()
     assert list(training) == settings_named and all(ms > 0 for ms in training.values())
     assert list(figures["peak_memory_mb"]) == settings_named and all(mb > 100 for mb in figures["peak_memory_mb"].values())
-
-
-def without_allocator_settings() -> dict[str, str]:
-    """This environment less any setting of the C allocator, which would make the kept setting's child refuse."""
-    return {name: value for name, value in os.environ.items() if name not in USER_SETTINGS and name != "LD_PRELOAD"}
 
 
 def test_runtimes_benchmark_compares_torchscript_and_onnxruntime(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
