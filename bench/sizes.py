@@ -60,25 +60,32 @@ def split_folder(folders: list[Path], destination: Path, thumbnails: bool, test_
 
 def train(data: Path, model: str, work: Path, flags: list[str]) -> dict:
     """Train with ``python -m src train`` on ``data``; the run's figures."""
-    export = work / f"{data.name}_{len(flags)}_exported.pt"
+    export = work / f"run{len(list(work.glob('run*_exported.pt')))}_exported.pt"  # a new name for each run in work
     command = [sys.executable, "-m", "src", "train", "--data", str(data), "--model", model, "--workers", "1",
                "--checkpoint", str(export.with_name(export.name.replace("_exported", ""))), "--export", str(export), *flags]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
     metrics = json.loads(export.with_suffix(".json").read_text())
-    return {"flags": " ".join(flags) or "(none)", "preprocess": metrics["preprocess"],
-            "epochs": metrics["epochs"], "valid_accuracy": round(metrics["valid_accuracy"], 4), "test_top1": round(metrics["test"]["top1"], 4),
+    return {"flags": " ".join(flags) or "(none)", "preprocess": metrics["preprocess"], "epochs": metrics["epochs"],
+            "best_valid_loss": round(min(epoch["valid_loss"] for epoch in metrics["stage1_head_history"] + metrics["history"]), 4),
+            "valid_accuracy": round(metrics["valid_accuracy"], 4), "test_top1": round(metrics["test"]["top1"], 4),
+            "per_class_top1": {name: round(share, 4) for name, share in metrics["test"]["per_class_top1"].items()},
             "train_minutes": round(metrics["train_seconds"] / 60, 1), "wall_minutes": round((time.perf_counter() - start) / 60, 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_arguments(description: str | None) -> tuple[argparse.Namespace, list[Path]]:
+    """The options this bench and ``bench/recipe_steps.py`` share, and the class folders of ``--photos`` in order."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "new_landmarks")
     parser.add_argument("--tuned", type=int, default=10, help="the first this many classes may be tuned on; the rest are held out")
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    folders = sorted(p for p in args.photos.iterdir() if p.is_dir())
+    return args, sorted(p for p in args.photos.iterdir() if p.is_dir())
+
+
+def main() -> None:
+    args, folders = parse_arguments(__doc__)
     groups = {"tuned": folders[:args.tuned], "held out": folders[args.tuned:]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

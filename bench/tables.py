@@ -76,6 +76,25 @@ def sizes_table() -> str:
                      "validation", "test top-1", "training (whole command)"], rows)
 
 
+@generator("sizes-classes")
+def sizes_classes_table() -> str:
+    """docs/data.md: where the held-out landmarks' test errors fall, per landmark (bench/sizes.py, no flags)."""
+    rows = [r for r in load("sizes")["rows"] if r["classes"] == "held out" and r["flags"] == "(none)"]
+    names = list(rows[0]["per_class_top1"])
+    return markdown(["held-out landmark", *(f"test top-1, {r['photos']}" for r in rows)],
+                    [[name, *(pct(r["per_class_top1"][name], 1) for r in rows)] for name in names])
+
+
+@generator("recipe-steps")
+def recipe_steps_table() -> str:
+    """docs/recipes.md: stage 2's length and depth on the tuned landmarks as thumbnails (bench/recipe_steps.py)."""
+    record = load("recipe_steps")
+    rows = [[r["candidate"] + (" (**chosen**)" if r["candidate"] == record["chosen"] else ""),
+             f"`{r['flags']}`" if r["flags"] != "(none)" else r["flags"], str(r["epochs"]), f"{r['best_valid_loss']:.3f}",
+             pct(r["valid_accuracy"], 2), pct(r["test_top1"], 2), f"{r['train_minutes']:.1f} min"] for r in record["rows"]]
+    return markdown(["stage 2", "flags", "epochs", "best validation loss", "validation", "test top-1", "training"], rows)
+
+
 @generator("compare-backbones")
 def compare_backbones_table() -> str:
     """docs/recipes.md: each backbone with the shipped recipe on 3,000 photos (bench/compare_backbones.py)."""

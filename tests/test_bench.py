@@ -128,3 +128,18 @@ def test_nearest_mean_names_well_separated_landmarks_and_not_shuffled_ones() -> 
     features = centres[labels] + torch.randn(60, 8)
     assert nearest_mean_top1(features, labels, shots=5, draws=3) == 1.0
     assert nearest_mean_top1(features, labels[torch.randperm(60)], shots=5, draws=3) < 0.7  # labels unrelated to features
+
+
+def test_recipe_steps_chooses_the_fastest_candidate_within_the_tolerance_of_the_lowest_loss() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from recipe_steps import CANDIDATES, SEED_REPEAT, choose
+
+    short, default, long, deep = CANDIDATES
+    rows = [{"candidate": short, "best_valid_loss": 0.62, "train_minutes": 1.4},
+            {"candidate": default, "best_valid_loss": 0.588, "train_minutes": 2.6},
+            {"candidate": long, "best_valid_loss": 0.581, "train_minutes": 4.8},
+            {"candidate": deep, "best_valid_loss": 0.59, "train_minutes": 4.1},
+            {"candidate": SEED_REPEAT[0], "best_valid_loss": 0.5, "train_minutes": 2.6}]  # a repeat, never a candidate
+    assert choose(rows, tolerance=0.01)["candidate"] == default
+    assert choose(rows, tolerance=0.001)["candidate"] == long
+    assert choose(rows, tolerance=0.05)["candidate"] == short
