@@ -9,7 +9,9 @@ top-5, and the occlusion map; and the whole kernel-side path from the upload to 
 screen (``LandmarkApp.result``: read, verdict, thumbnail with the model's square, top-5 bars, why
 map, JPEG encoding). Median and 90th percentile over every photo. Then the whole result of 40 test photos of
 landmarks the model knows (why map drawn), with the model and with the same model after teaching it a landmark
-(``--taught-photos``, the Teach tab's code), and the app's start in a fresh Python.
+(``--taught-photos``, the Teach tab's code); the Teach click itself for 5 and for 20 of those photos (the
+first in the process, so it loads the learning code as a person's first teach does); and the app's start in a
+fresh Python.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from PIL import Image
 from predict import SAMPLE
 from utils import REPO, RESULTS, write_result
 from src.location import list_images
+
+TEACH_COUNTS = (5, 20)  # the Teach tab asks for 5-20 photos
 
 
 def app_namespace(model: Path, page_only: bool = False) -> dict:
@@ -89,6 +93,7 @@ def main() -> None:
     known = [(p.name, p.read_bytes()) for p in sorted((args.known_photos / "test").glob("*/*.jpg"))[::50]]
     whole(*known[0])
     known_whole = [whole(*photo) for photo in known]  # photos of landmarks it knows: the why map is drawn
+    teach_seconds = {count: timed_teach(app, args.taught_photos, count) for count in TEACH_COUNTS} if args.taught_photos.is_dir() else {}
     taught_whole = taught_result_times(app, args.taught_photos, known, whole) if args.taught_photos.is_dir() else []
     start, page = start_seconds(args.model), start_seconds(args.model, page_only=True)
     write_result("app", {
@@ -108,7 +113,8 @@ def main() -> None:
         "known_upload_to_result": summary(known_whole),
         **({"taught_known_upload_to_result": summary(taught_whole),
             "taught_over_base": round(statistics.median(taught_whole) / statistics.median(known_whole), 2),
-            "taught_from": str(args.taught_photos.relative_to(REPO.parent))} if taught_whole else {}),
+            "taught_from": str(args.taught_photos.relative_to(REPO.parent)),
+            "teach_seconds": {f"{count} photos": seconds for count, seconds in teach_seconds.items()}} if taught_whole else {}),
     }, args.results)
 
 
@@ -132,23 +138,44 @@ print(time.perf_counter() - start)
     return round(statistics.median(runs), 2)
 
 
+def teach(app: dict, folder: Path, count: int) -> float:
+    """Teach the landmark of ``folder`` (its first ``count`` photos) to the model in use with the Teach tab's form
+    and button; the seconds of the click (read, add, save, switch to the new model)."""
+    form = app["teach"]
+    form.name.value = folder.name.split(".", 1)[-1].replace("_", " ")
+    form.photos.value = [{"name": p.name, "type": "", "size": 0, "content": memoryview(p.read_bytes()),
+                          "last_modified": datetime.datetime.now(datetime.timezone.utc)} for p in list_images(folder)[:count]]
+    _, seconds = timed(form.teach)
+    if "Learned" not in form.status.value:
+        raise RuntimeError(f"teaching failed: {form.status.value}")
+    return round(seconds / 1000, 2)
+
+
+def remove_taught(app: dict, base: str) -> None:
+    """Delete the taught model in use as its "Remove this model" button does (two clicks), and use ``base`` again."""
+    app["app"].remove_model()
+    app["app"].remove_model()
+    app["app"].picker.value = base
+
+
+def timed_teach(app: dict, folder: Path, count: int) -> float:
+    """Seconds of one Teach click for ``count`` photos; the taught model is removed afterwards."""
+    base = app["app"].picker.value
+    seconds = teach(app, folder, count)
+    remove_taught(app, base)
+    return seconds
+
+
 def taught_result_times(app: dict, folder: Path, photos: list[tuple[str, bytes]], whole) -> list[float]:
     """Teach the landmark of ``folder`` (its first 10 photos) to the model in use, as the app's Teach tab does,
-    then time the whole result of every photo with that model (the why map included); the taught model is deleted."""
-    teach = app["teach"]
-    teach.name.value = folder.name.split(".", 1)[-1].replace("_", " ")
-    teach.photos.value = [{"name": p.name, "type": "", "size": 0, "content": memoryview(p.read_bytes()),
-                           "last_modified": datetime.datetime.now(datetime.timezone.utc)} for p in list_images(folder)[:10]]
-    teach.teach()
-    if "Learned" not in teach.status.value:
-        raise RuntimeError(f"teaching failed: {teach.status.value}")
+    then time the whole result of every photo with that model (the why map included); the taught model is removed."""
+    base = app["app"].picker.value
+    teach(app, folder, 10)
     try:
         whole(*photos[0])  # warm-up
         return [whole(*photo) for photo in photos]
     finally:
-        model = app["app"].paths[app["app"].picker.value]
-        model.unlink()
-        model.with_suffix(".json").unlink()
+        remove_taught(app, base)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ def test_app_benchmark_times_the_notebook_code(tiny_data: Path, tiny_export: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "app.json").read_text())
     assert figures["photos"] == 12 and figures["upload_to_top5"]["median_ms"] > 0 and figures["why_map"]["median_ms"] > 0
+    if "taught_from" in figures:  # the shared photos of a landmark to teach are beside the repository
+        assert set(figures["teach_seconds"]) == {"5 photos", "20 photos"} and min(figures["teach_seconds"].values()) > 0
+        assert not [path.name for path in tiny_export.parent.glob("*+*")]  # every taught model was removed
 
 
 @pytest.mark.skipif(not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).is_file() and not os.environ.get("CI"),
