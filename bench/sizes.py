@@ -60,9 +60,10 @@ def split_folder(folders: list[Path], destination: Path, thumbnails: bool, test_
 
 def train(data: Path, model: str, work: Path, flags: list[str]) -> dict:
     """Train with ``python -m src train`` on ``data``; the run's figures."""
-    export = work / f"run{len(list(work.glob('run*_exported.pt')))}_exported.pt"  # a new name for each run in work
+    run = Path(tempfile.mkdtemp(prefix="run", dir=work))  # each run its own folder
+    export = run / "model_exported.pt"
     command = [sys.executable, "-m", "src", "train", "--data", str(data), "--model", model, "--workers", "1",
-               "--checkpoint", str(export.with_name(export.name.replace("_exported", ""))), "--export", str(export), *flags]
+               "--checkpoint", str(run / "model.pt"), "--export", str(export), *flags]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
     metrics = json.loads(export.with_suffix(".json").read_text())
