@@ -1,6 +1,7 @@
 """Adding landmarks from a few photos: accuracy on new and original landmarks, unknown detection, seconds.
 
-    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3] [--without-floor] [--name NAME]
+    python bench/add_landmarks.py [--model checkpoints/transfer_exported.pt] [--shots 1 5 10 20] [--draws 3] [--without-floor]
+                                  [--max-negatives-added SHARE] [--name NAME]
 
 New landmarks: the folders of ``../shared/data/new_landmarks``, in three settings:
 
@@ -22,7 +23,9 @@ of training, fitting, calibration and that choice: the honest figure), with the 
 of *other* landmarks accepted (the held-out photos of the landmarks trained against, which look most like
 the added ones: the cost of accepting the added landmarks' photos), with one landmark at a time the share of
 the other never-trained landmarks' photos accepted (``unseen_landmarks``: landmarks never in a negatives
-folder, as most a user meets are; :func:`unseen_landmarks`), plus the seconds ``add_landmarks``
+folder, as most a user meets are; :func:`unseen_landmarks`), of both also the share accepted as a landmark of
+another site (``_elsewhere``: a wrong place; a photo of Qutub Minar named as the Iron Pillar beside it gets the right
+one, :data:`few_shot.SITES`; before adding, every accepted one is named as an original landmark), plus the seconds ``add_landmarks``
 took (read, features, fit, script); see
 :func:`few_shot.few_shot_draw`. Predictions come from each photo's features, computed once
 (:func:`src.new_landmarks.combined_features`; ``logits_from_features`` of the new model, checked equal
@@ -32,7 +35,10 @@ batches of ``BATCH_SIZE`` as ``tag`` runs it and one photo at a time as the app 
 rounds that alternate the two models).
 Writes ``bench/results/add_landmarks.json``; ``--without-floor`` measures the same draws with no
 similarity floor for added landmarks (:func:`src.openset.similarity_floor`: what it buys) and writes
-``bench/results/add_landmarks_without_floor.json`` (``--name`` gives another name).
+``bench/results/add_landmarks_without_floor.json``; ``--max-negatives-added`` measures them with another cap on the
+held-out negatives that may pass as an added landmark (:data:`src.added_fit.MAX_NEGATIVES_ADDED`) and writes
+``bench/results/add_landmarks_cap_SHARE.json`` (``--name`` gives another name). Neither times the command, which runs
+the shipped settings.
 """
 
 from __future__ import annotations
@@ -123,12 +129,18 @@ def everyday_sources(trained_negatives: list[str]) -> dict[str, list[Path]]:
     return {source: paths for source, paths in sources.items() if paths}
 
 
+def labelled(photos: dict[str, list[Path]], features: dict[Path, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+    """The ``features`` of every photo of ``photos`` (``{landmark: paths}``) that has them, and each one's landmark."""
+    pairs = [(features[p], name) for name, paths in photos.items() for p in paths if p in features]
+    return torch.stack([f for f, _ in pairs]), [name for _, name in pairs]
+
+
 def unseen_landmarks(never: dict[str, list[Path]], added: dict[str, list[Path]], features: dict[Path, torch.Tensor]
-                     ) -> dict[str, torch.Tensor]:
-    """``{"unseen_landmarks": features}`` of every photo of the never-trained landmarks not being added (none left
-    when they all are): landmarks neither known, nor added, nor ever in a negatives folder, as most landmarks are."""
-    photos = [features[p] for name, paths in never.items() if name not in added for p in paths if p in features]
-    return {"unseen_landmarks": torch.stack(photos)} if photos else {}
+                     ) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """``{"unseen_landmarks": (features, landmarks)}`` of every photo of the never-trained landmarks not being added
+    (none left when they all are): landmarks neither known, nor added, nor ever in a negatives folder, as most are."""
+    rest = {name: paths for name, paths in never.items() if name not in added}
+    return {"unseen_landmarks": labelled(rest, features)} if rest else {}
 
 
 def command_run(model_path: Path, photos: dict[str, list[Path]], shots: int) -> tuple[float, int]:
@@ -152,10 +164,15 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--without-floor", action="store_true", help="added landmarks get no similarity floor (the ablation)")
-    parser.add_argument("--name", help="result file name (default: add_landmarks, or add_landmarks_without_floor)")
+    parser.add_argument("--max-negatives-added", type=float, default=added_fit.MAX_NEGATIVES_ADDED, metavar="SHARE",
+                        help=f"held-out negatives that may pass as an added landmark (default {added_fit.MAX_NEGATIVES_ADDED})")
+    parser.add_argument("--name", help="result file name (default: add_landmarks, add_landmarks_without_floor or "
+                                       "add_landmarks_cap_SHARE)")
     args = parser.parse_args()
     if args.without_floor:
         added_fit.similarity_floor = lambda *_, **__: -2.0  # the floor of "none": every similarity reaches it
+    shipped_cap = args.max_negatives_added == added_fit.MAX_NEGATIVES_ADDED
+    added_fit.MAX_NEGATIVES_ADDED = args.max_negatives_added
     base = load_exported(args.model)
     metrics = json.loads(args.model.with_suffix(".json").read_text())
     test_folder = PhotoFolder(Path(metrics["data"]) / "test")
@@ -196,14 +213,16 @@ def main() -> None:
           f"{speed['with_added_landmarks']:.0f} with landmarks added; one at a time: {speed_one['base']:.0f} and "
           f"{speed_one['with_added_landmarks']:.0f}")
     rows = []
-    others = torch.stack([features[p] for p in other_photos if p in features])
+    others = {"other_landmarks": labelled({name: paths for name, paths in settings["all at once"].items() if name not in never},
+                                          features)}
     groups = {setting: [photos] for setting, photos in settings.items()}
     groups["one at a time"] = [{name: paths} for name, paths in never.items()]  # as the app's "Teach a landmark" tab
     for setting, group in groups.items():
         measure_others = setting != "all at once"  # there, the other landmarks are added too
         for shots in args.shots:
-            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes, others if measure_others else None,
-                                   {**everyday_features, **unseen_landmarks(never, photos, features)})
+            draws = [few_shot_draw(base, photos, shots, seed, features, test, scenes,
+                                   {**(others if measure_others else {}), **unseen_landmarks(never, photos, features)},
+                                   everyday_features)
                      for photos in group for seed in range(args.draws)]
             row = {"setting": setting, "new_landmarks": len(group[0]), "photos_per_landmark": shots, "draws": args.draws,
                    **{key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}}
@@ -212,18 +231,21 @@ def main() -> None:
                   f"{row['new_accepted']:.1%}), original top-1 {row['original_top1']:.2%} (accepted {row['original_accepted']:.1%}), "
                   f"scenes accepted {row['unknown_accepted']:.1%} (AUROC {row['unknown_auroc']:.4f}), "
                   + "".join(f"{source} accepted {row[source + '_accepted']:.1%}, " for source in everyday)
-                  + (f"other landmarks accepted {row['other_landmarks_accepted']:.1%}, " if measure_others else "")
-                  + (f"never-seen landmarks accepted {row['unseen_landmarks_accepted']:.1%}, "
-                     if "unseen_landmarks_accepted" in row else "")
+                  + (f"other landmarks accepted {row['other_landmarks_accepted']:.1%} "
+                     f"({row['other_landmarks_elsewhere']:.1%} at another site), " if measure_others else "")
+                  + (f"never-seen landmarks accepted {row['unseen_landmarks_accepted']:.1%} "
+                     f"({row['unseen_landmarks_elsewhere']:.1%} at another site), " if "unseen_landmarks_accepted" in row else "")
                   + f"{row['seconds']:.1f} s", flush=True)
-    name = args.name or ("add_landmarks_without_floor" if args.without_floor else "add_landmarks")
+    name = args.name or ("add_landmarks_without_floor" if args.without_floor else
+                         "add_landmarks" if shipped_cap else f"add_landmarks_cap_{args.max_negatives_added:g}")
     record = {"model": str(args.model), "similarity_floor": not args.without_floor,
+              "max_negatives_added": args.max_negatives_added,
               "original_top1_before": round(float((base_probabilities.argmax(1).numpy() == test[1]).mean()), 4),
               "scenes_before": before, "other_landmarks_before": other_before, "unseen_landmarks_before": unseen_before,
               "everyday_before": everyday_before,
               "everyday_photos": {source: len(paths) for source, paths in everyday.items()},
               "photos_per_second": speed, "photos_per_second_one_at_a_time": speed_one, "rows": rows}
-    if not args.without_floor:
+    if not args.without_floor and shipped_cap:
         command, size = command_run(args.model, never, 10)
         print(f"Whole add-landmarks command, {len(never)} landmarks x 10 photos: {command:.1f} s; the model it writes is "
               f"{size / args.model.stat().st_size:.2f}x its base's file size")

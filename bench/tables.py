@@ -161,8 +161,9 @@ def add_landmarks_table() -> str:
     """docs/adding-landmarks.md: new landmarks added from a few photos (bench/add_landmarks.py --shots 5 10)."""
     rows: list[Row] = []
     for r in load("add_landmarks")["rows"]:
-        other = " / ".join("—" if r.get(key) is None else pct(r[key], space=False)
-                           for key in ("other_landmarks_accepted", "unseen_landmarks_accepted"))
+        other = " / ".join("—" if r.get(f"{key}_accepted") is None else
+                           f"{pct(r[f'{key}_accepted'], space=False)} ({pct(r[f'{key}_elsewhere'], space=False)})"
+                           for key in ("other_landmarks", "unseen_landmarks"))
         rows.append([r["setting"], str(r["new_landmarks"]), str(r["photos_per_landmark"]),
                      *(pct(r[key], space=False) for key in ("new_top1", "new_accepted", "new_named_and_accepted")),
                      pct(r["original_top1"], 2, space=False), pct(r["original_accepted"], space=False),
@@ -174,7 +175,7 @@ def add_landmarks_table() -> str:
     return markdown(["new landmarks", "count", "photos each", "new: top-1", "new: accepted",
                      "new: named right and accepted", "original: top-1", "original: accepted",
                      "scenes: AUROC / FPR@95TPR / accepted", "everyday accepted: floor chosen on / left out",
-                     "other landmarks accepted: trained against / never seen", "seconds"], rows)
+                     "other landmarks accepted (at another site): trained against / never seen", "seconds"], rows)
 
 
 @generator("shared-trunk")
@@ -357,9 +358,10 @@ def readme_add_landmarks() -> str:
             f"{pct(nine['original_accepted'])} of it accepted; scenes {scenes} accepted ({scenes_note}), "
             f"everyday photos never chosen on {pct(nine['everyday_left_out_accepted'])} "
             f"({pct(record['everyday_before']['everyday_left_out'])} before adding), other landmarks "
-            f"{pct(nine['other_landmarks_accepted'])} ({pct(record['other_landmarks_before'])} before adding), "
+            f"{pct(nine['other_landmarks_accepted'])} ({pct(nine['other_landmarks_elsewhere'])} at another site; "
+            f"{pct(record['other_landmarks_before'])} before adding), "
             f"never-seen landmarks {pct(one['unseen_landmarks_accepted'])} with one added "
-            f"({pct(record['unseen_landmarks_before'])} before adding); "
+            f"({pct(one['unseen_landmarks_elsewhere'])} at another site; {pct(record['unseen_landmarks_before'])} before adding); "
             f"{record['command_seconds_10_photos']:.1f} s for the whole command; "
             f"{speed['with_added_landmarks']:.1f} photos/s afterwards against {speed['base']:.1f}/s in the same run "
             f"(**{speed['with_added_landmarks'] / speed['base']:.2f}×**; one photo at a time "
