@@ -195,7 +195,8 @@ def main() -> None:
                                  base.known_score_from_features(photo_features(base, scene_photos)[0]).numpy(),
                                  float(base.unknown_threshold))
         never = settings["never trained against"]
-        other_photos = [p for name, paths in settings["all at once"].items() if name not in never for p in paths]
+        other_landmarks = {name: paths for name, paths in settings["all at once"].items() if name not in never}
+        other_photos = [p for paths in other_landmarks.values() for p in paths]
         other_scores = base.known_score_from_features(photo_features(base, other_photos)[0])
         other_before = round(float((other_scores >= float(base.unknown_threshold)).float().mean()), 4)
         unseen_scores = base.known_score_from_features(photo_features(base, [p for paths in never.values() for p in paths])[0])
@@ -213,8 +214,7 @@ def main() -> None:
           f"{speed['with_added_landmarks']:.0f} with landmarks added; one at a time: {speed_one['base']:.0f} and "
           f"{speed_one['with_added_landmarks']:.0f}")
     rows = []
-    others = {"other_landmarks": labelled({name: paths for name, paths in settings["all at once"].items() if name not in never},
-                                          features)}
+    others = {"other_landmarks": labelled(other_landmarks, features)}
     groups = {setting: [photos] for setting, photos in settings.items()}
     groups["one at a time"] = [{name: paths} for name, paths in never.items()]  # as the app's "Teach a landmark" tab
     for setting, group in groups.items():
