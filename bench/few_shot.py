@@ -27,6 +27,12 @@ def site(landmark: str) -> str:
     return SITES.get(landmark, landmark)
 
 
+def accepted_elsewhere(named: Sequence[str], landmarks: Sequence[str], accepted: np.ndarray) -> np.ndarray:
+    """Which photos of ``landmarks``, each ``named`` as a landmark by a model, are ``accepted`` at another
+    :func:`site`: a wrong place, where a landmark of the same complex gives the right one."""
+    return accepted & np.array([site(a) != site(b) for a, b in zip(named, landmarks)], dtype=bool)
+
+
 def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]], shots: int, seed: int,
                   features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor,
                   other_landmarks: Mapping[str, tuple[torch.Tensor, Sequence[str]]] | None = None,
@@ -70,9 +76,9 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     others: dict[str, float] = {}
     for source, (photos_, names) in (other_landmarks or {}).items():
         classes, scores = predicted(photos_)
-        elsewhere = np.array([site(model.class_names[c]) != site(name) for c, name in zip(classes, names)])
         others[f"{source}_accepted"] = float((scores >= threshold).mean())
-        others[f"{source}_elsewhere"] = float(((scores >= threshold) & elsewhere).mean())
+        others[f"{source}_elsewhere"] = float(accepted_elsewhere([model.class_names[c] for c in classes], names,
+                                                                 scores >= threshold).mean())
     others.update({f"{source}_accepted": float((predicted(photos)[1] >= threshold).mean())
                    for source, photos in (other_unknown or {}).items()})
     named = query_pred == np.asarray(query_targets)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,16 @@ def test_nearest_mean_names_well_separated_landmarks_and_not_shuffled_ones() -> 
     features = centres[labels] + torch.randn(60, 8)
     assert nearest_mean_top1(features, labels, shots=5, draws=3) == 1.0
     assert nearest_mean_top1(features, labels[torch.randperm(60)], shots=5, draws=3) < 0.7  # labels unrelated to features
+
+
+def test_a_photo_named_as_a_landmark_of_its_own_complex_is_not_counted_at_a_wrong_place() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from few_shot import accepted_elsewhere
+
+    named = ["Iron Pillar Delhi", "Colosseum", "Alai Minar", "Thanjavur Temple", "Colosseum"]
+    landmarks = ["Qutub Minar", "Qutub Minar", "Alai Darwaza", "Sun Temple Konark", "Lotus Temple"]
+    accepted = np.array([True, True, True, True, False])
+    assert accepted_elsewhere(named, landmarks, accepted).tolist() == [False, True, False, True, False]
 
 
 def test_recipe_steps_chooses_the_fastest_candidate_within_the_tolerance_of_the_lowest_loss() -> None:
