@@ -74,8 +74,8 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     test_pred, test_score = predicted(known[0])
     after = open_set_report(test_score, predicted(unknown)[1], threshold)
     others: dict[str, float] = {}
-    for source, (photos_, names) in (other_landmarks or {}).items():
-        classes, scores = predicted(photos_)
+    for source, (landmark_features, names) in (other_landmarks or {}).items():
+        classes, scores = predicted(landmark_features)
         others[f"{source}_accepted"] = float((scores >= threshold).mean())
         others[f"{source}_elsewhere"] = float(accepted_elsewhere([model.class_names[c] for c in classes], names,
                                                                  scores >= threshold).mean())
