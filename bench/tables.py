@@ -197,6 +197,28 @@ def shared_trunk_table() -> str:
                      "photos/s: added / base", "base file, added model's size", "command seconds"], rows)
 
 
+@generator("general-size")
+def general_size_table() -> str:
+    """docs/adding-landmarks.md: the shipped model with added landmarks, its second network at fewer pixels
+    (bench/general_size.py)."""
+    rows: list[Row] = []
+    for size, r in load("general_size")["sizes"].items():
+        never = next(row for row in r["rows"] if row["setting"] == "never trained against")
+        alone = next(row for row in r["rows"] if row["setting"] == "one at a time")
+        batched, single = r["photos_per_second"], r["photos_per_second_one_at_a_time"]
+        rows.append([f"{size} px", pct(never["new_top1"], space=False), pct(never["new_named_and_accepted"], space=False),
+                     pct(never["everyday_left_out_accepted"], space=False),
+                     f"{pct(never['other_landmarks_accepted'], space=False)} ({pct(never['other_landmarks_elsewhere'], space=False)})",
+                     f"{pct(alone['unseen_landmarks_accepted'], space=False)} ({pct(alone['unseen_landmarks_elsewhere'], space=False)})",
+                     f"{batched['with_added_landmarks']:.0f} / {batched['base']:.0f} = "
+                     f"**{batched['with_added_landmarks'] / batched['base']:.2f}×**",
+                     f"{single['with_added_landmarks']:.0f} / {single['base']:.0f} = "
+                     f"**{single['with_added_landmarks'] / single['base']:.2f}×**"])
+    return markdown(["EfficientNet-Lite0 reads", "new: top-1", "new: named right and accepted", "everyday left out accepted",
+                     "other landmarks accepted (at another site)", "never-seen landmarks accepted, one added (at another site)",
+                     "photos/s in batches of 50: added / base", "one at a time: added / base"], rows)
+
+
 @generator("passes")
 def passes_table() -> str:
     """docs/adding-landmarks.md: milliseconds a photo by photos per pass, under two allocator settings (bench/passes.py)."""

@@ -1,0 +1,94 @@
+"""A smaller second network: the shipped model with added landmarks when EfficientNet-Lite0 reads photos at fewer pixels.
+
+    python bench/general_size.py [--model checkpoints/transfer_exported.pt] [--sizes 224 192 160] [--shots 10]
+
+A model with added landmarks read below its backbone's native size runs EfficientNet-Lite0 at 224 px beside its base
+(:mod:`src.imagenet_features`), and that network takes most of its time. For each size, a copy of ``--model`` (a
+TorchScript export) gets the ImageNet features of the photos it remembers (:func:`src.memory.remembered_photos`) read
+at that size; the copy at the export's own size is the export itself, whose features the rebuild must reproduce.
+Then ``bench/add_landmarks.py`` measures each (written to ``bench/results/add_landmarks_lite0_SIZE.json``): the new
+landmarks' photos named right and accepted, every negatives source, and the photos per second of a model with added
+landmarks against its base. Writes the rows side by side to ``bench/results/general_size.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from utils import REPO, RESULTS, write_result
+from src.data import PhotoFolder, split_indices
+from src.embedded_base import embedded_base
+from src.export import ExportView, open_export
+from src.imagenet_features import CombinedFeatures, ImageNetFeatures
+from src.memory import photo_features, remembered_photos
+
+
+def remembered_features(view: ExportView, metrics: dict, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The export's ``general_memory`` and ``memory_as_added`` as they would be with the ImageNet network at ``size``
+    px: its validation photos (the seeded split of its run's dataset) and negatives, read again."""
+    data = Path(metrics["data"])
+    train = PhotoFolder(data / "train")
+    valid = split_indices(len(train), len(PhotoFolder(data / "test")))[1]
+    paths, targets = [train.paths[i] for i in valid], [train.targets[i] for i in valid]
+    rows, sourced = remembered_photos(targets, metrics.get("negatives", []))
+    remembered = torch.tensor([targets[i] for i in rows] + [-1 - k for k, _ in sourced])
+    if not torch.equal(remembered, view.memory_targets):
+        raise SystemExit("the export's memory holds other photos than its run's dataset and negatives give")
+    general = ImageNetFeatures(str(view.module.general_backbone), size).eval()
+    as_read, kept, _ = photo_features(CombinedFeatures(embedded_base(view), general), [paths[i] for i in rows])
+    negatives, kept_negatives, _ = photo_features(general, [path for _, path in sourced])
+    if len(kept) != len(rows) or len(kept_negatives) != len(sourced):
+        raise SystemExit("a remembered photo became unreadable")
+    split = int(view.memory_features.shape[1])
+    return torch.cat([as_read[:, split:], negatives]).half(), as_read[:, :split].half()
+
+
+def copy_at(model: Path, view: ExportView, metrics: dict, size: int, out: Path) -> Path:
+    """A copy of the export ``model`` whose second network reads photos at ``size`` px (its metrics JSON beside it)."""
+    general, as_added = remembered_features(view, metrics, size)
+    module = torch.jit.load(str(model))
+    module.general_memory, module.memory_as_added, module.general_size = general, as_added, size
+    torch.jit.save(module, str(out))
+    out.with_suffix(".json").write_text(json.dumps(metrics))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "transfer_exported.pt")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 192, 160])
+    parser.add_argument("--shots", type=int, default=10)
+    args = parser.parse_args()
+    view = open_export(args.model)
+    if view.base is not None or view.general_trunk_stages > 0:
+        raise SystemExit(f"{args.model}: needs an export with a second network (not one with added landmarks or a shared trunk)")
+    metrics = json.loads(args.model.with_suffix(".json").read_text())
+    native = int(view.module.general_size)
+    shipped, _ = remembered_features(view, metrics, native)
+    if not torch.allclose(shipped.float(), view.general_memory.float(), atol=1e-2):
+        raise SystemExit(f"{args.model}: its remembered photos read again do not give its ImageNet features")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            model = args.model if size == native else copy_at(args.model, view, metrics, size, Path(tmp, f"lite0_{size}.pt"))
+            name = f"add_landmarks_lite0_{size}"
+            subprocess.run([sys.executable, "bench/add_landmarks.py", "--model", str(model), "--name", name,
+                            "--shots", str(args.shots)], cwd=REPO, check=True)
+            result = json.loads((RESULTS / f"{name}.json").read_text())
+            rows[str(size)] = {"rows": [row for row in result["rows"] if row["setting"] != "all at once"],
+                               **{key: result[key] for key in ("photos_per_second", "photos_per_second_one_at_a_time",
+                                                               "other_landmarks_before", "unseen_landmarks_before",
+                                                               "everyday_before")}}
+    write_result("general_size", {"model": str(args.model), "backbone": str(view.module.general_backbone),
+                                  "shots": args.shots, "sizes": rows})
+
+
+if __name__ == "__main__":
+    main()
