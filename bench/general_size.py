@@ -4,8 +4,8 @@
 
 A model with added landmarks read below its backbone's native size runs EfficientNet-Lite0 at 224 px beside its base
 (:mod:`src.imagenet_features`), and that network takes most of its time. For each size, a copy of ``--model`` (a
-TorchScript export) gets the ImageNet features of the photos it remembers (:func:`src.memory.remembered_photos`) read
-at that size; the copy at the export's own size is the export itself, whose features the rebuild must reproduce.
+TorchScript export) gets the ImageNet features of the photos it remembers read at that size
+(:func:`src.memory.feature_memory`); the copy at the export's own size is the export itself, whose features the rebuild must reproduce.
 Then ``bench/add_landmarks.py`` measures each (written to ``bench/results/add_landmarks_lite0_SIZE.json``): the new
 landmarks' photos named right and accepted, every negatives source, and the photos per second of a model with added
 landmarks against its base. Writes the rows side by side to ``bench/results/general_size.json``.
@@ -26,28 +26,25 @@ from utils import REPO, RESULTS, write_result
 from src.data import PhotoFolder, split_indices
 from src.embedded_base import embedded_base
 from src.export import ExportView, open_export
-from src.imagenet_features import CombinedFeatures, ImageNetFeatures
-from src.memory import photo_features, remembered_photos
+from src.imagenet_features import ImageNetFeatures
+from src.memory import feature_memory, photo_features
 
 
 def remembered_features(view: ExportView, metrics: dict, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The export's ``general_memory`` and ``memory_as_added`` as they would be with the ImageNet network at ``size``
-    px: its validation photos (the seeded split of its run's dataset) and negatives, read again."""
+    px: the memory of its validation photos (the seeded split of its run's dataset) and negatives, made again
+    (:func:`src.memory.feature_memory`) with its own network."""
     data = Path(metrics["data"])
     train = PhotoFolder(data / "train")
     valid = split_indices(len(train), len(PhotoFolder(data / "test")))[1]
     paths, targets = [train.paths[i] for i in valid], [train.targets[i] for i in valid]
-    rows, sourced = remembered_photos(targets, metrics.get("negatives", []))
-    remembered = torch.tensor([targets[i] for i in rows] + [-1 - k for k, _ in sourced])
-    if not torch.equal(remembered, view.memory_targets):
+    base = embedded_base(view)
+    features, kept, _ = photo_features(base, paths)
+    memory = feature_memory(base, features, [paths[i] for i in kept], [targets[i] for i in kept], metrics.get("negatives", []),
+                            imagenet=ImageNetFeatures(str(view.module.general_backbone), size).eval())
+    if not torch.equal(memory.targets, view.memory_targets):
         raise SystemExit("the export's memory holds other photos than its run's dataset and negatives give")
-    general = ImageNetFeatures(str(view.module.general_backbone), size).eval()
-    as_read, kept, _ = photo_features(CombinedFeatures(embedded_base(view), general), [paths[i] for i in rows])
-    negatives, kept_negatives, _ = photo_features(general, [path for _, path in sourced])
-    if len(kept) != len(rows) or len(kept_negatives) != len(sourced):
-        raise SystemExit("a remembered photo became unreadable")
-    split = int(view.memory_features.shape[1])
-    return torch.cat([as_read[:, split:], negatives]).half(), as_read[:, :split].half()
+    return memory.general, memory.as_added
 
 
 def copy_at(model: Path, view: ExportView, metrics: dict, size: int, out: Path) -> Path:

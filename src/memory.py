@@ -60,16 +60,9 @@ def rows_per_class(targets: Sequence[int], n: int) -> list[int]:
     return [row for target in sorted(set(targets)) for row in _evenly([i for i, t in enumerate(targets) if t == target], n)]
 
 
-def remembered_photos(valid_targets: Sequence[int], negatives: Sequence[str | Path] = ()) -> tuple[list[int], list[tuple[int, Path]]]:
-    """Which photos an export remembers: the indices of up to :data:`MEMORY_PER_CLASS` of the validation photos
-    ``valid_targets`` label per class, and up to :data:`MEMORY_NEGATIVES` ``(folder index, photo)`` pairs of the
-    training half of the ``negatives`` folders, each spread evenly. The same photos every time for one dataset."""
-    rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
-    return rows, _evenly([(k, path) for k, folder in enumerate(negatives) for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
-
-
 def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: Sequence[Path], valid_targets: Sequence[int],
-                   negatives: Sequence[str | Path] = (), num_workers: int = -1) -> FeatureMemory:
+                   negatives: Sequence[str | Path] = (), num_workers: int = -1, imagenet: ImageNetFeatures | None = None
+                   ) -> FeatureMemory:
     """What an export keeps to add landmarks later (and to detect unknown photos with): up to
     :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
     calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (after them, target
@@ -78,8 +71,10 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
     :class:`~src.shared_trunk.SharedTrunkPredictor` (:class:`~src.shared_trunk.SharedTrunkFeatures`), else from
     :class:`~src.imagenet_features.ImageNetFeatures`. Of the validation photos also the model's features as a model
     with added landmarks computes them (read at the larger of the two sizes), which that model's threshold is
-    calibrated on."""
-    rows, sourced = remembered_photos(valid_targets, negatives)
+    calibrated on. ``imagenet``: the second network that reads them (default: :class:`~src.imagenet_features.
+    ImageNetFeatures` at its native size, as every export's)."""
+    rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
+    sourced = _evenly([(k, path) for k, folder in enumerate(negatives) for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
     trained_negatives = [path for _, path in sourced]
     size = valid_features.shape[1]
     if isinstance(model, SharedTrunkPredictor):
@@ -90,7 +85,7 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
         negative_features, negatives_general, negative_errors = both[:, :size], both[:, size:], {}
         described = (network.backbone_name, model.image_size, network.trunk_stages)
     else:
-        imagenet = ImageNetFeatures()
+        imagenet = imagenet or ImageNetFeatures()
         combined = CombinedFeatures(model, imagenet)
         negative_features, kept, _ = photo_features(model, trained_negatives, num_workers)
         negatives_general, _, negative_errors = photo_features(imagenet, [trained_negatives[i] for i in kept], num_workers)
