@@ -219,6 +219,27 @@ def general_size_table() -> str:
                      "photos/s in batches of 50: added / base", "one at a time: added / base"], rows)
 
 
+@generator("feature-gate")
+def feature_gate_table() -> str:
+    """docs/adding-landmarks.md: the ImageNet network run only for photos a gate on the base's features lets through
+    (bench/feature_gate.py)."""
+    result = load("feature_gate")
+    speed = result["photos_per_second"]
+    rows: list[Row] = [["no gate", "100% / 100% / 100% / 100%",
+                        pct(result["gates"]["margin, lowest"]["new_named_and_accepted"], space=False),
+                        pct(result["gates"]["margin, lowest"]["original_named_and_accepted"], space=False),
+                        *[f"{speed['with_added_landmarks'] / speed['base']:.2f}× (measured)"] * 2]]
+    for gate, r in result["gates"].items():
+        runs = (pct(r[f"{source}_runs_imagenet"], space=False) for source in ("new", "original", "scenes", "everyday_left_out"))
+        rows.append([gate, " / ".join(runs),
+                     pct(r["new_named_and_accepted_gated"], space=False), pct(r["original_named_and_accepted_gated"], space=False),
+                     f"{r['at_most_x_base_original']:.2f}×", f"{r['at_most_x_base_everyday']:.2f}×"])
+    return markdown(["gate, threshold",
+                     "photos that run the ImageNet network: new landmarks / original / scenes / everyday left out",
+                     "new: named right and accepted", "original: named right and accepted",
+                     "at most × the base: original photos", "everyday photos"], rows)
+
+
 @generator("passes")
 def passes_table() -> str:
     """docs/adding-landmarks.md: milliseconds a photo by photos per pass, under two allocator settings (bench/passes.py)."""
