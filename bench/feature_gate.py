@@ -9,8 +9,8 @@ those photos apart. A *gate* scores each photo by its base features against the 
 
 - ``nearest``: the cosine similarity to the nearest given photo, features centred on the mean of the photos the
   export remembers (raw, every pair of photos is alike: the features are non-negative);
-- ``margin``: that similarity less the one to the nearest remembered photo (of an original landmark or of no
-  landmark), as the added landmarks' unknown detector does with both features.
+- ``margin``: that similarity less the one to the nearest photo the export remembers (of an original landmark or of
+  no landmark).
 
 A photo whose score reaches a threshold runs the whole model with added landmarks; any other gets the base's answer
 (its class among the original landmarks, or unknown, by the base's own detector). The threshold comes from the given
