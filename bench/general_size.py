@@ -5,7 +5,7 @@
 A model with added landmarks read below its backbone's native size runs EfficientNet-Lite0 at 224 px beside its base
 (:mod:`src.imagenet_features`), and that network takes most of its time. For each size, a copy of ``--model`` (a
 TorchScript export) gets the ImageNet features of the photos it remembers read at that size
-(:func:`src.memory.feature_memory`); the copy at the export's own size is the export itself, whose features the rebuild must reproduce.
+(``export_copies.py``); the copy at the export's own size is the export itself, whose features the rebuild must reproduce.
 Then ``bench/add_landmarks.py`` measures each (written to ``bench/results/add_landmarks_lite0_SIZE.json``): the new
 landmarks' photos named right and accepted, every negatives source, and the photos per second of a model with added
 landmarks against its base. Writes the rows side by side to ``bench/results/general_size.json``.
@@ -23,38 +23,17 @@ from pathlib import Path
 import torch
 
 from utils import REPO, RESULTS, write_result
-from src.data import PhotoFolder, split_indices
-from src.embedded_base import embedded_base
+from export_copies import rebuilt_memory, save_copy
 from src.export import ExportView, open_export
 from src.imagenet_features import ImageNetFeatures
-from src.memory import feature_memory, photo_features
-
-
-def remembered_features(view: ExportView, metrics: dict, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The export's ``general_memory`` and ``memory_as_added`` as they would be with the ImageNet network at ``size``
-    px: the memory of its validation photos (the seeded split of its run's dataset) and negatives, made again
-    (:func:`src.memory.feature_memory`) with its own network."""
-    data = Path(metrics["data"])
-    train = PhotoFolder(data / "train")
-    valid = split_indices(len(train), len(PhotoFolder(data / "test")))[1]
-    paths, targets = [train.paths[i] for i in valid], [train.targets[i] for i in valid]
-    base = embedded_base(view)
-    features, kept, _ = photo_features(base, paths)
-    memory = feature_memory(base, features, [paths[i] for i in kept], [targets[i] for i in kept], metrics.get("negatives", []),
-                            imagenet=ImageNetFeatures(str(view.module.general_backbone), size).eval())
-    if not torch.equal(memory.targets, view.memory_targets):
-        raise SystemExit("the export's memory holds other photos than its run's dataset and negatives give")
-    return memory.general, memory.as_added
 
 
 def copy_at(model: Path, view: ExportView, metrics: dict, size: int, out: Path) -> Path:
     """A copy of the export ``model`` whose second network reads photos at ``size`` px (its metrics JSON beside it)."""
-    general, as_added = remembered_features(view, metrics, size)
-    module = torch.jit.load(str(model))
-    module.general_memory, module.memory_as_added, module.general_size = general, as_added, size
-    torch.jit.save(module, str(out))
-    out.with_suffix(".json").write_text(json.dumps(metrics))
-    return out
+    memory = rebuilt_memory(view, metrics, ImageNetFeatures(str(view.module.general_backbone), size).eval())
+    if not torch.equal(memory.targets, view.memory_targets):
+        raise SystemExit("the export's memory holds other photos than its run's dataset and negatives give")
+    return save_copy(model, metrics, out, general_memory=memory.general, memory_as_added=memory.as_added, general_size=size)
 
 
 def main() -> None:
@@ -68,7 +47,7 @@ def main() -> None:
         raise SystemExit(f"{args.model}: needs an export with a second network (not one with added landmarks or a shared trunk)")
     metrics = json.loads(args.model.with_suffix(".json").read_text())
     native = int(view.module.general_size)
-    shipped, _ = remembered_features(view, metrics, native)
+    shipped = rebuilt_memory(view, metrics).general
     if not torch.allclose(shipped.float(), view.general_memory.float(), atol=1e-2):
         raise SystemExit(f"{args.model}: its remembered photos read again do not give its ImageNet features")
     rows = {}

@@ -219,6 +219,28 @@ def general_size_table() -> str:
                      "photos/s in batches of 50: added / base", "one at a time: added / base"], rows)
 
 
+@generator("memory-negatives")
+def memory_negatives_table() -> str:
+    """docs/adding-landmarks.md: the shipped model with added landmarks, its memory keeping more negatives
+    (bench/memory_negatives.py)."""
+    rows: list[Row] = []
+    for r in load("memory_negatives")["counts"].values():
+        never = next(row for row in r["rows"] if row["setting"] == "never trained against")
+        alone = next(row for row in r["rows"] if row["setting"] == "one at a time")
+        batched = r["photos_per_second"]
+        rows.append([f"{r['remembered_negatives']:,}", f"{r['file_megabytes']:.1f} MB",
+                     pct(never["new_named_and_accepted"], space=False), pct(alone["new_named_and_accepted"], space=False),
+                     pct(never["everyday_left_out_accepted"], space=False),
+                     f"{pct(never['other_landmarks_accepted'], space=False)} ({pct(never['other_landmarks_elsewhere'], space=False)})",
+                     f"{pct(alone['unseen_landmarks_accepted'], space=False)} ({pct(alone['unseen_landmarks_elsewhere'], space=False)})",
+                     f"{r['command_seconds_10_photos']:.1f}", f"{r['file_size_ratio']:.2f}×",
+                     f"{batched['with_added_landmarks'] / batched['base']:.2f}×"])
+    return markdown(["remembered negatives", "base file", "new: named right and accepted, 9 at once",
+                     "the same, one added at a time", "everyday left out accepted", "other landmarks accepted (at another site)",
+                     "never-seen landmarks accepted, one added (at another site)", "command seconds",
+                     "added model's file", "photos/s in batches: added / base"], rows)
+
+
 @generator("feature-gate")
 def feature_gate_table() -> str:
     """docs/adding-landmarks.md: the ImageNet network run only for photos a gate on the base's features lets through

@@ -172,3 +172,20 @@ def test_the_feature_gate_scores_a_given_photo_against_the_others_of_its_landmar
     assert gate_scores(photos, given, remembered, "margin").tolist() == pytest.approx([1.0, -0.4])
     speed = {"base": 100.0, "with_added_landmarks": 25.0}  # 10 ms against 40 ms a photo, 30 of them the ImageNet network
     assert at_most(speed, 30.0, runs=1.0) == 0.25 and at_most(speed, 30.0, runs=0.0) == 1.0
+
+
+def test_an_export_s_memory_made_again_from_its_run_is_its_own_and_a_copy_keeps_everything_else(tiny_export: Path,
+                                                                                                 tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from export_copies import rebuilt_memory, save_copy
+    from src.export import load_exported, open_export
+
+    view = open_export(tiny_export)
+    metrics = json.loads(tiny_export.with_suffix(".json").read_text())
+    memory = rebuilt_memory(view, metrics)
+    assert torch.equal(memory.targets, view.memory_targets)
+    assert torch.allclose(memory.general.float(), view.general_memory.float(), atol=1e-2)
+    assert torch.allclose(memory.as_added.float(), view.memory_as_added.float(), atol=1e-2)
+    copy = load_exported(save_copy(tiny_export, metrics, tmp_path / "copy.pt", general_memory=memory.general[:2]))
+    assert copy.general_memory.shape[0] == 2 and copy.class_names == view.class_names
+    assert json.loads((tmp_path / "copy.json").read_text()) == metrics
