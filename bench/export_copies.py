@@ -18,12 +18,14 @@ from src.data import PhotoFolder, split_indices
 from src.embedded_base import embedded_base
 from src.export import ExportView
 from src.imagenet_features import ImageNetFeatures
-from src.memory import FeatureMemory, feature_memory, photo_features
+from src.memory import MEMORY_NEGATIVES, FeatureMemory, feature_memory, photo_features
 
 
-def rebuilt_memory(view: ExportView, metrics: dict, imagenet: ImageNetFeatures | None = None) -> FeatureMemory:
+def rebuilt_memory(view: ExportView, metrics: dict, imagenet: ImageNetFeatures | None = None,
+                   max_negatives: int = MEMORY_NEGATIVES) -> FeatureMemory:
     """The memory of the export ``view`` made again from its validation photos (the seeded split of its run's dataset)
-    and negatives, with its own network and ``imagenet`` (default: the ImageNet network and size the export names)."""
+    and up to ``max_negatives`` of its negatives, with its own network and ``imagenet`` (default: the ImageNet network
+    and size the export names)."""
     data = Path(metrics["data"])
     train = PhotoFolder(data / "train")
     valid = split_indices(len(train), len(PhotoFolder(data / "test")))[1]
@@ -32,7 +34,7 @@ def rebuilt_memory(view: ExportView, metrics: dict, imagenet: ImageNetFeatures |
     features, kept, _ = photo_features(base, paths)
     imagenet = imagenet or ImageNetFeatures(str(view.module.general_backbone), int(view.module.general_size))
     memory = feature_memory(base, features, [paths[i] for i in kept], [targets[i] for i in kept], metrics.get("negatives", []),
-                            imagenet=imagenet)
+                            imagenet=imagenet, max_negatives=max_negatives)
     known = view.memory_targets[view.memory_targets >= 0]
     if not torch.equal(memory.targets[:len(known)], known):
         raise SystemExit("the export's memory holds other photos than its run's dataset gives")

@@ -18,12 +18,12 @@ photos alone, each scored against the others of its landmark (left out in turn):
 their 5th percentile (``5th percentile``). No photo a figure is measured on takes part in that choice.
 
 The 9 landmarks of ``new_landmarks`` the base never trained against are added at once, ``--shots`` photos each
-(``--draws`` random draws, as ``bench/add_landmarks.py`` draws them). Reported for each gate and threshold (means over
-the draws): the share of each source's photos that would still run the ImageNet network (the new landmarks' other
-photos, the base's test photos, the held-out scene photos, the ``everyday`` categories kept out of every choice, the
-held-out photos of the landmarks trained against), and the new landmarks' photos and the original test photos named
-right and accepted, with and without the gate. The speed a gate could buy at most, its own cost left out, is
-estimated from times measured in the same run on the base's test photos, decoding included: the base's and the
+(``--draws`` random draws, :func:`few_shot.draw`, as ``bench/add_landmarks.py`` draws them). Reported for each gate
+and threshold (means over the draws): the share of each source's photos that would still run the ImageNet network (the
+new landmarks' other photos, the base's test photos, the held-out scene photos, the ``everyday`` categories kept out
+of every choice, the held-out photos of the landmarks trained against), and the new landmarks' photos and the original
+test photos named right and accepted, with and without the gate. The speed a gate could buy at most, its own cost left
+out, is estimated from times measured in the same run on the base's test photos, decoding included: the base's and the
 model's photos per second in batches of ``BATCH_SIZE`` and the ImageNet network's milliseconds a photo, which the
 photos that skip it save. Writes ``bench/results/feature_gate.json``.
 """
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 
 from utils import REPO, write_result
 from add_landmarks import everyday_sources, new_landmark_photos, side_by_side
-from few_shot import accepted_elsewhere
+from few_shot import accepted_elsewhere, draw
 from src.data import PhotoFolder
 from src.decoding import square_batches
 from src.defaults import BATCH_SIZE
@@ -119,8 +118,8 @@ def main() -> None:
         features, kept, _ = photo_features(extractor, paths)
         return features, [paths[i] for i in kept]
 
-    test_features, kept = read(test_folder.paths)
-    test_targets = np.asarray(test_folder.targets)[[test_folder.paths.index(p) for p in kept]]
+    test_features, kept, _ = photo_features(extractor, test_folder.paths)
+    test_targets = np.asarray(test_folder.targets)[kept]
     landmark_features, landmark_paths = read(sorted({p for paths in settings["all at once"].values() for p in paths}))
     by_path = dict(zip(landmark_paths, landmark_features))
     other_paths = [(name, p) for name, paths in others.items() for p in paths if p in by_path]
@@ -136,19 +135,13 @@ def main() -> None:
     base_answer = {source: answers(base, features[:, :split]) for source, features in fixed.items()}
     draws = []
     for seed in range(args.draws):
-        rng = random.Random(seed)
-        support, query, query_targets = {}, [], []
-        for index, (name, paths) in enumerate(never.items()):
-            support[name] = rng.sample(list(paths), min(args.shots, len(paths) - 1))
-            rest = [p for p in paths if p not in set(support[name]) and p in by_path]
-            query += rest
-            query_targets += [len(base.class_names) + index] * len(rest)
+        support, query, query_targets = draw(never, args.shots, seed, by_path, len(base.class_names))
         model, _ = add_landmarks(base, support)
         sources = {"new": torch.stack([by_path[p] for p in query]), **fixed}
         targets = {"new": np.asarray(query_targets), "original": test_targets}
         given = [unit(torch.stack([by_path[p] for p in paths if p in by_path])) for paths in support.values()]
         model_answer = {source: answers(model, features) for source, features in sources.items()}
-        base_answer["new"] = answers(base, sources["new"][:, :split])
+        base_answers = {**base_answer, "new": answers(base, sources["new"][:, :split])}
         row = {}
         for gate in GATES:
             held_out = held_out_scores(given, remembered, gate)
@@ -157,7 +150,7 @@ def main() -> None:
                 figures: dict[str, float] = {}
                 for source, features in sources.items():
                     runs = (gate_scores(unit(features), given, remembered, gate) >= threshold).numpy()
-                    (named, accepted), (base_named, base_accepted) = model_answer[source], base_answer[source]
+                    (named, accepted), (base_named, base_accepted) = model_answer[source], base_answers[source]
                     gated_named, gated_accepted = np.where(runs, named, base_named), np.where(runs, accepted, base_accepted)
                     figures[f"{source}_runs_imagenet"] = float(runs.mean())
                     if source in targets:

@@ -33,6 +33,23 @@ def accepted_elsewhere(named: Sequence[str], landmarks: Sequence[str], accepted:
     return accepted & np.array([site(a) != site(b) for a, b in zip(named, landmarks)], dtype=bool)
 
 
+def draw(photos: Mapping[str, Sequence[Path]], shots: int, seed: int, features: Mapping[Path, torch.Tensor],
+         first_target: int) -> tuple[dict[str, list[Path]], list[Path], list[int]]:
+    """``shots`` random photos of each landmark of ``photos`` (the *support*, ``{landmark: paths}``), and the others that
+    have ``features`` (the *query*) with their targets: ``first_target`` for the first landmark, then one more each."""
+    rng = random.Random(seed)
+    support: dict[str, list[Path]] = {}
+    query: list[Path] = []
+    query_targets: list[int] = []
+    for index, (name, paths) in enumerate(photos.items()):
+        support[name] = rng.sample(list(paths), min(shots, len(paths) - 1))
+        given = set(support[name])
+        rest = [p for p in paths if p not in given and p in features]
+        query += rest
+        query_targets += [first_target + index] * len(rest)
+    return support, query, query_targets
+
+
 def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Path]], shots: int, seed: int,
                   features: Mapping[Path, torch.Tensor], known: tuple[torch.Tensor, np.ndarray], unknown: torch.Tensor,
                   other_landmarks: Mapping[str, tuple[torch.Tensor, Sequence[str]]] | None = None,
@@ -52,16 +69,7 @@ def few_shot_draw(base: torch.jit.ScriptModule, photos: Mapping[str, Sequence[Pa
     another :func:`site` (``{source}_elsewhere``: a wrong place, where a neighbour in the same complex gives the
     right one), and the seconds ``add_landmarks`` took.
     """
-    rng = random.Random(seed)
-    support: dict[str, list[Path]] = {}
-    query: list[Path] = []
-    query_targets: list[int] = []
-    for index, (name, paths) in enumerate(photos.items()):
-        support[name] = rng.sample(list(paths), min(shots, len(paths) - 1))
-        given = set(support[name])
-        rest = [p for p in paths if p not in given and p in features]
-        query += rest
-        query_targets += [len(base.class_names) + index] * len(rest)
+    support, query, query_targets = draw(photos, shots, seed, features, len(base.class_names))
     start = time.perf_counter()
     model, _ = add_landmarks(base, support)
     seconds = time.perf_counter() - start

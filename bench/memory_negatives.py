@@ -25,7 +25,6 @@ from pathlib import Path
 
 from utils import REPO, RESULTS, write_result
 from export_copies import rebuilt_memory, save_copy
-import src.memory
 from src.export import open_export
 from src.location import split_negatives
 
@@ -44,8 +43,7 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.negatives:
-            src.memory.MEMORY_NEGATIVES = available if count == "all" else int(count)
-            memory = rebuilt_memory(view, metrics)
+            memory = rebuilt_memory(view, metrics, max_negatives=available if count == "all" else int(count))
             model = save_copy(args.model, metrics, Path(tmp, f"negatives_{count}.pt"), memory_features=memory.features,
                               general_memory=memory.general, memory_targets=memory.targets, memory_as_added=memory.as_added)
             name = f"add_landmarks_negatives_{count}"

@@ -61,11 +61,11 @@ def rows_per_class(targets: Sequence[int], n: int) -> list[int]:
 
 
 def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: Sequence[Path], valid_targets: Sequence[int],
-                   negatives: Sequence[str | Path] = (), num_workers: int = -1, imagenet: ImageNetFeatures | None = None
-                   ) -> FeatureMemory:
+                   negatives: Sequence[str | Path] = (), num_workers: int = -1, imagenet: ImageNetFeatures | None = None,
+                   max_negatives: int = MEMORY_NEGATIVES) -> FeatureMemory:
     """What an export keeps to add landmarks later (and to detect unknown photos with): up to
     :data:`MEMORY_PER_CLASS` validation photos per class (their features computed once by the caller, who
-    calibrates on them) and :data:`MEMORY_NEGATIVES` training photos of the negatives folders (after them, target
+    calibrates on them) and ``max_negatives`` training photos of the negatives folders (after them, target
     -1 - k for folder k, named in ``negative_sources``: adding a landmark a folder shows leaves its photos out); of
     each, the model's features and plain ImageNet ones: from the model's own trunk continued for a
     :class:`~src.shared_trunk.SharedTrunkPredictor` (:class:`~src.shared_trunk.SharedTrunkFeatures`), else from
@@ -74,7 +74,7 @@ def feature_memory(model: nn.Module, valid_features: torch.Tensor, valid_paths: 
     calibrated on. ``imagenet``: the second network that reads them (default: :class:`~src.imagenet_features.
     ImageNetFeatures` at its native size, as every export's)."""
     rows = rows_per_class(valid_targets, MEMORY_PER_CLASS)
-    sourced = _evenly([(k, path) for k, folder in enumerate(negatives) for path in split_negatives(folder)[0]], MEMORY_NEGATIVES)
+    sourced = _evenly([(k, path) for k, folder in enumerate(negatives) for path in split_negatives(folder)[0]], max_negatives)
     trained_negatives = [path for _, path in sourced]
     size = valid_features.shape[1]
     if isinstance(model, SharedTrunkPredictor):
