@@ -41,7 +41,22 @@ EXTRACTORS = [("mobilenet_v2", 128), ("mobilenet_v2", 160), ("mobilenet_v2", 224
               ("efficientnet_lite0", 192), ("efficientnet_lite0", 224), ("efficientnet_lite2", 260)]
 
 
-def imagenet_features(name: str, size: int, paths: list[Path]) -> torch.Tensor:
+def never_seen_landmarks(model: Path) -> tuple[list[Path], list[Path], torch.Tensor]:
+    """The ``new_landmarks`` folders the export ``model`` never trained against (its metrics JSON lists its negatives
+    folders), their photos and each photo's label (its folder's index)."""
+    trained = {Path(folder).resolve() for folder in json.loads(model.with_suffix(".json").read_text())["negatives"]}
+    folders = [f for f in sorted((SHARED / "new_landmarks").iterdir()) if f.is_dir() and f.resolve() not in trained]
+    paths, labels = [], []
+    for label, folder in enumerate(folders):
+        photos = list_images(folder)
+        paths += photos
+        labels += [label] * len(photos)
+    return folders, paths, torch.tensor(labels)
+
+
+def imagenet_features(name: str, size: int, paths: list[Path], mirrored: bool = False) -> torch.Tensor:
+    """The ImageNet network ``name``'s pooled features of each photo's centre square at ``size`` px (mirrored left to
+    right with ``mirrored``)."""
     model = create_model(name, 2, pretrained=True).eval()
     defaults = data_defaults(name)
     mean, std = torch.tensor(defaults.mean).view(1, 3, 1, 1), torch.tensor(defaults.std).view(1, 3, 1, 1)
@@ -49,6 +64,7 @@ def imagenet_features(name: str, size: int, paths: list[Path]) -> torch.Tensor:
     with torch.inference_mode():
         for _, images, errors in square_batches(paths, size, 64):
             assert not errors, errors
+            images = images.flip(3) if mirrored else images
             features.append(model.forward_features((images.float() / 255 - mean) / std))
     return torch.cat(features)
 
@@ -97,14 +113,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--draws", type=int, default=5)
     args = parser.parse_args()
-    trained = {Path(folder).resolve() for folder in json.loads(args.model.with_suffix(".json").read_text())["negatives"]}
-    folders = [f for f in sorted((SHARED / "new_landmarks").iterdir()) if f.is_dir() and f.resolve() not in trained]
-    paths, labels = [], []
-    for label, folder in enumerate(folders):
-        photos = list_images(folder)
-        paths += photos
-        labels += [label] * len(photos)
-    labels = torch.tensor(labels)
+    folders, paths, labels = never_seen_landmarks(args.model)
     rows = []
     for name, size in [("export", None), *EXTRACTORS]:
         start = time.perf_counter()

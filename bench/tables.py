@@ -262,6 +262,18 @@ def feature_gate_table() -> str:
                      "at most × the base: original photos", "everyday photos"], rows)
 
 
+@generator("distilled-tail")
+def distilled_tail_table() -> str:
+    """docs/adding-landmarks.md: MobileNetV2's later stages taught EfficientNet-Lite0's features, on the landmarks
+    none of it learnt from (bench/distilled_tail.py)."""
+    rows: list[Row] = [[r["features"], pct(r["top1"], space=False), f"{r['cosine_to_targets']:.3f}",
+                        f"{r['last_epoch_loss']:.3f}" if "last_epoch_loss" in r else "",
+                        f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else ""]
+                       for r in load("distilled_tail")["rows"]]
+    return markdown(["features", "never-seen landmarks named, nearest mean of 10 photos",
+                     "mean cosine similarity to EfficientNet-Lite0's", "training loss, last epoch", "training minutes"], rows)
+
+
 @generator("passes")
 def passes_table() -> str:
     """docs/adding-landmarks.md: milliseconds a photo by photos per pass, under two allocator settings (bench/passes.py)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import REPO, without_allocator_settings
 from src.allocator import runs_on_glibc
@@ -172,6 +173,41 @@ def test_the_feature_gate_scores_a_given_photo_against_the_others_of_its_landmar
     assert gate_scores(photos, given, remembered, "margin").tolist() == pytest.approx([1.0, -0.4])
     speed = {"base": 100.0, "with_added_landmarks": 25.0}  # 10 ms against 40 ms a photo, 30 of them the ImageNet network
     assert at_most(speed, 30.0, runs=1.0) == 0.25 and at_most(speed, 30.0, runs=0.0) == 1.0
+
+
+def test_distillation_fits_stages_and_a_ridge_map_towards_their_targets_and_learns_only_from_allowed_photos(
+        tiny_data: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from distilled_tail import distilled, imagenet_stages, learning_photos, pooled, ridge_map
+    from src.location import list_images, split_negatives
+
+    torch.manual_seed(0)
+    features = torch.randn(200, 6)
+    rotation = torch.linalg.qr(torch.randn(6, 6))[0]
+    assert torch.allclose(F.normalize(features, dim=1) @ ridge_map(features, features @ rotation, penalty=1e-6),
+                          F.normalize(features, dim=1) @ rotation, atol=1e-3)  # unit-length features of a rotation
+
+    stages = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    weights = stages[0].weight.detach().clone()
+    maps = torch.randn(256, 4, 3, 3).half()
+    targets = maps.float().mean(dim=(2, 3)) @ torch.randn(4, 8)  # features a 1x1 convolution can give
+    before = float(F.cosine_similarity(pooled(stages, maps), targets).mean())
+    student, loss = distilled(stages, maps, targets, epochs=20, peak_rate=0.05)
+    after = float(F.cosine_similarity(pooled(student, maps), targets).mean())
+    assert before < 0.5 < 0.8 < after and loss == pytest.approx(1 - after, abs=0.05)
+    assert torch.equal(stages[0].weight, weights)  # a copy learns; the stages given stay as they were
+
+    trunk, later = imagenet_stages()
+    assert len(trunk) + len(later.stages) == 19 and not any(p.requires_grad for p in trunk.parameters())
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    photo = list_images(tiny_data / "test")[0].read_bytes()
+    for i in range(20):
+        (negatives / f"n{i}.jpg").write_bytes(photo)
+    learnt, held_out = split_negatives(negatives)
+    assert learnt and held_out
+    photos = learning_photos({"data": str(tiny_data), "negatives": [str(negatives)]})
+    assert sorted(photos) == sorted(list_images(tiny_data / "train") + learnt)  # no test photo, no held-out negative
 
 
 def test_an_export_s_memory_made_again_from_its_run_is_its_own_and_a_copy_keeps_everything_else(tiny_export: Path,
