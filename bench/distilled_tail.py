@@ -34,15 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from new_landmark_features import imagenet_features, nearest_mean_top1, never_seen_landmarks
+from new_landmark_features import frozen_and_trained_stages, imagenet_features, nearest_mean_top1, never_seen_landmarks
 from utils import REPO, write_result
 from src.allocator import keep_freed_memory
 from src.decoding import square_batches
 from src.export import load_exported
-from src.factory import create_model, data_defaults
+from src.factory import data_defaults
 from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE
 from src.location import list_images, split_negatives
-from src.recipes import recipe_for
 from src.shared_trunk import PooledStages
 
 BATCH = 128
@@ -56,25 +55,23 @@ def learning_photos(metrics: dict) -> list[Path]:
     return paths + [path for folder in metrics.get("negatives", []) for path in split_negatives(folder)[0]]
 
 
-def imagenet_stages() -> tuple[nn.Module, PooledStages]:
-    """MobileNetV2's ImageNet stages that the transfer recipe keeps frozen, and the later ones pooled."""
-    stages = create_model("mobilenet_v2", 2, pretrained=True).backbone.features.eval()
-    first = len(stages) - recipe_for("mobilenet_v2").unfreeze
-    return stages[:first].requires_grad_(False), PooledStages(list(stages[first:]))
-
-
-def trunk_outputs(trunk: nn.Module, paths: list[Path], size: int, mirrored: bool = False) -> torch.Tensor:
-    """``trunk``'s output (fp16, channels-last) for each photo's centre square at ``size`` px."""
+def trunk_outputs(trunk: nn.Module, paths: list[Path], size: int, with_mirrored: bool = False) -> torch.Tensor:
+    """``trunk``'s output (fp16) for each photo's centre square at ``size`` px; with ``with_mirrored``, then for each
+    square mirrored left to right (each photo decoded once), in the order of
+    :func:`~new_landmark_features.imagenet_features`."""
     defaults = data_defaults("mobilenet_v2")
     mean, std = torch.tensor(defaults.mean).view(1, 3, 1, 1), torch.tensor(defaults.std).view(1, 3, 1, 1)
-    outputs = []
+    def output(images: torch.Tensor) -> torch.Tensor:
+        return trunk(((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)).half()
+
+    outputs, mirrored = [], []
     with torch.inference_mode():
         for _, images, errors in square_batches(paths, size, 64):
             assert not errors, errors  # a photo left out would shift the targets
-            images = images.flip(3) if mirrored else images
-            x = ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-            outputs.append(trunk(x).half())
-    return torch.cat(outputs)
+            outputs.append(output(images))
+            if with_mirrored:
+                mirrored.append(output(images.flip(3)))
+    return torch.cat(outputs + mirrored)
 
 
 def pooled(stages: nn.Module, maps: torch.Tensor) -> torch.Tensor:
@@ -130,11 +127,11 @@ def main() -> None:
     paths = learning_photos(metrics)
     print(f"learning from {len(paths)} photos (and their mirror images) at {size} px; measuring on {len(eval_paths)} "
           f"photos of {len(folders)} landmarks", flush=True)
-    trunk, stages = imagenet_stages()
+    trunk, later = frozen_and_trained_stages()
+    stages = PooledStages(list(later))
     start = time.perf_counter()
-    maps = torch.cat([trunk_outputs(trunk, paths, size), trunk_outputs(trunk, paths, size, mirrored=True)])
-    targets = torch.cat([imagenet_features(GENERAL_BACKBONE, GENERAL_SIZE, paths),
-                         imagenet_features(GENERAL_BACKBONE, GENERAL_SIZE, paths, mirrored=True)])
+    maps = trunk_outputs(trunk, paths, size, with_mirrored=True)
+    targets = imagenet_features(GENERAL_BACKBONE, GENERAL_SIZE, paths, with_mirrored=True)
     eval_maps = trunk_outputs(trunk, eval_paths, size)
     eval_targets = imagenet_features(GENERAL_BACKBONE, GENERAL_SIZE, eval_paths)
     print(f"features in {time.perf_counter() - start:.0f} s", flush=True)

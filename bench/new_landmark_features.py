@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from utils import REPO, write_result
 from src.decoding import square_batches
@@ -54,19 +55,27 @@ def never_seen_landmarks(model: Path) -> tuple[list[Path], list[Path], torch.Ten
     return folders, paths, torch.tensor(labels)
 
 
-def imagenet_features(name: str, size: int, paths: list[Path], mirrored: bool = False) -> torch.Tensor:
-    """The ImageNet network ``name``'s pooled features of each photo's centre square at ``size`` px (mirrored left to
-    right with ``mirrored``)."""
+def imagenet_features(name: str, size: int, paths: list[Path], with_mirrored: bool = False) -> torch.Tensor:
+    """The ImageNet network ``name``'s pooled features of each photo's centre square at ``size`` px; with
+    ``with_mirrored``, then those of each square mirrored left to right (each photo decoded once)."""
     model = create_model(name, 2, pretrained=True).eval()
     defaults = data_defaults(name)
     mean, std = torch.tensor(defaults.mean).view(1, 3, 1, 1), torch.tensor(defaults.std).view(1, 3, 1, 1)
-    features = []
+    features, mirrored = [], []
     with torch.inference_mode():
         for _, images, errors in square_batches(paths, size, 64):
             assert not errors, errors
-            images = images.flip(3) if mirrored else images
             features.append(model.forward_features((images.float() / 255 - mean) / std))
-    return torch.cat(features)
+            if with_mirrored:
+                mirrored.append(model.forward_features((images.flip(3).float() / 255 - mean) / std))
+    return torch.cat(features + mirrored)
+
+
+def frozen_and_trained_stages() -> tuple[nn.Sequential, nn.Sequential]:
+    """MobileNetV2's ImageNet stages that the transfer recipe keeps frozen, and the later ones it trains."""
+    stages = create_model("mobilenet_v2", 2, pretrained=True).backbone.features.eval()
+    first = len(stages) - recipe_for("mobilenet_v2").unfreeze
+    return stages[:first], stages[first:]
 
 
 def nearest_mean_top1(features: torch.Tensor, labels: torch.Tensor, shots: int, draws: int) -> float:
@@ -89,9 +98,7 @@ def nearest_mean_top1(features: torch.Tensor, labels: torch.Tensor, shots: int, 
 def frozen_stage_share(size: int, batch: int = 64, repeats: int = 5) -> dict[str, float]:
     """Seconds a photo of MobileNetV2 at ``size`` px in the stages the transfer recipe keeps frozen and in the
     rest (channels-last, as the extractors run), and the frozen stages' share of the whole."""
-    stages = create_model("mobilenet_v2", 2, pretrained=True).backbone.features.eval().to(memory_format=torch.channels_last)
-    frozen = len(stages) - recipe_for("mobilenet_v2").unfreeze
-    trunk, rest = stages[:frozen], stages[frozen:]
+    trunk, rest = (part.to(memory_format=torch.channels_last) for part in frozen_and_trained_stages())
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         rest(trunk(x))  # warm-up
@@ -103,7 +110,7 @@ def frozen_stage_share(size: int, batch: int = 64, repeats: int = 5) -> dict[str
             rest(middle)
         end = time.perf_counter()
     frozen_seconds, rest_seconds = (split - start) / repeats / batch, (end - split) / repeats / batch
-    return {"size": size, "frozen_stages": frozen, "stages": len(stages), "frozen_ms_per_photo": round(frozen_seconds * 1000, 3),
+    return {"size": size, "frozen_stages": len(trunk), "stages": len(trunk) + len(rest), "frozen_ms_per_photo": round(frozen_seconds * 1000, 3),
             "rest_ms_per_photo": round(rest_seconds * 1000, 3), "frozen_share": round(frozen_seconds / (frozen_seconds + rest_seconds), 3)}
 
 
