@@ -28,6 +28,7 @@ from .images import ImageReadError, open_photo
 GPS_IFD = 0x8825
 JPEG_FORMATS = ("JPEG", "MPO")  # Pillow calls JPEGs holding a second (preview) image "MPO"
 REENCODED_FORMATS = ("PNG", "WEBP", "TIFF")
+LOSSY_FORMATS = ("HEIF", "AVIF")  # they hold EXIF, but Pillow cannot add it without encoding the pixels again
 
 # An APP1 segment's length field counts itself: 65535 - 2 bytes are left for the EXIF.
 _MAX_EXIF_SEGMENT = 0xFFFF - 2
@@ -66,8 +67,9 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
     ``overwrite_gps`` is False (the copy is then byte-identical: a camera's own fix beats a landmark's).
     The whole GPS IFD is replaced, so no altitude or heading of another place survives. An existing
     ``target`` is replaced. Raises ``ValueError`` for coordinates off the globe and
-    :class:`GeotagError` for a photo that is unreadable, in a format without EXIF (GIF, BMP, ...),
-    or whose EXIF cannot be parsed (rewriting it would lose the camera's metadata).
+    :class:`GeotagError` for a photo that is unreadable, in a format without EXIF (GIF, BMP, ...) or
+    one whose copy would be encoded again with loss (HEIC, AVIF), or whose EXIF cannot be parsed
+    (rewriting it would lose the camera's metadata).
     """
     source, target = Path(source), Path(target)
     _check_coordinates(latitude, longitude)
@@ -80,6 +82,9 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
         image.load()  # a truncated photo fails here rather than being copied
         has_gps = _coordinates(image.getexif()) is not None
         frames = getattr(image, "n_frames", 1)  # reads every page's header: a broken second page fails here
+    if image.format in LOSSY_FORMATS:
+        raise GeotagError(f"{source}: a {image.format} photo is not geotagged: a copy with GPS would be encoded again, with "
+                          "loss (only JPEG, PNG, WebP and TIFF copies keep their pixels)")
     if image.format not in JPEG_FORMATS + REENCODED_FORMATS:
         raise GeotagError(f"{source}: a {image.format} image cannot carry EXIF GPS (only JPEG, PNG, WebP and TIFF can)")
     if has_gps and not overwrite_gps:

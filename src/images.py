@@ -1,6 +1,6 @@
 """Read any photo as an upright 8-bit RGB image, or fail with an error that names the file.
 
-Photo collections are messy: grayscale scans, palette GIF-like PNGs, RGBA screenshots, CMYK
+Photo collections are messy: phone photos in HEIC, grayscale scans, palette GIF-like PNGs, RGBA screenshots, CMYK
 prints, 16-bit PNGs, phone photos stored sideways with an EXIF orientation tag, truncated
 downloads, strips a few pixels high and files that are not images at all. Every reader in the
 package goes through :func:`load_rgb` (or :func:`read_image`, its tensor form) so they all behave
@@ -28,11 +28,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import pi_heif
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# Phones store photos as HEIC: Pillow reads them through pi-heif (libheif's decoder only, no encoder), which applies
+# the file's own rotation and sets its EXIF orientation to upright so that nothing turns it twice. AVIF is Pillow's own.
+pi_heif.register_heif_opener()
+
 # Extensions PIL decodes that we accept as photos when scanning folders.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                                     ".avif")
 
 # Longer side over shorter side beyond which a file is refused from its header: stitched panoramas
 # reach about 20:1, while a few-hundred-byte 100000x1 PNG would need gigabytes once a model scales

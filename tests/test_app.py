@@ -27,7 +27,8 @@ from src.preprocessing import square_uint8
 
 PHOTO = next(iter(sorted(LANDMARKS10.glob("test/07.*/*.jpg"))), None)  # Petronas Towers
 FOREST = next(iter(sorted((LANDMARKS10.parent / "non_landmarks" / "forest").glob("*.jpg"))), None)  # no landmark at all
-PARITY = ["photo.jpg", "gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png", "phone.jpg", "panorama.jpg"]
+PARITY = ["photo.jpg", "gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png", "phone.jpg", "phone.heic",
+          "panorama.jpg"]
 STRIP = (20_000, 2)  # a 200-byte PNG that added 0.7 GB to the app's memory before its aspect ratio was checked
 
 
@@ -69,6 +70,7 @@ def uploads(tmp_path: Path) -> dict[str, bytes]:
         "palette.png": encoded(rgb.convert("P"), "PNG", transparency=0),
         "deep16.png": encoded(Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)), "PNG"),
         "phone.jpg": encoded(sideways, "JPEG", exif=exif.tobytes()),
+        "phone.heic": (REPO / "tests" / "data" / "phone.heic").read_bytes(),  # an iPhone's format, turned by HEIF itself
         "panorama.jpg": encoded(rgb.resize((2000, 100)), "JPEG"),  # 20:1, a real stitched panorama
         "strip.png": encoded(Image.new("RGB", STRIP), "PNG")[:60],  # cut after its header: it must not be decoded
         "truncated.jpg": real[: len(real) // 2],
@@ -179,6 +181,7 @@ def test_16_bit_photos_are_scaled_not_clipped_to_white(app_answers: dict) -> Non
 
 def test_a_sideways_phone_photo_is_turned_upright(app_answers: dict) -> None:
     assert app_answers["phone.jpg"]["size"] == [100, 200]
+    assert app_answers["phone.heic"]["size"] == [20, 60]
 
 
 def test_a_panorama_is_classified(app_answers: dict) -> None:
@@ -228,7 +231,7 @@ def test_bad_uploads_get_a_message_naming_the_file(app_answers: dict, name: str,
 
 
 def test_the_app_keeps_working_after_bad_uploads(app_answers: dict) -> None:
-    assert "9 photo(s) classified" in app_answers["status"] and "6 could not be read" in app_answers["status"]
+    assert "10 photo(s) classified" in app_answers["status"] and "6 could not be read" in app_answers["status"]
 
 
 def test_the_model_picker_lists_exported_models_only(tmp_path: Path) -> None:

@@ -200,6 +200,8 @@ def png_with_16bit_colour(path: Path) -> None:
 @pytest.mark.parametrize("make, reason", [
     (lambda path: Image.fromarray(noise()).convert("P").save(path, "GIF"), "GIF image cannot carry EXIF GPS"),
     (lambda path: Image.fromarray(noise()).save(path, "BMP"), "BMP image cannot carry EXIF GPS"),
+    (lambda path: path.write_bytes((REPO / "tests" / "data" / "phone.heic").read_bytes()), "HEIF photo is not geotagged"),
+    (lambda path: Image.fromarray(noise()).save(path, "AVIF"), "AVIF photo is not geotagged"),
     (lambda path: path.write_bytes(b"not a photo at all"), "unreadable image"),
     (lambda path: path.write_bytes(camera_jpeg(path).read_bytes()[:2000]), "unreadable image"),
     (animated_png, "has 2 frames"),

@@ -75,6 +75,41 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert upright[-10:, :, 0].mean() < 50
 
 
+PHONE_HEIC = REPO / "tests" / "data" / "phone.heic"  # the picture above as an iPhone stores it (made with pillow-heif)
+
+
+def _phone_photo(folder: Path, suffix: str) -> Path:
+    """The sideways picture of :func:`test_exif_orientation_is_applied` in a phone's format: the HEIC file rotates
+    it in its own HEIF transform (EXIF says upright), the AVIF one by its EXIF orientation (Pillow writes it)."""
+    path = folder / f"phone{suffix}"
+    if suffix.lower() in (".heic", ".heif"):
+        path.write_bytes(PHONE_HEIC.read_bytes())
+    else:
+        stored = np.zeros((20, 60, 3), dtype=np.uint8)
+        stored[:, :10] = (255, 0, 0)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(stored).save(path, "AVIF", exif=exif, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".HEIF", ".avif"])
+def test_phone_formats_are_found_and_read_upright(tmp_path: Path, suffix: str) -> None:
+    path = _phone_photo(tmp_path, suffix)
+    assert list_images(tmp_path) == [path] and is_image_file(path)
+    upright = np.asarray(load_rgb(path))
+    assert upright.shape == (60, 20, 3)
+    assert upright[:10, :, 0].mean() > 200 and upright[-10:, :, 0].mean() < 50  # turned once, not twice
+    assert read_image(path, draft=16).shape == (3, 60, 20)
+
+
+def test_a_cut_heic_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cut.heic"
+    path.write_bytes(PHONE_HEIC.read_bytes()[:400])
+    with pytest.raises(ImageReadError, match=f"^{re.escape(str(path))}: "):
+        load_rgb(path)
+
+
 def test_draft_decoding_keeps_at_least_twice_the_requested_size(tmp_path: Path) -> None:
     Image.new("RGB", (1600, 1200), (10, 20, 30)).save(tmp_path / "big.jpg")
     image = load_rgb(tmp_path / "big.jpg", draft_size=(256, 256))

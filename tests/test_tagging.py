@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import BAD_PHOTO_KINDS, tiny_config
+from conftest import BAD_PHOTO_KINDS, REPO, tiny_config
 import src.tag_output as tag_output
 import src.tagging as tagging
 from src.cli import main
@@ -67,6 +67,14 @@ def test_tags_every_photo_as_jsonl_and_lists_unreadable(exported: Path, photos: 
     good = [r for r in records if r["error"] is None]
     assert all(r["landmark"] in NAMES and len(r["top_k"]) == 2 and r["top_k"][0][1] == r["probability"] for r in good)
     assert all(r["top_k"][0][1] >= r["top_k"][1][1] for r in good)
+
+
+def test_a_phone_s_heic_photo_is_tagged_like_the_others(exported: Path, photos: Path, tmp_path: Path) -> None:
+    shutil.copy(REPO / "tests" / "data" / "phone.heic", photos / "holiday" / "IMG_0001.HEIC")
+    out = tmp_path / "tags.jsonl"
+    assert tag_photos(load_exported(exported), photos, out, k=2, threshold=0.0, num_workers=0).tagged == 13
+    (row,) = [json.loads(line) for line in out.read_text().splitlines() if "IMG_0001.HEIC" in line]
+    assert row["error"] is None and row["landmark"] in NAMES
 
 
 def test_csv_and_the_unknown_threshold(exported: Path, photos: Path, tmp_path: Path) -> None:
