@@ -1,8 +1,8 @@
 """Read any photo as an upright 8-bit RGB image, or fail with an error that names the file.
 
-Photo collections are messy: phone photos in HEIC, grayscale scans, palette GIF-like PNGs, RGBA screenshots, CMYK
-prints, 16-bit PNGs, phone photos stored sideways with an EXIF orientation tag, truncated
-downloads, strips a few pixels high and files that are not images at all. Every reader in the
+Photo collections are messy: phone photos in HEIC, grayscale scans, palette GIF-like PNGs, RGBA
+screenshots, CMYK prints, 16-bit PNGs, phone photos stored sideways with an EXIF orientation tag,
+truncated downloads, strips a few pixels high and files that are not images at all. Every reader in the
 package goes through :func:`load_rgb` (or :func:`read_image`, its tensor form) so they all behave
 the same way, and any failure of one file is an :class:`ImageReadError` naming it; files are
 opened with :func:`open_photo`, which opens nothing but regular files (a FIFO would block forever)
