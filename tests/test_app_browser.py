@@ -245,10 +245,10 @@ def test_the_answer_is_on_screen_and_every_control_is_easy_to_tap(page, app_url:
         phone.close()
 
 
-DROP = """([name, data]) => {
+DROP = """([name, data, type]) => {
     const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
     const photos = () => { const transfer = new DataTransfer();
-                           transfer.items.add(new File([bytes], name, {type: "image/jpeg"})); return transfer; };
+                           transfer.items.add(new File([bytes], name, {type})); return transfer; };
     const outside = new DragEvent("drop", {dataTransfer: photos(), bubbles: true, cancelable: true});
     document.body.dispatchEvent(outside);  // a drop beside the zone: the browser must not open the file
     window.outsidePrevented = outside.defaultPrevented;
@@ -259,11 +259,21 @@ DROP = """([name, data]) => {
 
 def test_a_photo_dropped_on_the_page_is_previewed_and_answered_and_the_page_stays(page) -> None:
     url = page.url
-    page.evaluate(DROP, [PHOTOS[1].name, base64.b64encode(PHOTOS[1].read_bytes()).decode("ascii")])
+    page.evaluate(DROP, [PHOTOS[1].name, base64.b64encode(PHOTOS[1].read_bytes()).decode("ascii"), "image/jpeg"])
     page.locator(".landmark-result", has_text=PHOTOS[1].name).wait_for(timeout=60_000)
     assert page.evaluate("window.outsidePrevented") and page.url == url  # the app is still there
     preview = page.locator(".lm-drop-previews img")
     assert preview.count() == 1 and preview.get_attribute("alt") == f"Preview of {PHOTOS[1].name}"
+
+
+def test_a_dropped_heic_photo_is_answered_and_previewed_by_its_name(page) -> None:
+    """Chromium cannot show HEIC, a phone's format: the preview names the photo, and the app answers it."""
+    heic = base64.b64encode((REPO / "tests" / "data" / "phone.heic").read_bytes()).decode("ascii")
+    page.evaluate(DROP, ["IMG_0001.HEIC", heic, "image/heic"])
+    page.locator(".landmark-result", has_text="IMG_0001.HEIC").wait_for(timeout=60_000)
+    label = page.locator(".lm-drop-previews .lm-drop-name")
+    label.wait_for(timeout=10_000)
+    assert label.text_content() == "IMG_0001.HEIC" and page.locator(".lm-drop-previews img").count() == 0
 
 
 def test_choosing_the_same_photo_again_gives_a_fresh_answer(page) -> None:
