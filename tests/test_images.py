@@ -79,8 +79,8 @@ PHONE_HEIC = REPO / "tests" / "data" / "phone.heic"  # the picture above as an i
 
 
 def _phone_photo(folder: Path, suffix: str) -> Path:
-    """The sideways picture of :func:`test_exif_orientation_is_applied` in a phone's format: the HEIC file rotates
-    it in its own HEIF transform (EXIF says upright), the AVIF one by its EXIF orientation (Pillow writes it)."""
+    """The sideways picture of :func:`test_exif_orientation_is_applied` in a phone's format: the HEIC file turns it
+    with its HEIF transform and also says EXIF orientation 6, as iPhones write both; the AVIF one by EXIF alone."""
     path = folder / f"phone{suffix}"
     if suffix.lower() in (".heic", ".heif"):
         path.write_bytes(PHONE_HEIC.read_bytes())
