@@ -189,6 +189,9 @@ def tag(args: argparse.Namespace) -> None:
     print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown: known score below {threshold:.3f}){geotagged}, "
           f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
           f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s, {runtime_name(model)}) -> {args.out}")
+    if summary.other_files:
+        counts = ", ".join(f"{count} {extension}" for extension, count in summary.other_files.items())
+        print(f"Not looked at: {sum(summary.other_files.values())} file(s) without a photo extension ({counts})")
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def _download(url: str, archive: Path) -> None:
         raise DataNotFoundError(f"The download of {url} stopped after {received:,} of {total:,} bytes; try again.")
 
 
-def list_images(folder: str | Path, *, keep_unreadable: bool = False, exclude: Sequence[str | Path] = ()) -> list[Path]:
+def list_images(folder: str | Path, *, keep_unreadable: bool = False, exclude: Sequence[str | Path] = (),
+                others: Counter[str] | None = None) -> list[Path]:
     """All files with a photo extension below ``folder``, sorted for reproducibility.
 
     Linked folders are followed (once each: no loops); folders that cannot be read are named in
@@ -134,6 +136,8 @@ def list_images(folder: str | Path, *, keep_unreadable: bool = False, exclude: S
     file (a folder ``x.jpg``, a FIFO, a broken or looping link) are returned too with
     ``keep_unreadable``, so that a tagger gives each its error row; otherwise one warning names
     them. Folders in ``exclude`` (an output folder) are never scanned, not even through a link.
+    ``others`` counts, by lower-case extension, the files left out for their name (a phone's ``.mov`` and ``.aae``
+    beside its photos), hidden ones (``.DS_Store``) aside, so that a tagger can say what it did not look at.
     """
     unreadable: list[str] = []
     seen: set[str] = set()
@@ -146,6 +150,9 @@ def list_images(folder: str | Path, *, keep_unreadable: bool = False, exclude: S
             continue
         seen.add(real)
         found += [Path(root, name) for name in files + dirs if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        if others is not None:
+            others.update(Path(name).suffix.lower() or "(no extension)" for name in files
+                          if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS)
     if unreadable:
         warnings.warn(f"{folder}: skipped {len(unreadable)} folder(s) that cannot be read: {', '.join(unreadable[:10])}",
                       stacklevel=2)

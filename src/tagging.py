@@ -18,8 +18,9 @@ import importlib.util
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class TagSummary:
     skipped_done: int
     seconds: float
     geotagged: int = 0  # copies written with GPS (or kept with their own)
+    other_files: dict[str, int] = field(default_factory=dict)  # files below the folder left out, by extension
 
     @property
     def photos_per_second(self) -> float:
@@ -222,8 +224,10 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
     places = model_places(model, places_csv)
     settings = tag_settings(model, k, threshold, model_path, places, geotag_dir, overwrite_gps)
     names = settings["class_names"]
+    others: Counter[str] = Counter()
     photos = (photos_from_list(from_list, photos_dir) if from_list is not None
-              else list_images(photos_dir, keep_unreadable=True, exclude=[geotag_dir] if geotag_dir is not None else []))
+              else list_images(photos_dir, keep_unreadable=True, exclude=[geotag_dir] if geotag_dir is not None else [],
+                               others=others))
     if geotag_dir is not None and any(is_uri(photo) for photo in photos):
         raise ValueError(f"{from_list}: --geotag writes copies below the photo folder; photos given by URI have no "
                          "place there (tag them without --geotag)")
@@ -232,7 +236,8 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
         done = done_paths(out)  # refuses a foreign file before anything is written
         start_or_resume(out, settings)
         todo = [path for path in photos if photo_key(path) not in done]
-        summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0)
+        other_files = dict(sorted(others.items(), key=lambda item: (-item[1], item[0])))  # most first, then by name
+        summary = TagSummary(0, 0, [], len(photos) - len(todo), 0.0, other_files=other_files)
         writer = TagWriter(out)
         start = time.perf_counter()
         batches = (ray_scored_batches(model_path, todo, int(model.resize_size), batch_size, address) if engine == "ray"
