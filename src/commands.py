@@ -163,7 +163,8 @@ def predict(args: argparse.Namespace) -> int:
         try:
             prediction = predict_photo(model, photo, args.topk)
         except ImageReadError as error:
-            print(f"error: {error}", file=sys.stderr)
+            hint = f" (`tag {photo} --out tags.csv` labels every photo in a folder)" if Path(photo).is_dir() else ""
+            print(f"error: {error}{hint}", file=sys.stderr)
             failures += 1
             continue
         print(f"{photo}\n  -> {prediction.verdict(model.places)}")

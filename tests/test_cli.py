@@ -73,6 +73,8 @@ def test_export_and_predict(trained: dict[str, Path], tmp_path: Path, capsys) ->
     assert lines[0] == str(photo) and len(lines) == 4 and lines[1].startswith("  -> ")
     assert lines[2].strip().endswith(("Red Fort", "Green Gate", "Blue Tower"))
     assert "bad.jpg: not an image" in captured.err
+    assert main(["predict", str(photo.parent), "--model", str(exported)]) == 1  # a folder: the command for one is named
+    assert f"is a directory (`tag {photo.parent} --out tags.csv` labels every photo in a folder)" in capsys.readouterr().err
 
 
 def test_clear_errors_for_bad_input(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
