@@ -79,14 +79,15 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
         with open_photo(source) as handle:
             data = handle.read()
         image = Image.open(io.BytesIO(data))
-        image.load()  # a truncated photo fails here rather than being copied
-        has_gps = _coordinates(image.getexif()) is not None
-        frames = getattr(image, "n_frames", 1)  # reads every page's header: a broken second page fails here
-    if image.format in LOSSY_FORMATS:
+    if image.format in LOSSY_FORMATS:  # refused from the header: no decoding for a photo that gets no copy
         raise GeotagError(f"{source}: a {image.format} photo is not geotagged: a copy with GPS would be encoded again, with "
                           "loss (only JPEG, PNG, WebP and TIFF copies keep their pixels)")
     if image.format not in JPEG_FORMATS + REENCODED_FORMATS:
         raise GeotagError(f"{source}: a {image.format} image cannot carry EXIF GPS (only JPEG, PNG, WebP and TIFF can)")
+    with _reading(source):
+        image.load()  # a truncated photo fails here rather than being copied
+        has_gps = _coordinates(image.getexif()) is not None
+        frames = getattr(image, "n_frames", 1)  # reads every page's header: a broken second page fails here
     if has_gps and not overwrite_gps:
         atomic_write(target, lambda tmp: tmp.write_bytes(data))
         return "kept"
