@@ -34,12 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from new_landmark_features import frozen_and_trained_stages, imagenet_features, nearest_mean_top1, never_seen_landmarks
+from new_landmark_features import (frozen_and_trained_stages, imagenet_features, nearest_mean_top1, never_seen_landmarks,
+                                   per_photo)
 from utils import REPO, write_result
 from src.allocator import keep_freed_memory
-from src.decoding import square_batches
 from src.export import load_exported
-from src.factory import data_defaults
 from src.imagenet_features import GENERAL_BACKBONE, GENERAL_SIZE
 from src.location import list_images, split_negatives
 from src.shared_trunk import PooledStages
@@ -56,22 +55,10 @@ def learning_photos(metrics: dict) -> list[Path]:
 
 
 def trunk_outputs(trunk: nn.Module, paths: list[Path], size: int, with_mirrored: bool = False) -> torch.Tensor:
-    """``trunk``'s output (fp16) for each photo's centre square at ``size`` px; with ``with_mirrored``, then for each
-    square mirrored left to right (each photo decoded once), in the order of
-    :func:`~new_landmark_features.imagenet_features`."""
-    defaults = data_defaults("mobilenet_v2")
-    mean, std = torch.tensor(defaults.mean).view(1, 3, 1, 1), torch.tensor(defaults.std).view(1, 3, 1, 1)
-    def output(images: torch.Tensor) -> torch.Tensor:
-        return trunk(((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)).half()
-
-    outputs, mirrored = [], []
-    with torch.inference_mode():
-        for _, images, errors in square_batches(paths, size, 64):
-            assert not errors, errors  # a photo left out would shift the targets
-            outputs.append(output(images))
-            if with_mirrored:
-                mirrored.append(output(images.flip(3)))
-    return torch.cat(outputs + mirrored)
+    """``trunk``'s output (fp16) for each photo at ``size`` px, in the order of
+    :func:`~new_landmark_features.imagenet_features` (:func:`~new_landmark_features.per_photo`)."""
+    return per_photo(lambda squares: trunk(squares.contiguous(memory_format=torch.channels_last)).half(), "mobilenet_v2",
+                     size, paths, with_mirrored)
 
 
 def pooled(stages: nn.Module, maps: torch.Tensor) -> torch.Tensor:

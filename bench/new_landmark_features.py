@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,20 +56,26 @@ def never_seen_landmarks(model: Path) -> tuple[list[Path], list[Path], torch.Ten
     return folders, paths, torch.tensor(labels)
 
 
-def imagenet_features(name: str, size: int, paths: list[Path], with_mirrored: bool = False) -> torch.Tensor:
-    """The ImageNet network ``name``'s pooled features of each photo's centre square at ``size`` px; with
-    ``with_mirrored``, then those of each square mirrored left to right (each photo decoded once)."""
-    model = create_model(name, 2, pretrained=True).eval()
+def per_photo(network: Callable[[torch.Tensor], torch.Tensor], name: str, size: int, paths: list[Path],
+              with_mirrored: bool = False) -> torch.Tensor:
+    """``network``'s output for each photo's centre square at ``size`` px, normalised as the ImageNet network ``name``
+    expects; with ``with_mirrored``, then for each square mirrored left to right (each photo decoded once)."""
     defaults = data_defaults(name)
     mean, std = torch.tensor(defaults.mean).view(1, 3, 1, 1), torch.tensor(defaults.std).view(1, 3, 1, 1)
-    features, mirrored = [], []
+    outputs, mirrored = [], []
     with torch.inference_mode():
         for _, images, errors in square_batches(paths, size, 64):
-            assert not errors, errors
-            features.append(model.forward_features((images.float() / 255 - mean) / std))
+            assert not errors, errors  # a photo left out would shift every row after it
+            squares = (images.float() / 255 - mean) / std
+            outputs.append(network(squares))
             if with_mirrored:
-                mirrored.append(model.forward_features((images.flip(3).float() / 255 - mean) / std))
-    return torch.cat(features + mirrored)
+                mirrored.append(network(squares.flip(3)))
+    return torch.cat(outputs + mirrored)
+
+
+def imagenet_features(name: str, size: int, paths: list[Path], with_mirrored: bool = False) -> torch.Tensor:
+    """The ImageNet network ``name``'s pooled features of each photo (:func:`per_photo`)."""
+    return per_photo(create_model(name, 2, pretrained=True).eval().forward_features, name, size, paths, with_mirrored)
 
 
 def frozen_and_trained_stages() -> tuple[nn.Sequential, nn.Sequential]:

@@ -62,34 +62,36 @@ def test_transparent_pixels_become_white(tmp_path: Path) -> None:
     assert tuple(array[5, 5]) == (255, 255, 255)
 
 
-def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    # Stored 60 wide x 20 high with a red left edge; orientation 6 means "rotate 90 degrees clockwise to view".
+def _sideways() -> tuple[Image.Image, Image.Exif]:
+    """Stored 60 wide x 20 high with a red left edge; orientation 6 means "rotate 90 degrees clockwise to view"."""
     stored = np.zeros((20, 60, 3), dtype=np.uint8)
     stored[:, :10] = (255, 0, 0)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    return Image.fromarray(stored), exif
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    picture, exif = _sideways()
+    picture.save(tmp_path / "phone.jpg", exif=exif, quality=95)
     upright = np.asarray(load_rgb(tmp_path / "phone.jpg"))
     assert upright.shape == (60, 20, 3)
     assert upright[:10, :, 0].mean() > 200  # the red edge is now at the top
     assert upright[-10:, :, 0].mean() < 50
 
 
-PHONE_HEIC = REPO / "tests" / "data" / "phone.heic"  # the picture above as an iPhone stores it (made with pillow-heif)
+PHONE_HEIC = REPO / "tests" / "data" / "phone.heic"  # the sideways picture as an iPhone stores it (made with pillow-heif)
 
 
 def _phone_photo(folder: Path, suffix: str) -> Path:
-    """The sideways picture of :func:`test_exif_orientation_is_applied` in a phone's format: the HEIC file turns it
-    with its HEIF transform and also says EXIF orientation 6, as iPhones write both; the AVIF one by EXIF alone."""
+    """The :func:`_sideways` picture in a phone's format: the HEIC file turns it with its HEIF transform and also says
+    EXIF orientation 6, as iPhones write both; the AVIF one by EXIF alone."""
     path = folder / f"phone{suffix}"
     if suffix.lower() in (".heic", ".heif"):
         path.write_bytes(PHONE_HEIC.read_bytes())
     else:
-        stored = np.zeros((20, 60, 3), dtype=np.uint8)
-        stored[:, :10] = (255, 0, 0)
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        Image.fromarray(stored).save(path, "AVIF", exif=exif, quality=95)
+        picture, exif = _sideways()
+        picture.save(path, "AVIF", exif=exif, quality=95)
     return path
 
 
