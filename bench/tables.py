@@ -320,6 +320,19 @@ def tag_table() -> str:
                      "decode ceiling (2 × one photo on one core)"], rows)
 
 
+@generator("geotag")
+def geotag_table() -> str:
+    """docs/command-line.md: `tag` with and without `--geotag` in the same run (bench/geotag.py)."""
+    labels = {"landmarks10_one_folder": "{photos:,} `landmarks10` photos (128 px) in one folder",
+              "full_size_12mp": "{photos:,} 12 MP JPEGs of `landmarks10` test photos"}
+    rows: list[Row] = []
+    for key, label in labels.items():
+        r = load("geotag")[key]
+        rows.append([label.format(photos=r["photos"]), f"{r['copies']:,}", rate(r["tag_photos_per_s"]),
+                     f"**{rate(r['tag_geotag_photos_per_s'])}**", f"{r['ratio']:.2f}×"])
+    return markdown(["photos", "geotagged copies", "`tag`", "`tag --geotag`", "with copies / without"], rows)
+
+
 @generator("app-start")
 def app_start_table() -> str:
     """docs/app.md: from requesting the app's page to its upload button and to the app ready (bench/app_start.py)."""

@@ -46,9 +46,10 @@ def rate(photos: int, seconds: float) -> float:
     return round(photos / seconds, 1)
 
 
-def full_size_photos(folder: Path, count: int) -> list[Path]:
-    """``count`` 12 MP JPEGs: the canonical sample's photos scaled up (each used again, mirrored, past 125)."""
-    sources = list_images(SHARED / "landmark_images_sample")
+def full_size_photos(folder: Path, count: int, sources: list[Path] | None = None) -> list[Path]:
+    """``count`` 12 MP JPEGs: ``sources`` (default: the canonical sample's 125 photos) scaled up, each used again,
+    mirrored, past their number."""
+    sources = sources or list_images(SHARED / "landmark_images_sample")
     for index in range(count):
         image = Image.open(sources[index % len(sources)]).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
         if index >= len(sources):

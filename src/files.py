@@ -31,18 +31,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# folder -> its mtime when this process last listed or wrote to it, and the stale temporaries it held then, by name
+_LISTED: dict[Path, tuple[int, dict[str, list[Path]]]] = {}
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by killed writers (their process is gone)."""
-    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
-        match = _TMP_NAME.match(candidate.name)
-        if match and match["name"] == path.name and not _pid_alive(int(match["pid"])):
-            candidate.unlink(missing_ok=True)
+    """Delete ``.<name>.<pid>.tmp`` files beside ``path`` left by killed writers (their process is gone).
+
+    The folder is listed again only when its mtime says that something else changed it since this process last
+    listed or wrote to it: listed for every file, writing N files into one folder (``tag --geotag``) took time in N²."""
+    folder = path.parent
+    mtime = folder.stat().st_mtime_ns
+    listed = _LISTED.get(folder)
+    if listed is None or listed[0] != mtime:
+        stale: dict[str, list[Path]] = {}
+        for candidate in folder.glob(".*.tmp"):
+            match = _TMP_NAME.match(candidate.name)
+            if match and not _pid_alive(int(match["pid"])):
+                stale.setdefault(match["name"], []).append(candidate)
+        _LISTED[folder] = listed = (mtime, stale)
+    for candidate in listed[1].pop(path.name, []):
+        candidate.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(temporary_path)`` then rename it to ``path``: readers never see half a file, and an
     interruption or a full disk leaves the previous file intact (an OSError naming ``path``; a killed
-    writer's temporary is removed by the next write)."""
+    writer's temporary is removed by a later write of the same file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -50,6 +65,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+        _LISTED[path.parent] = (path.parent.stat().st_mtime_ns, _LISTED[path.parent][1])  # the change was this write
     except OSError as error:  # name the file: a full disk's error names none
         if error.errno is None:
             raise OSError(f"{path}: {error}") from error

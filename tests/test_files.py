@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -38,6 +39,24 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path: P
     with mock.patch.object(files, "_pid_alive", lambda pid: pid != int(dead.stdout)):
         files.atomic_write(target, lambda tmp: tmp.write_text("new"))
     assert not stale.exists() and alive.exists() and other.exists() and target.read_text() == "new"
+
+
+def test_a_folder_is_listed_again_only_when_something_else_changed_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the folder at every write made tag --geotag's copies into one folder take time in N²."""
+    listed = []
+    glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda folder, pattern: listed.append(folder) or glob(folder, pattern))
+    for index in range(50):
+        files.atomic_write(tmp_path / f"{index}.jpg", lambda tmp: tmp.write_text("copy"))
+    assert listed == [tmp_path]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    time.sleep(0.05)  # past the clock tick of the last write: a folder's mtime may be that coarse
+    stale = tmp_path / f".50.jpg.{int(dead.stdout)}.tmp"  # a writer killed since left this
+    stale.write_text("half")
+    with mock.patch.object(files, "_pid_alive", lambda pid: pid != int(dead.stdout)):
+        files.atomic_write(tmp_path / "50.jpg", lambda tmp: tmp.write_text("copy"))
+    assert listed == [tmp_path, tmp_path] and not stale.exists()
 
 
 def test_outputs_that_collide_are_refused_before_any_work(tmp_path: Path) -> None:

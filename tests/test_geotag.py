@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import piexif
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageFile
 
 from conftest import BAD_PHOTO_KINDS, CANONICAL_SAMPLE, REPO
 from src.geotag import GPS_IFD, GeotagError, read_gps, write_geotagged_copy
@@ -215,6 +215,22 @@ def test_photos_that_cannot_be_geotagged_are_refused_by_name(tmp_path: Path, mak
         write_geotagged_copy(source, out / "photo.jpg", *EIFFEL)
     assert str(source) in str(caught.value)
     assert not out.exists()
+
+
+def test_a_jpeg_is_decoded_at_an_eighth_to_check_it_and_not_again_when_decoded(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JPEG copy keeps the compressed data, so checking the photo is whole needs no full-size pixels, and ``tag``,
+    which has just decoded the photo, needs no check: a 12 MP photo costs tag --geotag a 1/8 decode or none."""
+    source = camera_jpeg(tmp_path / "photo.jpg")
+    decoded_sizes = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded_sizes.append(image.size) or load(image))
+    assert write_geotagged_copy(source, tmp_path / "checked.jpg", *EIFFEL) == "geotagged"
+    assert decoded_sizes == [(64 // 8, 48 // 8)]
+    assert write_geotagged_copy(source, tmp_path / "trusted.jpg", *EIFFEL, decoded=True) == "geotagged"
+    assert decoded_sizes == [(64 // 8, 48 // 8)]
+    assert (tmp_path / "checked.jpg").read_bytes() == (tmp_path / "trusted.jpg").read_bytes()
+    assert read_gps(tmp_path / "trusted.jpg") == pytest.approx(EIFFEL, abs=1e-6)
 
 
 def test_exif_that_piexif_cannot_parse_is_refused_rather_than_dropped(tmp_path: Path) -> None:
