@@ -4,8 +4,9 @@ Modules, from the bottom of the import graph up:
 
 - photos and files: ``images`` (robust photo reading), ``files`` (safe writes, the cache folder), ``location``
   (finding and downloading the dataset, negatives folders), ``places`` (landmark names and places), ``geotag``
-  (EXIF GPS copies), ``defaults`` (shared settings), ``allocator`` (a CPU process's C allocator, told to keep
-  freed memory), ``helpers`` (device, seeds, the run's environment);
+  (EXIF GPS copies), ``heif_exif`` (a HEIF or AVIF file's EXIF replaced in place), ``defaults`` (shared settings),
+  ``allocator`` (a CPU process's C allocator, told to keep freed memory), ``helpers`` (device, seeds, the run's
+  environment);
 - preprocessing and data: ``preprocessing`` (the config of one run, the one resize-and-crop), ``data_config``
   (resolving it from the photos), ``statistics`` (channel mean/std), ``presets`` (transforms), ``decoding``
   (photo folders decoded in parallel), ``cache`` (decode once), ``data`` (loaders), ``distributed``;

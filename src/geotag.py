@@ -1,8 +1,9 @@
 """Geotagged copies of photos: the recognised landmark's coordinates written into the copy's EXIF GPS.
 
 A copy must not cost the photo anything. JPEG copies get a new EXIF segment in front of the
-untouched compressed data (re-encoding would lose quality); PNG, WebP and TIFF copies are
-re-written losslessly by Pillow, so they decode to the same pixels. Every other EXIF tag is kept,
+untouched compressed data (re-encoding would lose quality), and HEIC/HEIF and AVIF copies a new EXIF
+block that their item locations point at, every other byte kept (:mod:`src.heif_exif`); PNG, WebP and TIFF
+copies are re-written losslessly by Pillow, so they decode to the same pixels. Every other EXIF tag is kept,
 the source is only ever read, and the copy appears under its final name only once complete.
 """
 
@@ -23,12 +24,13 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from .files import atomic_write
+from .heif_exif import read_exif, with_exif
 from .images import ImageReadError, open_photo
 
 GPS_IFD = 0x8825
 JPEG_FORMATS = ("JPEG", "MPO")  # Pillow calls JPEGs holding a second (preview) image "MPO"
+HEIF_FORMATS = ("HEIF", "AVIF")  # Pillow's names for HEIC/HEIF (the pi-heif plugin) and AVIF files
 REENCODED_FORMATS = ("PNG", "WEBP", "TIFF")
-LOSSY_FORMATS = ("HEIF", "AVIF")  # they hold EXIF, but Pillow cannot add it without encoding the pixels again
 
 # An APP1 segment's length field counts itself: 65535 - 2 bytes are left for the EXIF.
 _MAX_EXIF_SEGMENT = 0xFFFF - 2
@@ -67,13 +69,13 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
     ``overwrite_gps`` is False (the copy is then byte-identical: a camera's own fix beats a landmark's).
     The whole GPS IFD is replaced, so no altitude or heading of another place survives. An existing
     ``target`` is replaced. Raises ``ValueError`` for coordinates off the globe and
-    :class:`GeotagError` for a photo that is unreadable, in a format without EXIF (GIF, BMP, ...) or
-    one whose copy would be encoded again with loss (HEIC, AVIF), or whose EXIF cannot be parsed
-    (rewriting it would lose the camera's metadata).
+    :class:`GeotagError` for a photo that is unreadable, in a format without EXIF (GIF, BMP, ...), a HEIF or AVIF
+    file whose EXIF block cannot be replaced in place (none at all, or in several pieces), or one whose EXIF cannot be
+    parsed (rewriting it would lose the camera's metadata).
 
-    A JPEG copy keeps the source's compressed data as it is, so its pixels are decoded only to check that the photo
-    is whole, at 1/8 scale (every byte is still read, at about a third of the time), and not at all when ``decoded``
-    says the caller has just decoded it (``tag`` classified it and refuses truncated photos itself).
+    A JPEG, HEIF or AVIF copy keeps the source's compressed data as it is, so its pixels are decoded only to check
+    that the photo is whole (a JPEG at 1/8 scale: every byte is still read, at about a third of the time), and not at
+    all when ``decoded`` says the caller has just decoded it (``tag`` classified it and refuses truncated photos).
     """
     source, target = Path(source), Path(target)
     _check_coordinates(latitude, longitude)
@@ -83,15 +85,13 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
         with open_photo(source) as handle:
             data = handle.read()
         image = Image.open(io.BytesIO(data))
-    if image.format in LOSSY_FORMATS:  # refused from the header: no decoding for a photo that gets no copy
-        raise GeotagError(f"{source}: a {image.format} photo is not geotagged: a copy with GPS would be encoded again, with "
-                          "loss (only JPEG, PNG, WebP and TIFF copies keep their pixels)")
-    if image.format not in JPEG_FORMATS + REENCODED_FORMATS:
-        raise GeotagError(f"{source}: a {image.format} image cannot carry EXIF GPS (only JPEG, PNG, WebP and TIFF can)")
+    if image.format not in JPEG_FORMATS + HEIF_FORMATS + REENCODED_FORMATS:
+        raise GeotagError(f"{source}: a {image.format} image cannot carry EXIF GPS (only JPEG, HEIC/HEIF, AVIF, PNG, "
+                          "WebP and TIFF can)")
     with _reading(source):
         if image.format in JPEG_FORMATS and not decoded:  # checked whole at 1/8 scale: the copy keeps its data
             image.draft(image.mode, (image.width // 8, image.height // 8))
-        if image.format not in JPEG_FORMATS or not decoded:
+        if image.format in REENCODED_FORMATS or not decoded:
             image.load()  # a truncated photo fails here rather than being copied
         has_gps = _coordinates(image.getexif()) is not None
         frames = getattr(image, "n_frames", 1)  # reads every page's header: a broken second page fails here
@@ -101,7 +101,18 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
     gps = _gps_ifd(latitude, longitude)
     if image.format in JPEG_FORMATS:
         with _encoding(source):
-            copy = _replace_exif_segment(source, data, _exif_segment(source, data, image.info.get("exif", b""), gps))
+            exif = _exif_with_gps(source, image.info.get("exif", b"")[6:], data, gps, _MAX_EXIF_SEGMENT)
+            copy = _replace_exif_segment(source, data, _app1_segment(source, exif))
+        atomic_write(target, lambda tmp: tmp.write_bytes(copy))
+    elif image.format in HEIF_FORMATS:
+        with _encoding(source):
+            tiff = read_exif(data)
+            if tiff[:2] not in (b"II", b"MM"):
+                raise GeotagError(f"{source}: its EXIF block holds no TIFF structure; not rewriting it")
+            copy = with_exif(data, _exif_with_gps(source, tiff, tiff, gps))
+            with Image.open(io.BytesIO(copy)) as written:  # read back as every reader will: the new block counts
+                if _coordinates(written.getexif()) is None:
+                    raise GeotagError(f"{source}: its copy does not read back with the GPS position written")
         atomic_write(target, lambda tmp: tmp.write_bytes(copy))
     else:
         if frames > 1:
@@ -186,14 +197,16 @@ def _gps_ifd(latitude: float, longitude: float) -> dict[int, Any]:
     }
 
 
-def _exif_segment(path: Path, data: bytes, payload: bytes, gps: dict[int, Any]) -> bytes:
-    """The JPEG's EXIF with ``gps`` as its GPS IFD, as one APP1 segment (at most 64 KB, thumbnail dropped if need be).
+def _exif_with_gps(path: Path, tiff: bytes, readable: bytes, gps: dict[int, Any], max_bytes: int | None = None) -> bytes:
+    """The photo's EXIF with ``gps`` as its GPS IFD, as piexif writes EXIF (``Exif\\0\\0`` and the TIFF structure), the
+    thumbnail dropped when piexif cannot write it or the whole would be over ``max_bytes``.
 
-    ``payload`` is the JPEG's EXIF as Pillow read it (``Exif\\0\\0`` and the TIFF structure piexif parses).
+    ``tiff`` is the photo's EXIF as read (its TIFF structure), ``readable`` what piexif reads it from (a JPEG's
+    bytes, or ``tiff`` itself).
     """
-    _check_value_counts(path, payload[6:])
+    _check_value_counts(path, tiff)
     try:
-        exif = piexif.load(data)
+        exif = piexif.load(readable)
     except Exception as error:  # any malformed EXIF (ValueError, KeyError, IndexError, struct.error ...)
         raise GeotagError(f"{path}: its EXIF cannot be parsed ({error!r}); not rewriting it") from error
     exif["GPS"] = gps
@@ -202,9 +215,14 @@ def _exif_segment(path: Path, data: bytes, payload: bytes, gps: dict[int, Any]) 
         payload = piexif.dump(exif)
     except ValueError:  # piexif refuses thumbnails over 64000 bytes or not in JPEG
         payload = b""
-    if not payload or len(payload) > _MAX_EXIF_SEGMENT:
+    if not payload or (max_bytes is not None and len(payload) > max_bytes):
         exif["1st"], exif["thumbnail"] = {}, None
         payload = piexif.dump(exif)
+    return payload
+
+
+def _app1_segment(path: Path, payload: bytes) -> bytes:
+    """A JPEG's EXIF ``payload`` as its APP1 segment, which holds at most 64 KB."""
     if len(payload) > _MAX_EXIF_SEGMENT:
         raise GeotagError(f"{path}: its EXIF with GPS is {len(payload)} bytes even without the thumbnail; "
                           f"a JPEG segment holds {_MAX_EXIF_SEGMENT}")

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageCms, ImageFile
 
 from conftest import BAD_PHOTO_KINDS, CANONICAL_SAMPLE, REPO
+from src import heif_exif
 from src.geotag import GPS_IFD, GeotagError, read_gps, write_geotagged_copy
 
 REAL_JPEGS = CANONICAL_SAMPLE / "train" / "00.Haleakala_National_Park"
@@ -200,8 +201,7 @@ def png_with_16bit_colour(path: Path) -> None:
 @pytest.mark.parametrize("make, reason", [
     (lambda path: Image.fromarray(noise()).convert("P").save(path, "GIF"), "GIF image cannot carry EXIF GPS"),
     (lambda path: Image.fromarray(noise()).save(path, "BMP"), "BMP image cannot carry EXIF GPS"),
-    (lambda path: path.write_bytes((REPO / "tests" / "data" / "phone.heic").read_bytes()), "HEIF photo is not geotagged"),
-    (lambda path: Image.fromarray(noise()).save(path, "AVIF"), "AVIF photo is not geotagged"),
+    (lambda path: Image.fromarray(noise()).save(path, "AVIF"), "no EXIF block to add GPS to"),
     (lambda path: path.write_bytes(b"not a photo at all"), "unreadable image"),
     (lambda path: path.write_bytes(camera_jpeg(path).read_bytes()[:2000]), "unreadable image"),
     (animated_png, "has 2 frames"),
@@ -215,6 +215,46 @@ def test_photos_that_cannot_be_geotagged_are_refused_by_name(tmp_path: Path, mak
         write_geotagged_copy(source, out / "photo.jpg", *EIFFEL)
     assert str(source) in str(caught.value)
     assert not out.exists()
+
+
+def avif_with_exif(path: Path) -> None:
+    Image.fromarray(noise()).save(path, "AVIF", exif=camera_exif(), quality=95)
+
+
+@pytest.mark.parametrize("make", [lambda path: path.write_bytes((REPO / "tests" / "data" / "phone.heic").read_bytes()),
+                                  avif_with_exif], ids=["heic", "avif"])
+def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path: Path, make) -> None:
+    """A phone's HEIC gets its GPS without its pixels being encoded again: the new EXIF block is appended and the
+    item locations point at it; the old block, every other tag and the pictures' bytes stay."""
+    source, target = tmp_path / "photo.heic", tmp_path / "out" / "photo.heic"
+    make(source)
+    original = source.read_bytes()
+    assert write_geotagged_copy(source, target, *EIFFEL) == "geotagged"
+    copy = target.read_bytes()
+    changed = [index for index, (old, new) in enumerate(zip(original, copy)) if old != new]
+    assert len(copy) > len(original) and 0 < len(changed) <= 16  # two 4-byte iloc fields: offset and length
+    assert copy[len(original) + 4:len(original) + 8] == b"mdat"
+    assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-6)
+    exif, kept = piexif.load(heif_exif.read_exif(copy)), piexif.load(heif_exif.read_exif(original))
+    for tags in (exif["0th"], kept["0th"]):  # where the other IFDs lie moves
+        for pointer in (piexif.ImageIFD.ExifTag, piexif.ImageIFD.GPSTag):
+            tags.pop(pointer, None)
+    assert [exif["0th"], exif["Exif"]] == [kept["0th"], kept["Exif"]] and exif["0th"]  # the camera's tags, all kept
+    assert exif["GPS"][piexif.GPSIFD.GPSMapDatum] == b"WGS-84"
+    with Image.open(source) as before, Image.open(target) as after:
+        assert after.size == before.size and np.array_equal(np.asarray(after.convert("RGB")), np.asarray(before.convert("RGB")))
+    assert write_geotagged_copy(target, tmp_path / "again.heic", 0.0, 0.0) == "kept"  # it has a position now
+    assert write_geotagged_copy(target, tmp_path / "moved.heic", 0.0, 0.0, overwrite_gps=True) == "geotagged"
+    assert read_gps(tmp_path / "moved.heic") == pytest.approx((0.0, 0.0))
+
+
+def test_a_heif_file_cut_short_is_refused_by_name(tmp_path: Path) -> None:
+    source = tmp_path / "cut.heic"
+    source.write_bytes((REPO / "tests" / "data" / "phone.heic").read_bytes()[:300])
+    with pytest.raises(GeotagError, match=f"{re.escape(str(source))}: ") as caught:
+        write_geotagged_copy(source, tmp_path / "out.heic", *EIFFEL, decoded=True)
+    assert "unreadable image" in str(caught.value) or "cannot write its copy" in str(caught.value)
+    assert not (tmp_path / "out.heic").exists()
 
 
 def test_a_jpeg_is_decoded_at_an_eighth_to_check_it_and_not_again_when_decoded(tmp_path: Path,

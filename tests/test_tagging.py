@@ -69,12 +69,14 @@ def test_tags_every_photo_as_jsonl_and_lists_unreadable(exported: Path, photos: 
     assert all(r["top_k"][0][1] >= r["top_k"][1][1] for r in good)
 
 
-def test_a_phone_s_heic_photo_is_tagged_like_the_others(exported: Path, photos: Path, tmp_path: Path) -> None:
+def test_a_phone_s_heic_photo_is_tagged_and_geotagged_like_the_others(photos: Path, tmp_path: Path) -> None:
+    model = load_exported(_export(tmp_path / "m.pt", places={name: Place(1.0, 2.0) for name in NAMES}))
     shutil.copy(REPO / "tests" / "data" / "phone.heic", photos / "holiday" / "IMG_0001.HEIC")
-    out = tmp_path / "tags.jsonl"
-    assert tag_photos(load_exported(exported), photos, out, k=2, threshold=0.0, num_workers=0).tagged == 13
+    out, gps = tmp_path / "tags.jsonl", tmp_path / "geotagged"
+    assert tag_photos(model, photos, out, k=2, num_workers=0, geotag_dir=gps).tagged == 13
     (row,) = [json.loads(line) for line in out.read_text().splitlines() if "IMG_0001.HEIC" in line]
-    assert row["error"] is None and row["landmark"] in NAMES
+    assert row["error"] is None and row["landmark"] in NAMES and row["geotag"] == "geotagged"
+    assert read_gps(gps / "holiday" / "IMG_0001.HEIC") == pytest.approx((1.0, 2.0))
 
 
 def test_csv_and_the_unknown_threshold(exported: Path, photos: Path, tmp_path: Path) -> None:
