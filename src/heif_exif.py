@@ -123,7 +123,9 @@ def with_exif(data: bytes, exif: bytes) -> bytes:
     item = exif_item(data)
     block = struct.pack(">I", len(EXIF_HEADER)) + exif
     copy = bytearray(data)
-    *_, (kind, last, _, _) = _boxes(data, 0, len(data))
+    *_, (kind, last, _, end) = _boxes(data, 0, len(data))
+    if end != len(data):
+        raise ValueError(f"{len(data) - end} bytes after its last box")
     if struct.unpack_from(">I", data, last)[0] == 0:  # its size said "to the end": the end moves
         if len(data) - last >= 2**32:
             raise ValueError(f"its last {kind!r} box is too large to be given a size")
