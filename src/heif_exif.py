@@ -6,7 +6,8 @@ block in a box of its own at the end of the file and pointing the ``Exif`` item'
 fields rewritten in place, so no other box moves and every other byte, the compressed pixels included, stays as it
 was (the old block stays behind, unused). A file whose EXIF cannot be replaced that way (no ``Exif`` item, an item
 in several pieces or inside the ``meta`` box, fields too narrow for the new place) raises ``ValueError`` saying why.
-No library does this: Pillow and libheif would encode the pixels again, exiv2 only reads these files.
+Pillow and libheif write these files only by encoding the pixels again, and exiv2 only reads them (exiftool, a Perl
+program, can edit them).
 """
 
 from __future__ import annotations

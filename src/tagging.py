@@ -99,7 +99,7 @@ def _geotag(records: list[dict[str, Any]], photos_dir: Path, geotag_dir: Path, o
         try:
             record["geotag"] = write_geotagged_copy(source, geotag_dir / source.relative_to(photos_dir),
                                                     record["latitude"], record["longitude"], overwrite_gps=overwrite_gps,
-                                                    decoded=True)  # it was classified, so it decodes
+                                                    decoded=True)  # decoded just now, to classify it
         except GeotagError as error:  # this photo cannot carry GPS; a disk error stops the run (resume retries)
             record["geotag"] = f"failed: {error}"
 
