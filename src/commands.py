@@ -185,8 +185,12 @@ def tag(args: argparse.Namespace) -> None:
                          from_list=args.from_list, engine=args.engine, address=args.address)
     for message in summary.unreadable:
         print(f"skipped unreadable photo: {message}", file=sys.stderr)
+    for message in summary.not_geotagged:
+        print(f"no geotagged copy: {message}", file=sys.stderr)
     threshold = model.unknown_threshold if args.threshold is None else args.threshold
     geotagged = f", {summary.geotagged} geotagged copies in {args.geotag}" if args.geotag else ""
+    if summary.not_geotagged:
+        geotagged += f" ({len(summary.not_geotagged)} photo(s) with a place got none: the geotag column says why)"
     print(f"Tagged {summary.tagged} photos ({summary.unknown} unknown: known score below {threshold:.3f}){geotagged}, "
           f"{len(summary.unreadable)} unreadable, {summary.skipped_done} already done, "
           f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s, {runtime_name(model)}) -> {args.out}")

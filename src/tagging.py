@@ -40,6 +40,7 @@ from .tag_output import FORMATS, PLACE_FIELDS, TagWriter, done_paths, exclusive_
 
 UNKNOWN = "unknown"
 GEOTAGGED = ("geotagged", "kept")  # what write_geotagged_copy reports for a copy written
+FAILED = "failed: "  # the geotag column of a photo with a place that got no copy, before the reason
 ENGINES = ("local", "ray")
 LARGE_PHOTO_PIXELS = 2_000_000  # above this (median of a sample), decoding costs several times the model
 ScoredBatch = tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]  # indices, probabilities, known scores, errors
@@ -55,6 +56,7 @@ class TagSummary:
     skipped_done: int
     seconds: float
     geotagged: int = 0  # copies written with GPS (or kept with their own)
+    not_geotagged: list[str] = field(default_factory=list)  # why each photo with a place got no copy
     other_files: dict[str, int] = field(default_factory=dict)  # files below the folder left out, by extension
 
     @property
@@ -101,7 +103,7 @@ def _geotag(records: list[dict[str, Any]], photos_dir: Path, geotag_dir: Path, o
                                                     record["latitude"], record["longitude"], overwrite_gps=overwrite_gps,
                                                     decoded=True)  # decoded just now, to classify it
         except GeotagError as error:  # this photo cannot carry GPS; a disk error stops the run (resume retries)
-            record["geotag"] = f"failed: {error}"
+            record["geotag"] = f"{FAILED}{error}"
 
 
 def _check_geotag_dir(geotag_dir: Path, photos_dir: Path) -> Path:
@@ -256,6 +258,8 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
                     summary.tagged += len(indices)
                     summary.unknown += sum(record["landmark"] == UNKNOWN for record in records)
                     summary.geotagged += sum(record["geotag"] in GEOTAGGED for record in records)
+                    summary.not_geotagged += [record["geotag"].removeprefix(FAILED) for record in records
+                                              if (record["geotag"] or "").startswith(FAILED)]
                     writer.write(records)
                     progress.update(len(indices) + len(errors))
         finally:

@@ -294,16 +294,23 @@ def test_photos_with_gps_keep_it_unless_overwrite_and_overlapping_folders_are_re
             tag_photos(model, photos, tmp_path / "c.csv", num_workers=0, geotag_dir=inside)
 
 
-def test_a_photo_that_cannot_carry_gps_is_reported_in_its_geotag_column(tmp_path: Path, photos: Path) -> None:
+def test_a_photo_that_cannot_carry_gps_is_reported_in_its_geotag_column_and_counted(tmp_path: Path, photos: Path,
+                                                                                    capsys) -> None:
     from PIL import Image
 
-    model = load_exported(_export(tmp_path / "m.pt", threshold=0.0, places={name: Place(1.0, 2.0) for name in NAMES}))
-    Image.open(next((photos / "holiday" / "00.Red_Fort").glob("*.jpg"))).save(photos / "holiday" / "animated.gif")
+    model = _export(tmp_path / "m.pt", threshold=0.0, places={name: Place(1.0, 2.0) for name in NAMES})
+    gif_path = photos / "holiday" / "animated.gif"
+    Image.open(next((photos / "holiday" / "00.Red_Fort").glob("*.jpg"))).save(gif_path)
     out = tmp_path / "tags.jsonl"
-    summary = tag_photos(model, photos, out, num_workers=0, geotag_dir=tmp_path / "gps")
-    gif = next(json.loads(line) for line in out.read_text().splitlines() if line.startswith('{"path": "' + str(photos / "holiday" / "animated.gif")))
+    assert main(["tag", str(photos), "--model", str(model), "--out", str(out), "--geotag", str(tmp_path / "gps"),
+                 "--workers", "0"]) == 0
+    gif = next(json.loads(line) for line in out.read_text().splitlines() if line.startswith('{"path": "' + str(gif_path)))
     assert gif["landmark"] in NAMES and gif["geotag"].startswith("failed:") and "GIF" in gif["geotag"]
-    assert summary.geotagged == 12 and not (tmp_path / "gps" / "holiday" / "animated.gif").exists()
+    assert not (tmp_path / "gps" / "holiday" / "animated.gif").exists()
+    printed = capsys.readouterr()
+    assert "12 geotagged copies in" in printed.out
+    assert "(1 photo(s) with a place got none: the geotag column says why)" in printed.out
+    assert f"no geotagged copy: {gif_path}: a GIF image cannot carry EXIF GPS" in printed.err
 
 
 def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
