@@ -154,8 +154,8 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite-gps", action="store_true", help="with --geotag: replace the GPS a photo already has")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: decode in processes of this "
                    "machine; ray: decode and score on Ray Data (pip install -r requirements-scale.txt)")
-    p.add_argument("--address", help="with --engine ray: join this Ray cluster (ray://HOST:10001 or HOST:6379) instead "
-                   "of starting a local Ray")
+    p.add_argument("--address", help="with --engine ray: join this Ray cluster (ray://HOST:10001 or HOST:6379); "
+                   "without it, the one RAY_ADDRESS names or `ray start` started here, else a local Ray")
     p.add_argument("--from-list", type=Path, metavar="FILE", help="tag the photos this text file names (one per "
                    "line: a path relative to photos_dir or inside it, or a URI such as s3://bucket/photo.jpg, gs://, "
                    "hdfs://, file://, read with pyarrow) instead of walking photos_dir")
@@ -187,8 +187,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="milliseconds a batch waits for photos still being read")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: uvicorn in this process; ray: "
                    "on Ray Serve, model replicas across the cluster (pip install -r requirements-scale.txt)")
-    p.add_argument("--address", help="with --engine ray: deploy on this Ray cluster (HOST:6379 or ray://HOST:10001) "
-                   "instead of a local Ray")
+    p.add_argument("--address", help="with --engine ray: deploy on this Ray cluster (HOST:6379 or ray://HOST:10001); "
+                   "without it, the one RAY_ADDRESS names or `ray start` started here, else a local Ray")
     p.add_argument("--replicas", type=positive_int, default=1, help="with --engine ray: model replicas (a GPU each where "
                    "the cluster has GPUs)")
 

@@ -64,8 +64,9 @@ class _Scorer:
 
 
 def start_ray(address: str | None):
-    """The ``ray`` module, connected to ``address`` (None: a local Ray, started once per process) and with
-    Ray Data's own progress bars off; a clear error where Ray is not installed."""
+    """The ``ray`` module, connected to ``address`` (None: as ``ray.init()`` finds one, ``RAY_ADDRESS`` or the cluster
+    ``ray start`` last started on this machine, else a local Ray started once per process) and with Ray Data's own
+    progress bars off; a clear error where Ray is not installed."""
     try:
         import ray
     except ImportError:
