@@ -149,10 +149,13 @@ def list_images(folder: str | Path, *, keep_unreadable: bool = False, exclude: S
             dirs.clear()
             continue
         seen.add(real)
-        found += [Path(root, name) for name in files + dirs if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
-        if others is not None:
-            others.update(Path(name).suffix.lower() or "(no extension)" for name in files
-                          if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS)
+        found += [Path(root, name) for name in dirs if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        for name in files:
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                found.append(Path(root, name))
+            elif others is not None and not name.startswith("."):
+                others[suffix or "(no extension)"] += 1
     if unreadable:
         warnings.warn(f"{folder}: skipped {len(unreadable)} folder(s) that cannot be read: {', '.join(unreadable[:10])}",
                       stacklevel=2)
