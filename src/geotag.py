@@ -2,9 +2,10 @@
 
 A copy must not cost the photo anything. JPEG copies get a new EXIF segment in front of the
 untouched compressed data (re-encoding would lose quality), and HEIC/HEIF and AVIF copies a new EXIF
-block that their item locations point at, every other byte kept (:mod:`src.heif_exif`); PNG, WebP and TIFF
-copies are re-written losslessly by Pillow, so they decode to the same pixels. Every other EXIF tag is kept,
-the source is only ever read, and the copy appears under its final name only once complete.
+block that their item locations point at, the old one zeroed and every other byte kept
+(:mod:`src.heif_exif`); PNG, WebP and TIFF copies are re-written losslessly by Pillow, so they decode to
+the same pixels. Every other EXIF tag is kept, the source is only ever read, and the copy appears under
+its final name only once complete.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Both are ISOBMFF files: boxes, a ``meta`` box whose ``iinf`` lists the items (th
 block) and whose ``iloc`` says where in the file each item's bytes are. So the EXIF is replaced by appending the new
 block in a box of its own at the end of the file and pointing the ``Exif`` item's ``iloc`` entry at it: the same
 fields rewritten in place, so no other box moves and every other byte, the compressed pixels included, stays as it
-was (the old block stays behind, unused). A file whose EXIF cannot be replaced that way (no ``Exif`` item, an item
-in several pieces or inside the ``meta`` box, fields too narrow for the new place) raises ``ValueError`` saying why.
+was. The old block, which no reader looks at any more, is zeroed (unless another item's bytes overlap it), so that
+a position it held does not stay in the file. A file whose EXIF cannot be replaced that way (no ``Exif`` item, an
+item in several pieces or inside the ``meta`` box, fields too narrow for the new place) raises ``ValueError`` saying
+why.
 Pillow and libheif write these files only by encoding the pixels again, and exiv2 only reads them (exiftool, a Perl
 program, can edit them).
 """
@@ -21,13 +23,15 @@ EXIF_HEADER = b"Exif\x00\x00"  # what Pillow and piexif put before the TIFF stru
 
 @dataclass(frozen=True)
 class ExifItem:
-    """Where the ``Exif`` item's bytes are (``start``, ``length``), and where its ``iloc`` fields say so."""
+    """Where the ``Exif`` item's bytes are (``start``, ``length``), where its ``iloc`` fields say so, and whether any
+    other item's bytes overlap them (``shared``)."""
 
     start: int
     length: int
     base_offset: int
     offset_field: tuple[int, int]  # (position in the file, width in bytes)
     length_field: tuple[int, int]
+    shared: bool
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
@@ -83,13 +87,16 @@ def _exif_item(data: bytes) -> ExifItem:
     meta_start, meta_end = _child(data, 0, len(data), b"meta")
     meta_start += 4  # a full box: version and flags
     wanted = _exif_item_id(data, *_child(data, meta_start, meta_end, b"iinf"))
-    start, _ = _child(data, meta_start, meta_end, b"iloc")
+    start, end = _child(data, meta_start, meta_end, b"iloc")
     version = data[start]
     offset_size, length_size = data[start + 4] >> 4, data[start + 4] & 15
     base_offset_size, index_size = data[start + 5] >> 4, (data[start + 5] & 15 if version in (1, 2) else 0)
     id_width = 2 if version < 2 else 4
     count, position = _uint(data, start + 6, id_width), start + 6 + id_width
+    found, others = None, []  # others: the file ranges other items' bytes lie in
     for _ in range(count):
+        if position + id_width > end:  # every entry lies in the box: a count that says more is malformed
+            raise ValueError("its iloc box ends before its last entry")
         item_id, position = _uint(data, position, id_width), position + id_width
         method = 0
         if version in (1, 2):
@@ -99,14 +106,23 @@ def _exif_item(data: bytes) -> ExifItem:
         offset_at = position + index_size
         length_at = offset_at + offset_size
         position += extents * (index_size + offset_size + length_size)
+        if position > end:
+            raise ValueError("its iloc box ends before its last entry")
+        for extent in range(extents if method == 0 and reference == 0 else 0):
+            at = offset_at + extent * (index_size + offset_size + length_size)
+            offset, length = _uint(data, at, offset_size), _uint(data, at + offset_size, length_size)
+            others.append((base_offset + offset, base_offset + offset + length if length else len(data)))
         if item_id != wanted:
             continue
         if method != 0 or reference != 0 or extents != 1 or offset_size == 0 or length_size == 0:
             raise ValueError("its EXIF block is not one piece of the file itself")
-        start_at = base_offset + _uint(data, offset_at, offset_size)
-        return ExifItem(start_at, _uint(data, length_at, length_size), base_offset, (offset_at, offset_size),
-                        (length_at, length_size))
-    raise ValueError("its EXIF block has no location")
+        others.pop()
+        found = (base_offset + _uint(data, offset_at, offset_size), _uint(data, length_at, length_size), base_offset,
+                 (offset_at, offset_size), (length_at, length_size))
+    if found is None:
+        raise ValueError("its EXIF block has no location")
+    start_at, length = found[0], found[1]
+    return ExifItem(*found, shared=any(begin < start_at + length and start_at < stop for begin, stop in others))
 
 
 def read_exif(data: bytes) -> bytes:
@@ -120,10 +136,14 @@ def read_exif(data: bytes) -> bytes:
 
 def with_exif(data: bytes, exif: bytes) -> bytes:
     """``data`` with ``exif`` (:data:`EXIF_HEADER` and the TIFF structure) as its EXIF, appended in an ``mdat`` box
-    of its own; only the ``Exif`` item's two ``iloc`` fields change (and the size of a last box that ran to the end)."""
+    of its own; only the ``Exif`` item's two ``iloc`` fields change (and the size of a last box that ran to the end),
+    and the old EXIF block is zeroed, unless another item's bytes overlap it: no reader looks there any more, but a
+    camera's GPS position left there would still be in the file."""
     item = exif_item(data)
     block = struct.pack(">I", len(EXIF_HEADER)) + exif
     copy = bytearray(data)
+    if not item.shared and item.start + item.length <= len(data):
+        copy[item.start:item.start + item.length] = bytes(item.length)
     *_, (kind, last, _, end) = _boxes(data, 0, len(data))
     if end != len(data):
         raise ValueError(f"{len(data) - end} bytes after its last box")

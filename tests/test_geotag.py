@@ -225,13 +225,16 @@ def avif_with_exif(path: Path) -> None:
                                   avif_with_exif], ids=["heic", "avif"])
 def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path: Path, make) -> None:
     """A phone's HEIC gets its GPS without its pixels being encoded again: the new EXIF block is appended and the
-    item locations point at it; the old block, every other tag and the pictures' bytes stay."""
+    item locations point at it; the old block is zeroed, and every other tag and the pictures' bytes stay."""
     source, target = tmp_path / "photo.heic", tmp_path / "out" / "photo.heic"
     make(source)
     original = source.read_bytes()
+    old = heif_exif.exif_item(original)
     assert write_geotagged_copy(source, target, *EIFFEL) == "geotagged"
     copy = target.read_bytes()
-    changed = [index for index, (old, new) in enumerate(zip(original, copy)) if old != new]
+    assert copy[old.start:old.start + old.length] == bytes(old.length)  # the old block, unreferenced, is zeroed
+    changed = [index for index, (before, after) in enumerate(zip(original, copy))
+               if before != after and not old.start <= index < old.start + old.length]
     assert len(copy) > len(original) and 0 < len(changed) <= 8  # the EXIF item's two 4-byte iloc fields
     assert copy[len(original) + 4:len(original) + 8] == b"mdat"
     assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-6)
@@ -262,11 +265,25 @@ def test_a_heif_file_whose_exif_cannot_be_replaced_in_place_says_why() -> None:
         heif_exif.with_exif(moved, exif)
     with pytest.raises(ValueError, match="3 bytes after its last box"):
         heif_exif.with_exif(data + b"\0\0\0", exif)
+    count_at = data.index(b"iloc") + 4 + 6  # version 0 or 1: a 2-byte item count after version, flags and sizes
+    with pytest.raises(ValueError, match="its iloc box ends before its last entry"):  # not 65,535 entries read
+        heif_exif.with_exif(data[:count_at] + b"\xff\xff" + data[count_at + 2:], exif)
     for cut in range(len(data)):  # cut anywhere, it raises ValueError (nothing else) or reads the EXIF it holds
         try:
             assert heif_exif.read_exif(heif_exif.with_exif(data[:cut], exif)) == exif[len(heif_exif.EXIF_HEADER):]
         except ValueError:
             pass
+
+
+def test_an_old_exif_block_that_shares_bytes_with_another_item_is_left_as_it_is() -> None:
+    data = (REPO / "tests" / "data" / "phone.heic").read_bytes()
+    item = heif_exif.exif_item(data)
+    assert not item.shared
+    base_at = item.offset_field[0] - 2 - 4  # this file's iloc: 4-byte base offset, then the extent count
+    overlapping = data[:base_at] + (item.start - 20).to_bytes(4, "big") + data[base_at + 4:]  # 20 bytes of the picture
+    assert heif_exif.exif_item(overlapping).shared
+    copy = heif_exif.with_exif(overlapping, piexif.dump({"0th": {piexif.ImageIFD.Make: "Canon"}}))
+    assert copy[item.start - 20:len(data)] == overlapping[item.start - 20:]
 
 
 def test_a_jpeg_is_decoded_at_an_eighth_to_check_it_and_not_again_when_decoded(tmp_path: Path,
