@@ -102,15 +102,12 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
     gps = _gps_ifd(latitude, longitude)
     if image.format in JPEG_FORMATS:
         with _encoding(source):
-            exif = _exif_with_gps(source, image.info.get("exif", b"")[6:], data, gps, _MAX_EXIF_SEGMENT)
+            exif = _exif_with_gps(source, image.info.get("exif", b"")[6:], gps, _MAX_EXIF_SEGMENT)
             copy = _replace_exif_segment(source, data, _app1_segment(source, exif))
         atomic_write(target, lambda tmp: tmp.write_bytes(copy))
     elif image.format in HEIF_FORMATS:
         with _encoding(source):
-            tiff = read_exif(data)
-            if tiff[:2] not in (b"II", b"MM"):
-                raise GeotagError(f"{source}: its EXIF block holds no TIFF structure; not rewriting it")
-            copy = with_exif(data, _exif_with_gps(source, tiff, tiff, gps))
+            copy = with_exif(data, _exif_with_gps(source, read_exif(data), gps))
             with Image.open(io.BytesIO(copy)) as written:  # read back as every reader will: the new block counts
                 if _coordinates(written.getexif()) is None:
                     raise GeotagError(f"{source}: its copy does not read back with the GPS position written")
@@ -198,16 +195,15 @@ def _gps_ifd(latitude: float, longitude: float) -> dict[int, Any]:
     }
 
 
-def _exif_with_gps(path: Path, tiff: bytes, readable: bytes, gps: dict[int, Any], max_bytes: int | None = None) -> bytes:
-    """The photo's EXIF with ``gps`` as its GPS IFD, as piexif writes EXIF (``Exif\\0\\0`` and the TIFF structure), the
-    thumbnail dropped when piexif cannot write it or the whole would be over ``max_bytes``.
-
-    ``tiff`` is the photo's EXIF as read (its TIFF structure), ``readable`` what piexif reads it from (a JPEG's
-    bytes, or ``tiff`` itself).
-    """
+def _exif_with_gps(path: Path, tiff: bytes, gps: dict[int, Any], max_bytes: int | None = None) -> bytes:
+    """The photo's EXIF ``tiff`` (its TIFF structure; empty when it has none) with ``gps`` as its GPS IFD, as piexif
+    writes EXIF (``Exif\\0\\0`` and the TIFF structure), the thumbnail dropped when piexif cannot write it or the
+    whole would be over ``max_bytes``."""
+    if tiff[:2] not in (b"II", b"MM", b""):  # piexif would take other bytes for a file name
+        raise GeotagError(f"{path}: its EXIF holds no TIFF structure; not rewriting it")
     _check_value_counts(path, tiff)
     try:
-        exif = piexif.load(readable)
+        exif = piexif.load(tiff) if tiff else {ifd: {} for ifd in _PIEXIF_IFDS} | {"thumbnail": None}
     except Exception as error:  # any malformed EXIF (ValueError, KeyError, IndexError, struct.error ...)
         raise GeotagError(f"{path}: its EXIF cannot be parsed ({error!r}); not rewriting it") from error
     exif["GPS"] = gps

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 EXIF_HEADER = b"Exif\x00\x00"  # what Pillow and piexif put before the TIFF structure
 
@@ -31,7 +31,7 @@ class ExifItem:
     base_offset: int
     offset_field: tuple[int, int]  # (position in the file, width in bytes)
     length_field: tuple[int, int]
-    shared: bool
+    shared: bool = False
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
@@ -117,12 +117,11 @@ def _exif_item(data: bytes) -> ExifItem:
         if method != 0 or reference != 0 or extents != 1 or offset_size == 0 or length_size == 0:
             raise ValueError("its EXIF block is not one piece of the file itself")
         others.pop()
-        found = (base_offset + _uint(data, offset_at, offset_size), _uint(data, length_at, length_size), base_offset,
-                 (offset_at, offset_size), (length_at, length_size))
+        found = ExifItem(base_offset + _uint(data, offset_at, offset_size), _uint(data, length_at, length_size),
+                         base_offset, (offset_at, offset_size), (length_at, length_size))
     if found is None:
         raise ValueError("its EXIF block has no location")
-    start_at, length = found[0], found[1]
-    return ExifItem(*found, shared=any(begin < start_at + length and start_at < stop for begin, stop in others))
+    return replace(found, shared=any(begin < found.start + found.length and found.start < stop for begin, stop in others))
 
 
 def read_exif(data: bytes) -> bytes:
