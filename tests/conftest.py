@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 LANDMARKS10 = SHARED_DATA / "landmarks10"
 CANONICAL_SAMPLE = SHARED_DATA / "landmark_images_sample"
+PHONE_HEIC = REPO / "tests" / "data" / "phone.heic"  # a sideways picture as an iPhone stores it (made with pillow-heif)
 
 
 

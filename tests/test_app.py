@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
-from conftest import LANDMARKS10, REPO
+from conftest import LANDMARKS10, PHONE_HEIC, REPO
 from src.export import load_exported
 from src.images import load_rgb
 from src.predictor import predict_photo
@@ -70,7 +70,7 @@ def uploads(tmp_path: Path) -> dict[str, bytes]:
         "palette.png": encoded(rgb.convert("P"), "PNG", transparency=0),
         "deep16.png": encoded(Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)), "PNG"),
         "phone.jpg": encoded(sideways, "JPEG", exif=exif.tobytes()),
-        "phone.heic": (REPO / "tests" / "data" / "phone.heic").read_bytes(),  # turned by HEIF and by EXIF, as iPhones store it
+        "phone.heic": PHONE_HEIC.read_bytes(),  # turned by HEIF and by EXIF, as iPhones store it
         "panorama.jpg": encoded(rgb.resize((2000, 100)), "JPEG"),  # 20:1, a real stitched panorama
         "strip.png": encoded(Image.new("RGB", STRIP), "PNG")[:60],  # cut after its header: it must not be decoded
         "truncated.jpg": real[: len(real) // 2],

@@ -23,7 +23,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import LANDMARKS10, REPO
+from conftest import LANDMARKS10, PHONE_HEIC, REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 from app_start import voila  # noqa: E402
@@ -268,7 +268,7 @@ def test_a_photo_dropped_on_the_page_is_previewed_and_answered_and_the_page_stay
 
 def test_a_dropped_heic_photo_is_answered_and_previewed_by_its_name(page) -> None:
     """Chromium cannot show HEIC, a phone's format: the preview names the photo, and the app answers it."""
-    heic = base64.b64encode((REPO / "tests" / "data" / "phone.heic").read_bytes()).decode("ascii")
+    heic = base64.b64encode(PHONE_HEIC.read_bytes()).decode("ascii")
     page.evaluate(DROP, ["IMG_0001.HEIC", heic, "image/heic"])
     page.locator(".landmark-result", has_text="IMG_0001.HEIC").wait_for(timeout=60_000)
     label = page.locator(".lm-drop-previews .lm-drop-name")

@@ -16,7 +16,7 @@ import piexif
 import pytest
 from PIL import Image, ImageCms, ImageFile
 
-from conftest import BAD_PHOTO_KINDS, CANONICAL_SAMPLE, REPO
+from conftest import BAD_PHOTO_KINDS, CANONICAL_SAMPLE, PHONE_HEIC, REPO
 from src import heif_exif
 from src.geotag import GPS_IFD, GeotagError, read_gps, write_geotagged_copy
 
@@ -221,7 +221,7 @@ def avif_with_exif(path: Path) -> None:
     Image.fromarray(noise()).save(path, "AVIF", exif=camera_exif(), quality=95)
 
 
-@pytest.mark.parametrize("make", [lambda path: path.write_bytes((REPO / "tests" / "data" / "phone.heic").read_bytes()),
+@pytest.mark.parametrize("make", [lambda path: path.write_bytes(PHONE_HEIC.read_bytes()),
                                   avif_with_exif], ids=["heic", "avif"])
 def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path: Path, make) -> None:
     """A phone's HEIC gets its GPS without its pixels being encoded again: the new EXIF block is appended and the
@@ -253,7 +253,7 @@ def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path
 
 
 def test_a_heif_file_whose_exif_cannot_be_replaced_in_place_says_why() -> None:
-    data = (REPO / "tests" / "data" / "phone.heic").read_bytes()
+    data = PHONE_HEIC.read_bytes()
     exif = piexif.dump({"0th": {piexif.ImageIFD.Make: "Canon"}})
     item = heif_exif.exif_item(data)
     base_at = item.offset_field[0] - 2 - 4  # this file's iloc: 4-byte base offset, then the extent count
@@ -276,7 +276,7 @@ def test_a_heif_file_whose_exif_cannot_be_replaced_in_place_says_why() -> None:
 
 
 def test_an_old_exif_block_that_shares_bytes_with_another_item_is_left_as_it_is() -> None:
-    data = (REPO / "tests" / "data" / "phone.heic").read_bytes()
+    data = PHONE_HEIC.read_bytes()
     item = heif_exif.exif_item(data)
     assert not item.shared
     base_at = item.offset_field[0] - 2 - 4  # this file's iloc: 4-byte base offset, then the extent count

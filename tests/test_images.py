@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import src.images as images
-from conftest import BAD_PHOTO_KINDS, REPO, TINY_CLASSES, bomb_png_header
+from conftest import BAD_PHOTO_KINDS, PHONE_HEIC, REPO, TINY_CLASSES, bomb_png_header
 from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, photo_sizes, read_image
 from src.location import list_images
 from src.data_config import resolve_data_config, typical_short_side
@@ -78,9 +78,6 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert upright.shape == (60, 20, 3)
     assert upright[:10, :, 0].mean() > 200  # the red edge is now at the top
     assert upright[-10:, :, 0].mean() < 50
-
-
-PHONE_HEIC = REPO / "tests" / "data" / "phone.heic"  # the sideways picture as an iPhone stores it (made with pillow-heif)
 
 
 def _phone_photo(folder: Path, suffix: str) -> Path:

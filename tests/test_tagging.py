@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import BAD_PHOTO_KINDS, REPO, tiny_config
+from conftest import BAD_PHOTO_KINDS, PHONE_HEIC, tiny_config
 import src.tag_output as tag_output
 import src.tagging as tagging
 from src.cli import main
@@ -71,7 +71,7 @@ def test_tags_every_photo_as_jsonl_and_lists_unreadable(exported: Path, photos: 
 
 def test_a_phone_s_heic_photo_is_tagged_and_geotagged_like_the_others(photos: Path, tmp_path: Path) -> None:
     model = load_exported(_export(tmp_path / "m.pt", places={name: Place(1.0, 2.0) for name in NAMES}))
-    shutil.copy(REPO / "tests" / "data" / "phone.heic", photos / "holiday" / "IMG_0001.HEIC")
+    shutil.copy(PHONE_HEIC, photos / "holiday" / "IMG_0001.HEIC")
     out, gps = tmp_path / "tags.jsonl", tmp_path / "geotagged"
     assert tag_photos(model, photos, out, k=2, num_workers=0, geotag_dir=gps).tagged == 13
     (row,) = [json.loads(line) for line in out.read_text().splitlines() if "IMG_0001.HEIC" in line]
