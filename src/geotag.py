@@ -2,10 +2,10 @@
 
 A copy must not cost the photo anything. JPEG copies get a new EXIF segment in front of the
 untouched compressed data (re-encoding would lose quality), and HEIC/HEIF and AVIF copies a new EXIF
-block that their item locations point at, the old one zeroed and every other byte kept
-(:mod:`src.heif_exif`); PNG, WebP and TIFF copies are re-written losslessly by Pillow, so they decode to
-the same pixels. Every other EXIF tag is kept, the source is only ever read, and the copy appears under
-its final name only once complete.
+block that their item locations point at, the old one zeroed and every other byte kept (or, for a file
+without one, a new EXIF item, the pictures' bytes copied unchanged: :mod:`src.heif_exif`); PNG, WebP and TIFF
+copies are re-written losslessly by Pillow, so they decode to the same pixels. Every other EXIF tag is kept, the
+source is only ever read, and the copy appears under its final name only once complete.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def write_geotagged_copy(source: str | Path, target: str | Path, latitude: float
     The whole GPS IFD is replaced, so no altitude or heading of another place survives. An existing
     ``target`` is replaced. Raises ``ValueError`` for coordinates off the globe and
     :class:`GeotagError` for a photo that is unreadable, in a format without EXIF (GIF, BMP, ...), a HEIF or AVIF
-    file whose EXIF block cannot be replaced in place (none at all, or in several pieces), or one whose EXIF cannot be
-    parsed (rewriting it would lose the camera's metadata).
+    file whose EXIF block cannot be written (one in several pieces, an image sequence without one), or one whose
+    EXIF cannot be parsed (rewriting it would lose the camera's metadata).
 
     A JPEG, HEIF or AVIF copy keeps the source's compressed data as it is, so its pixels are decoded only to check
     that the photo is whole (a JPEG at 1/8 scale: every byte is still read, at about a third of the time), and not at

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import pi_heif
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .heif_reader import register_heif_reader
+
 # Phones store photos as HEIC: Pillow reads them through pi-heif (libheif's decoder only, no encoder), which applies
 # the file's own rotation and sets its EXIF orientation to upright so that nothing turns it twice. AVIF is Pillow's own.
-pi_heif.register_heif_opener()
+register_heif_reader()
 
 # Extensions PIL decodes that we accept as photos when scanning folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",

@@ -144,7 +144,7 @@ BAD_PHOTO_KINDS = {
     "bomb": "too large", "truncated": "truncated", "empty": "empty", "random_bytes": "not an image",
     "text": "not an image", "corrupt_dds": "corrupt or unsupported", "directory": "is a directory",
     "fifo": "not a regular file (FIFO)", "no_permission": "permission denied", "broken_symlink": "broken symlink",
-    "symlink_loop": "symlink loop",
+    "symlink_loop": "symlink loop", "damaged_heic": "HEIF decoder cannot read",
 }
 
 
@@ -187,6 +187,10 @@ def make_bad_photo(monkeypatch: pytest.MonkeyPatch):
             path.write_bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes())
         elif kind == "text":
             path.write_text("hello, I am a text file\n")
+        elif kind == "damaged_heic":  # an item type with a byte over 127, which crashes pi-heif's libheif
+            data = PHONE_HEIC.read_bytes()
+            at = data.index(b"Exif")
+            path.write_bytes(data[:at] + b"Exi\x80" + data[at + 4:])
         elif kind == "corrupt_dds":  # Pillow raises NotImplementedError for its pixel format
             path.write_bytes(b"DDS " + struct.pack("<I", 124) + bytes(120) + bytes(range(50)))
         elif kind == "directory":

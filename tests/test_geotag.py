@@ -201,7 +201,8 @@ def png_with_16bit_colour(path: Path) -> None:
 @pytest.mark.parametrize("make, reason", [
     (lambda path: Image.fromarray(noise()).convert("P").save(path, "GIF"), "GIF image cannot carry EXIF GPS"),
     (lambda path: Image.fromarray(noise()).save(path, "BMP"), "BMP image cannot carry EXIF GPS"),
-    (lambda path: Image.fromarray(noise()).save(path, "AVIF"), "no EXIF block to add GPS to"),
+    (lambda path: Image.fromarray(noise()).save(path, "AVIF", save_all=True, append_images=[Image.fromarray(noise())]),
+     "an image sequence"),
     (lambda path: path.write_bytes(b"not a photo at all"), "unreadable image"),
     (lambda path: path.write_bytes(camera_jpeg(path).read_bytes()[:2000]), "unreadable image"),
     (animated_png, "has 2 frames"),
@@ -250,6 +251,43 @@ def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path
     assert write_geotagged_copy(target, tmp_path / "again.heic", 0.0, 0.0) == "kept"  # it has a position now
     assert write_geotagged_copy(target, tmp_path / "moved.heic", 0.0, 0.0, overwrite_gps=True) == "geotagged"
     assert read_gps(tmp_path / "moved.heic") == pytest.approx((0.0, 0.0))
+
+
+def heic_without_exif(path: Path) -> None:
+    """The phone photo with its ``Exif`` item's type renamed: no reader takes it for EXIF any more."""
+    data = PHONE_HEIC.read_bytes()
+    at = data.index(b"Exif")
+    path.write_bytes(data[:at] + b"xxxx" + data[at + 4:])
+
+
+@pytest.mark.parametrize("make", [heic_without_exif, lambda path: Image.fromarray(noise()).save(path, "AVIF")],
+                         ids=["heic", "avif"])
+def test_heic_and_avif_photos_without_exif_get_an_exif_item_and_keep_their_pictures_bytes(tmp_path: Path, make) -> None:
+    """An encoder that wrote no EXIF: an ``Exif`` item is added to the item lists, so the ``meta`` box grows by a few
+    bytes, and the pictures' bytes after it are copied unchanged with their locations moved by as much."""
+    source, target = tmp_path / "photo.heic", tmp_path / "out" / "photo.heic"
+    make(source)
+    original = source.read_bytes()
+    assert heif_exif.exif_item(original) is None and heif_exif.read_exif(original) == b""
+    assert write_geotagged_copy(source, target, *EIFFEL) == "geotagged"
+    copy = target.read_bytes()
+    pictures, moved = original.index(b"mdat") - 4, copy.index(b"mdat") - 4
+    assert 0 < moved - pictures <= 80  # an infe entry, an iloc entry and a cdsc reference (or a new iref box)
+    assert copy[:original.index(b"meta") - 4] == original[:original.index(b"meta") - 4]  # ftyp
+    assert copy[moved:moved + len(original) - pictures] == original[pictures:]
+    assert read_gps(target) == pytest.approx(EIFFEL, abs=1e-6)
+    with Image.open(source) as before, Image.open(target) as after:
+        assert after.size == before.size
+        assert np.array_equal(np.asarray(after.convert("RGB")), np.asarray(before.convert("RGB")))
+    assert write_geotagged_copy(target, tmp_path / "again.heic", 0.0, 0.0) == "kept"
+    assert write_geotagged_copy(target, tmp_path / "moved.heic", 0.0, 0.0, overwrite_gps=True) == "geotagged"
+    assert read_gps(tmp_path / "moved.heic") == pytest.approx((0.0, 0.0))
+    exif = piexif.dump({"0th": {piexif.ImageIFD.Make: "Canon"}})
+    for cut in range(len(original)):  # cut anywhere, it raises ValueError (nothing else) or reads the EXIF it holds
+        try:
+            assert heif_exif.read_exif(heif_exif.with_exif(original[:cut], exif)) == exif[len(heif_exif.EXIF_HEADER):]
+        except ValueError:
+            pass
 
 
 def test_a_heif_file_whose_exif_cannot_be_replaced_in_place_says_why() -> None:

@@ -33,7 +33,8 @@ from src.service import TOKEN_VARIABLE, ServiceSettings, create_app
 
 TRANSFER = REPO / "checkpoints" / "transfer_exported.pt"
 SCRATCH = REPO / "checkpoints" / "original_exported.pt"
-BYTE_KINDS = [kind for kind in BAD_PHOTO_KINDS if kind in ("bomb", "truncated", "empty", "random_bytes", "text", "corrupt_dds")]
+BYTE_KINDS = [kind for kind in BAD_PHOTO_KINDS
+              if kind in ("bomb", "truncated", "empty", "random_bytes", "text", "corrupt_dds", "damaged_heic")]
 
 
 def jpeg(image: Image.Image) -> bytes:
