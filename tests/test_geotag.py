@@ -218,12 +218,38 @@ def test_photos_that_cannot_be_geotagged_are_refused_by_name(tmp_path: Path, mak
     assert not out.exists()
 
 
+def with_iloc_version_1(data: bytes) -> bytes:
+    """``data`` (a HEIF with a version 0 ``iloc`` box, a 4-byte base offset and offsets, no index) with the same box in
+    version 1, as many writers make it: each entry gets a 2-byte construction method (0), so ``meta`` grows and the
+    offsets of the bytes after it move."""
+    start = data.index(b"iloc") - 4
+    size, version, sizes = struct.unpack_from(">I4xB3x2s", data, start)
+    assert version == 0 and sizes == b"\x44\x40"  # 4-byte offsets, lengths and base offsets
+    meta_at = data.index(b"meta") - 4
+    meta_end = meta_at + struct.unpack_from(">I", data, meta_at)[0]
+    (count,) = struct.unpack_from(">H", data, start + 14)
+    entries, position = b"", start + 16
+    for _ in range(count):
+        item, reference, base, extents = struct.unpack_from(">HHIH", data, position)
+        entries += struct.pack(">HHHIH", item, 0, reference, base, extents)
+        position += 10
+        for _ in range(extents):
+            offset, length = struct.unpack_from(">II", data, position)
+            entries += struct.pack(">II", offset + 2 * count if base + offset >= meta_end else offset, length)
+            position += 8
+    box = struct.pack(">I4sI2sH", 16 + len(entries), b"iloc", 1 << 24, sizes, count) + entries
+    copy = bytearray(data[:start] + box + data[start + size:])
+    struct.pack_into(">I", copy, meta_at, meta_end - meta_at + 2 * count)
+    return bytes(copy)
+
+
 def avif_with_exif(path: Path) -> None:
     Image.fromarray(noise()).save(path, "AVIF", exif=camera_exif(), quality=95)
 
 
 @pytest.mark.parametrize("make", [lambda path: path.write_bytes(PHONE_HEIC.read_bytes()),
-                                  avif_with_exif], ids=["heic", "avif"])
+                                  lambda path: path.write_bytes(with_iloc_version_1(PHONE_HEIC.read_bytes())),
+                                  avif_with_exif], ids=["heic", "heic-iloc-version-1", "avif"])
 def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path: Path, make) -> None:
     """A phone's HEIC gets its GPS without its pixels being encoded again: the new EXIF block is appended and the
     item locations point at it; the old block is zeroed, and every other tag and the pictures' bytes stay."""
@@ -260,8 +286,11 @@ def heic_without_exif(path: Path) -> None:
     path.write_bytes(data[:at] + b"xxxx" + data[at + 4:])
 
 
-@pytest.mark.parametrize("make", [heic_without_exif, lambda path: Image.fromarray(noise()).save(path, "AVIF")],
-                         ids=["heic", "avif"])
+@pytest.mark.parametrize("make", [heic_without_exif,
+                                  lambda path: heic_without_exif(path) or path.write_bytes(with_iloc_version_1(
+                                      path.read_bytes())),
+                                  lambda path: Image.fromarray(noise()).save(path, "AVIF")],
+                         ids=["heic", "heic-iloc-version-1", "avif"])
 def test_heic_and_avif_photos_without_exif_get_an_exif_item_and_keep_their_pictures_bytes(tmp_path: Path, make) -> None:
     """An encoder that wrote no EXIF: an ``Exif`` item is added to the item lists, so the ``meta`` box grows by a few
     bytes, and the pictures' bytes after it are copied unchanged with their locations moved by as much."""
