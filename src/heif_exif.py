@@ -220,7 +220,9 @@ def _with_new_exif_item(data: bytes, iloc: _Iloc, block: bytes) -> bytes:
     for kind in (b"pitm", b"iinf", b"iloc"):
         if kind not in children:
             raise ValueError(f"no {kind.decode()} box")
-    for kind, (at, contents, _) in [(b"meta", (meta_at, meta_contents, meta_end)), *children.items()]:
+    grown_boxes = {b"meta": (meta_at, meta_contents, meta_end)} | {kind: children[kind] for kind in (b"iinf", b"iloc", b"iref")
+                                                                  if kind in children}
+    for kind, (at, contents, _) in grown_boxes.items():  # their 32-bit sizes are rewritten
         if contents - at != 8:
             raise ValueError(f"its {kind.decode()} box has a 64-bit size")
     pitm = children[b"pitm"][1]
