@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .heif_reader import boxes, child, item_infos, meta_children, uint
+from .heif_reader import boxes, child, item_infos, malformed_meta, meta_children, uint
 
 EXIF_HEADER = b"Exif\x00\x00"  # what Pillow and piexif put before the TIFF structure
 
@@ -108,21 +108,24 @@ def _iloc(data: bytes, start: int, end: int) -> _Iloc:
     return _Iloc(start, end, position, version, offset_size, length_size, base_offset_size, index_size, tuple(locations))
 
 
+def _file_iloc(data: bytes) -> _Iloc:
+    """The file's ``iloc`` box."""
+    return _iloc(data, *child(data, *meta_children(data), b"iloc"))
+
+
 def exif_item(data: bytes) -> ExifItem | None:
     """Where the ``Exif`` item of the HEIF or AVIF file ``data`` lies, None when it has none; ValueError when it
     cannot be replaced."""
-    try:
-        return _exif_item(data)
-    except (IndexError, struct.error) as error:  # a box or field cut short
-        raise ValueError(f"a malformed meta box ({error})") from error
+    with malformed_meta():
+        return _exif_item(data, _file_iloc(data))
 
 
-def _exif_item(data: bytes) -> ExifItem | None:
+def _exif_item(data: bytes, iloc: _Iloc) -> ExifItem | None:
+    """:func:`exif_item`, given the file's ``iloc`` box."""
     meta_start, meta_end = meta_children(data)
     wanted = [item for item, kind in item_infos(data, *child(data, meta_start, meta_end, b"iinf")) if kind == b"Exif"]
     if not wanted:
         return None
-    iloc = _iloc(data, *child(data, meta_start, meta_end, b"iloc"))
     found = [location for location in iloc.locations if location.item_id == wanted[0]]
     if not found:
         raise ValueError("its EXIF block has no location")
@@ -158,18 +161,16 @@ def with_exif(data: bytes, exif: bytes) -> bytes:
     With an ``Exif`` item, only its two ``iloc`` fields change (and the size of a last box that ran to the end), and
     the old EXIF block is zeroed, unless another item's bytes overlap it: no reader looks there any more, but a camera's
     GPS position left there would still be in the file. Without one, one is added (:func:`_with_new_exif_item`)."""
-    item = exif_item(data)
     block = struct.pack(">I", len(EXIF_HEADER)) + exif
-    try:
-        iloc = _iloc(data, *child(data, *meta_children(data), b"iloc"))
+    with malformed_meta():
+        iloc = _file_iloc(data)
+        item = _exif_item(data, iloc)
         to_end = [location.item_id for location in iloc.locations
                   if location.in_file and any(not extent.length for extent in location.extents)]
         if to_end:  # the block appended would join their bytes
             raise ValueError(f"item {to_end[0]}'s bytes run to the end of the file")
         if item is None:
             return _with_new_exif_item(data, iloc, block)
-    except (IndexError, struct.error) as error:
-        raise ValueError(f"a malformed meta box ({error})") from error
     copy = bytearray(data)
     if not item.shared and item.start + item.length <= len(data):
         copy[item.start:item.start + item.length] = bytes(item.length)

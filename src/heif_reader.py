@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pi_heif
 from PIL import Image
@@ -62,14 +63,22 @@ def item_infos(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]
             yield uint(data, contents + 4, width), data[kind_at:kind_at + 4] if data[contents] >= 2 else b""
 
 
+@contextmanager
+def malformed_meta() -> Iterator[None]:
+    """A box or field cut short (``IndexError``, ``struct.error``) raised as the ``ValueError`` saying so that every
+    reader of these boxes raises."""
+    try:
+        yield
+    except (IndexError, struct.error) as error:
+        raise ValueError(f"a malformed meta box ({error})") from error
+
+
 def item_types(data: bytes) -> list[bytes]:
     """The type of every item the file's ``iinf`` box names (``hvc1``, ``grid``, ``Exif``, ...); ValueError when the
     boxes up to it cannot be read."""
-    try:
+    with malformed_meta():
         meta_start, meta_end = meta_children(data)
         return [kind for _, kind in item_infos(data, *child(data, meta_start, meta_end, b"iinf")) if kind]
-    except (IndexError, struct.error) as error:
-        raise ValueError(f"a malformed meta box ({error})") from error
 
 
 class CheckedHeifImageFile(pi_heif.HeifImageFile):

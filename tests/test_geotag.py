@@ -279,6 +279,16 @@ def test_heic_and_avif_copies_keep_every_byte_but_where_their_exif_lies(tmp_path
     assert read_gps(tmp_path / "moved.heic") == pytest.approx((0.0, 0.0))
 
 
+def every_cut_is_refused_or_gets_its_exif(data: bytes) -> None:
+    """``data`` cut anywhere: ``with_exif`` raises ValueError (nothing else) or writes EXIF that reads back."""
+    exif = piexif.dump({"0th": {piexif.ImageIFD.Make: "Canon"}})
+    for cut in range(len(data)):
+        try:
+            assert heif_exif.read_exif(heif_exif.with_exif(data[:cut], exif)) == exif[len(heif_exif.EXIF_HEADER):]
+        except ValueError:
+            pass
+
+
 def heic_without_exif(path: Path) -> None:
     """The phone photo with its ``Exif`` item's type renamed: no reader takes it for EXIF any more."""
     data = PHONE_HEIC.read_bytes()
@@ -311,12 +321,7 @@ def test_heic_and_avif_photos_without_exif_get_an_exif_item_and_keep_their_pictu
     assert write_geotagged_copy(target, tmp_path / "again.heic", 0.0, 0.0) == "kept"
     assert write_geotagged_copy(target, tmp_path / "moved.heic", 0.0, 0.0, overwrite_gps=True) == "geotagged"
     assert read_gps(tmp_path / "moved.heic") == pytest.approx((0.0, 0.0))
-    exif = piexif.dump({"0th": {piexif.ImageIFD.Make: "Canon"}})
-    for cut in range(len(original)):  # cut anywhere, it raises ValueError (nothing else) or reads the EXIF it holds
-        try:
-            assert heif_exif.read_exif(heif_exif.with_exif(original[:cut], exif)) == exif[len(heif_exif.EXIF_HEADER):]
-        except ValueError:
-            pass
+    every_cut_is_refused_or_gets_its_exif(original)
 
 
 def test_a_heif_file_whose_exif_cannot_be_replaced_in_place_says_why() -> None:
@@ -335,11 +340,7 @@ def test_a_heif_file_whose_exif_cannot_be_replaced_in_place_says_why() -> None:
     count_at = data.index(b"iloc") + 4 + 6  # version 0 or 1: a 2-byte item count after version, flags and sizes
     with pytest.raises(ValueError, match="its iloc box ends before its last entry"):  # not 65,535 entries read
         heif_exif.with_exif(data[:count_at] + b"\xff\xff" + data[count_at + 2:], exif)
-    for cut in range(len(data)):  # cut anywhere, it raises ValueError (nothing else) or reads the EXIF it holds
-        try:
-            assert heif_exif.read_exif(heif_exif.with_exif(data[:cut], exif)) == exif[len(heif_exif.EXIF_HEADER):]
-        except ValueError:
-            pass
+    every_cut_is_refused_or_gets_its_exif(data)
 
 
 def test_an_old_exif_block_that_shares_bytes_with_another_item_is_left_as_it_is() -> None:
