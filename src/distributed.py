@@ -3,7 +3,8 @@
 ``torchrun --nproc_per_node N -m src train ...`` starts N processes; each joins the process group
 (``nccl`` on GPUs, one GPU per process; ``gloo`` on CPUs), trains on its own shard of every
 epoch (``DistributedSampler``) and averages gradients with the others (``DistributedDataParallel``).
-Only rank 0 prints, saves checkpoints and exports. A plain ``python -m src train`` is unchanged.
+Each epoch's training loss and accuracy are those of every shard together (:func:`summed_over_ranks`); only rank 0
+prints, saves checkpoints and exports. A plain ``python -m src train`` is unchanged.
 """
 
 from __future__ import annotations
@@ -48,3 +49,14 @@ def shutdown() -> None:
     """Leave the process group (every rank must call it at the end)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def summed_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each of ``values`` added up over every rank (each rank gets the totals), so that figures counted on one shard
+    describe the whole epoch; ``values`` as they are outside a distributed run. ``device``: where the process group
+    reduces (the GPU for ``nccl``)."""
+    if not is_distributed():
+        return values
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .distributed import is_distributed, is_main_process
+from .distributed import is_distributed, is_main_process, summed_over_ranks
 from .helpers import get_device
 
 
@@ -64,7 +64,8 @@ def train_epoch(
     loss: nn.Module,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> EpochMetrics:
-    """One pass of training over ``train_dataloader``; ``scheduler`` (if given) steps every batch."""
+    """One pass of training over ``train_dataloader``; ``scheduler`` (if given) steps every batch. Under ``torchrun``
+    every process returns the loss and accuracy of all the processes' shards together."""
     device = _device_of(model)
     model.train()
     total_loss, correct, seen, known = 0.0, 0, 0, 0
@@ -85,6 +86,7 @@ def train_epoch(
         correct += (output.argmax(1) == target).sum().item()  # negatives (target < 0) never count as correct
         seen += len(target)
         known += (target >= 0).sum().item()
+    total_loss, correct, seen, known = summed_over_ranks([total_loss, correct, seen, known], device)
     if seen == 0:
         raise ValueError("The training loader gave no photos")
     return EpochMetrics(total_loss / seen, correct / max(known, 1))
@@ -248,7 +250,8 @@ def optimize(
             if not main_process:  # every rank computed the same validation; rank 0 saves and reports
                 continue
             if improved:
-                save_checkpoint(save_path, model, metadata, epoch=epoch, valid_loss=valid.loss, valid_accuracy=valid.accuracy, history=history)
+                save_checkpoint(save_path, model, metadata, epoch=epoch, valid_loss=valid.loss, valid_accuracy=valid.accuracy,
+                                history=history)
             save_checkpoint(last_path, model, metadata, optimizer=optimizer.state_dict(), scheduler=lr_scheduler.state_dict(),
                             history=history, best_valid_loss=best_loss)
             print(f"Epoch {epoch}/{n_epochs}: train loss {train.loss:.4f} acc {train.accuracy:.1%} | "

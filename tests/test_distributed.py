@@ -1,4 +1,5 @@
-"""The training entry point under torchrun: two CPU processes (gloo) on tiny data."""
+"""Training under torchrun: the entry point with two CPU processes (gloo) on tiny data, and one epoch's figures over
+two shards."""
 
 from __future__ import annotations
 
@@ -9,8 +10,58 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+
 from conftest import REPO
 from src.checkpoint import load_checkpoint
+from src.train import EpochMetrics, train_epoch
+
+# Two shards of as many batches (as DistributedSampler makes them) and unequal difficulty: 3 classes of 4x4 photos,
+# the first shard labelled with the still model's own answers, the second at random.
+PHOTOS = torch.randn(20, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+SHARDS = (range(0, 10), range(10, 20))
+
+
+def _still_model() -> nn.Module:
+    """The same weights in every process; trained at learning rate 0, so each shard meets the same model."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _labels() -> torch.Tensor:
+    with torch.no_grad():
+        answers = _still_model()(PHOTOS).argmax(1)
+    return torch.cat([answers[:10], torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(1))])
+
+
+def _epoch(model: nn.Module, photos: range) -> EpochMetrics:
+    loader = DataLoader(TensorDataset(PHOTOS[photos.start:photos.stop], _labels()[photos.start:photos.stop]), batch_size=5)
+    return train_epoch(loader, model, torch.optim.SGD(model.parameters(), lr=0.0), nn.CrossEntropyLoss())
+
+
+def _train_one_shard(rank: int, init_method: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
+    try:
+        metrics = _epoch(DistributedDataParallel(_still_model()), SHARDS[rank])
+        Path(out, f"{rank}.json").write_text(json.dumps(metrics._asdict()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_reports_the_loss_and_accuracy_of_all_shards(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_train_one_shard, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    whole = _epoch(_still_model(), range(0, 20))
+    first_shard = _epoch(_still_model(), SHARDS[0])
+    for rank in range(2):
+        reported = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert reported["loss"] == pytest.approx(whole.loss, rel=1e-5) and reported["accuracy"] == pytest.approx(whole.accuracy)
+    assert first_shard.accuracy == 1.0 and whole.accuracy < 1.0  # one shard's figures would not pass
 
 
 
