@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import CheckpointError, checkpoint_config, model_from_checkpoint, predictor_from_checkpoint
 from .data import PhotoFolder, get_data_loaders
-from .distributed import init_from_env, is_main_process, rank, world_size
+from .distributed import init_from_env, is_main_process, printing_on_rank_0_only, rank, world_size
 from .evaluation import classification_report
 from .export import ExportView, Predictor, export_predictor, export_view, open_export, torchscript_on_purpose
 from .factory import list_models
@@ -63,8 +63,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     sizes = {name: getattr(args, name) for name in ("eval_crop", "resize", "train_crop") if getattr(args, name) is not None}
     data = RunData(args.data, args.valid_size, args.limit, args.negatives, args.places, args.workers, args.seed, sizes)
     outputs = RunOutputs.for_model(args.model, args.checkpoint, args.export)
-    result = run_training(args.model, recipe, data, outputs, "python -m src " + shlex.join(args.argv), resume=args.resume,
-                          main_process=is_main_process())
+    with printing_on_rank_0_only():
+        result = run_training(args.model, recipe, data, outputs, "python -m src " + shlex.join(args.argv),
+                              resume=args.resume, main_process=is_main_process())
     return result.metrics if result is not None else {}
 
 

@@ -10,6 +10,8 @@ prints, saves checkpoints and exports. A plain ``python -m src train`` is unchan
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 
 import torch
 import torch.distributed as dist
@@ -43,6 +45,17 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+@contextmanager
+def printing_on_rank_0_only() -> Iterator[None]:
+    """Every rank's standard output but rank 0's discarded, so that a run prints its report once; errors and progress
+    bars (standard error) stay on every rank."""
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as discarded, redirect_stdout(discarded):
+        yield
 
 
 def shutdown() -> None:

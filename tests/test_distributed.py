@@ -75,6 +75,7 @@ def test_torchrun_with_two_cpu_processes_trains_and_exports_once(tiny_data: Path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0 of 2" in result.stdout and "rank 1 of 2" in result.stdout
     assert result.stdout.count("Summary") == 1  # only rank 0 tests and exports
+    assert result.stdout.count("Dataset:") == result.stdout.count("Epoch 2/2") == 1  # and prints its report
     metrics = json.loads((tmp_path / "ddp_exported.json").read_text())
     assert metrics["epochs"] == 2 and metrics["test"]["photos"] == 12
     assert len(load_checkpoint(tmp_path / "ddp.last.pt")["history"]) == 2
