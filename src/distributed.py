@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node N -m src train ...`` starts N processes; each joins the process group
 (``nccl`` on GPUs, one GPU per process; ``gloo`` on CPUs), trains on its own shard of every
 epoch (``DistributedSampler``) and averages gradients with the others (``DistributedDataParallel``).
-Each epoch's training loss and accuracy are those of every shard together (:func:`summed_over_ranks`); only rank 0
-prints, saves checkpoints and exports. A plain ``python -m src train`` is unchanged.
+Each epoch's training loss and accuracy are those of every shard together (:func:`summed_over_ranks`), and the
+transfer recipe's cached features are encoded a share by each process (:func:`share`, :func:`gathered_rows`); only
+rank 0 prints, saves checkpoints and exports. A plain ``python -m src train`` is unchanged.
 """
 
 from __future__ import annotations
@@ -73,3 +74,24 @@ def summed_over_ranks(values: list[float], device: torch.device) -> list[float]:
     totals = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     return totals.tolist()
+
+
+def share(count: int) -> range:
+    """This rank's contiguous share of ``count`` items (all of them outside a distributed run); the shares of ranks
+    0, 1, ... follow each other, so :func:`gathered_rows` puts the items back in order."""
+    return range(rank() * count // world_size(), (rank() + 1) * count // world_size())
+
+
+def gathered_rows(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every rank's ``rows`` one after the other, rank 0's first, on every rank (on the CPU); ``rows`` as they are
+    outside a distributed run. ``device``: where the process group exchanges them (the GPU for ``nccl``)."""
+    if not is_distributed():
+        return rows
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=device))
+    longest = max(int(count) for count in counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=device)  # all_gather needs one shape
+    padded[:len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(count)] for part, count in zip(parts, counts)]).cpu()

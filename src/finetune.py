@@ -1,9 +1,9 @@
 """Transfer-learning recipe: a pretrained backbone adapted in two stages.
 
 1. **Head on cached features.** The frozen backbone encodes every training photo once per view
-   (the centre view plus ``feature_views`` augmented ones) and every validation photo once; the
-   new head then trains on these vectors. Many passes over the features cost seconds, where
-   one pass through the backbone costs minutes on a CPU.
+   (the centre view plus ``feature_views`` augmented ones) and every validation photo once (under
+   ``torchrun``, each process a share); the new head then trains on these vectors. Many passes over
+   the features cost seconds, where one pass through the backbone costs minutes on a CPU.
 2. **Staged unfreezing.** The last ``unfreeze`` backbone stages train together with the head on
    freshly augmented photos, the backbone with its own, lower learning rate
    (``backbone_lr``) so the pretrained filters move less than the new head. ``unfreeze=0``
@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .decoding import keep_parent_objects
 from .defaults import SEED
+from .distributed import gathered_rows, is_distributed, share
 from .helpers import get_device
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
@@ -50,22 +51,34 @@ def extract_features(backbone: nn.Module, loader: DataLoader, desc: str = "Featu
     return torch.cat(features), torch.cat(targets)
 
 
+def _every_photo_encoded(backbone: nn.Module, loader: DataLoader, desc: str,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` of every photo of ``loader``'s dataset, in order (the training loader shuffles and
+    drops a last partial batch); under ``torchrun`` each process encodes its share and gets them all. ``generator``:
+    where each pass draws its workers' seed (None: torch's global random state)."""
+    photos = loader.dataset
+    in_order = DataLoader(Subset(photos, share(len(photos))) if is_distributed() else photos, batch_size=loader.batch_size,
+                          num_workers=loader.num_workers, worker_init_fn=keep_parent_objects, pin_memory=loader.pin_memory,
+                          generator=generator)
+    features, targets = extract_features(backbone, in_order, desc)
+    return gathered_rows(features, get_device()), gathered_rows(targets, get_device())
+
+
 def cached_view_features(model: TransferModel, data_loaders: dict[str, DataLoader], views: int
                          ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Training features for the centre view plus ``views`` augmented views, and validation features."""
     train_set = data_loaders["train"].dataset
-    # every photo once per view, in order (the training loader shuffles and drops a last partial batch)
-    in_order = DataLoader(train_set, batch_size=data_loaders["train"].batch_size, num_workers=data_loaders["train"].num_workers,
-                          worker_init_fn=keep_parent_objects)
     augmented = train_set.transform
     train_set.transform = ClassificationPresetEval(train_set.config)
     try:
-        parts = [extract_features(model.backbone, in_order, "Features (centre view)")]
+        parts = [_every_photo_encoded(model.backbone, data_loaders["train"], "Features (centre view)")]
     finally:
         train_set.transform = augmented
-    parts += [extract_features(model.backbone, in_order, f"Features (view {v + 1}/{views})") for v in range(views)]
+    parts += [_every_photo_encoded(model.backbone, data_loaders["train"], f"Features (view {v + 1}/{views})")
+              for v in range(views)]
     train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    return train, extract_features(model.backbone, data_loaders["valid"], "Features (validation)")
+    valid = data_loaders["valid"]  # the validation loader's own generator, as iterating that loader itself would draw
+    return train, _every_photo_encoded(model.backbone, valid, "Features (validation)", valid.generator)
 
 
 def train_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],

@@ -20,6 +20,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import REPO
 from src.checkpoint import load_checkpoint
+from src.data import get_data_loaders
+from src.data_config import resolve_data_config
+from src.factory import create_model
+from src.finetune import cached_view_features
 from src.train import EpochMetrics, train_epoch
 
 # Two shards of as many batches (as DistributedSampler makes them) and unequal difficulty: 3 classes of 4x4 photos,
@@ -52,6 +56,34 @@ def _train_one_shard(rank: int, init_method: str, out: str) -> None:
         Path(out, f"{rank}.json").write_text(json.dumps(metrics._asdict()))
     finally:
         dist.destroy_process_group()
+
+
+def _cached_features(data: Path) -> tuple[torch.Tensor, ...]:
+    """Stage 1's features of the centre view and of the validation photos, with their targets."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", 3, pretrained=False)
+    config = resolve_data_config(model.data_defaults, data, eval_crop=32)
+    (train, train_targets), (valid, valid_targets) = cached_view_features(
+        model, get_data_loaders(batch_size=4, data_dir=data, num_workers=0, config=config), views=0)
+    return train, train_targets, valid, valid_targets
+
+
+def _cache_features_on_one_rank(rank: int, init_method: str, data: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
+    try:
+        torch.save(_cached_features(Path(data)), Path(out, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_process_encodes_a_share_of_the_cached_features_and_gets_them_all(tiny_data: Path, tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_cache_features_on_one_rank, nprocs=2,
+                                args=(f"file://{tmp_path / 'rendezvous'}", str(tiny_data), str(tmp_path)))
+    alone = _cached_features(tiny_data)
+    for rank in range(2):
+        together = torch.load(tmp_path / f"{rank}.pt")
+        assert [t.shape for t in together] == [t.shape for t in alone]
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together, alone))
 
 
 def test_every_process_reports_the_loss_and_accuracy_of_all_shards(tmp_path: Path) -> None:
