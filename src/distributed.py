@@ -3,9 +3,10 @@
 ``torchrun --nproc_per_node N -m src train ...`` starts N processes; each joins the process group
 (``nccl`` on GPUs, one GPU per process; ``gloo`` on CPUs), trains on its own shard of every
 epoch (``DistributedSampler``) and averages gradients with the others (``DistributedDataParallel``).
-Each epoch's training loss and accuracy are those of every shard together (:func:`summed_over_ranks`), and the
-transfer recipe's cached features are encoded a share by each process (:func:`share`, :func:`gathered_rows`); only
-rank 0 prints, saves checkpoints and exports. A plain ``python -m src train`` is unchanged.
+Each process also validates a share of the validation photos, and each epoch's figures are those of every shard
+together (:func:`summed_over_ranks`); the transfer recipe's cached features are encoded a share by each process
+(:func:`share`, :func:`gathered_rows`). Only rank 0 prints, saves checkpoints and exports. A plain
+``python -m src train`` is unchanged.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ call shape and return the mean loss alone, as a float.
 1. move the model to the device (CUDA when available) and build the learning-rate schedule
    (linear warm-up then cosine decay per step, or reduce-on-plateau per epoch);
 2. optionally resume model, optimizer, schedule and history from ``<save_path>.last.pt``;
-3. each epoch: train, validate, save the weights to ``save_path`` when the validation loss
-   improves, save the full state to ``<save_path>.last.pt`` (so an interruption loses at most
-   the epoch in progress), and update the live plot when ``interactive_tracking``;
+3. each epoch: train, validate (under ``torchrun``, each process a share of the photos), save the
+   weights to ``save_path`` when the validation loss improves, save the full state to
+   ``<save_path>.last.pt`` (so an interruption loses at most the epoch in progress), and update the
+   live plot when ``interactive_tracking``;
 4. return the history (one dict per epoch).
 """
 
@@ -25,11 +26,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .distributed import is_distributed, is_main_process, summed_over_ranks
+from .distributed import is_distributed, is_main_process, share, summed_over_ranks
 from .helpers import get_device
 
 
@@ -109,6 +110,28 @@ def evaluate(dataloader: DataLoader, model: nn.Module, loss: nn.Module, desc: st
     if seen == 0:
         raise ValueError(f"{desc}: the loader gave no photos")
     return EpochMetrics(total_loss / seen, correct / seen)
+
+
+def _validation_share(valid_dataloader: DataLoader) -> DataLoader:
+    """The validation loader, or under ``torchrun`` one over this process's share of its photos (:func:`_validate`
+    adds the shares up)."""
+    if not is_distributed():
+        return valid_dataloader
+    photos = Subset(valid_dataloader.dataset, share(len(valid_dataloader.dataset)))
+    return DataLoader(photos, batch_size=valid_dataloader.batch_size, num_workers=valid_dataloader.num_workers,
+                      persistent_workers=valid_dataloader.persistent_workers, worker_init_fn=valid_dataloader.worker_init_fn,
+                      pin_memory=valid_dataloader.pin_memory, generator=valid_dataloader.generator)
+
+
+def _validate(share_loader: DataLoader, model: nn.Module, loss: nn.Module) -> EpochMetrics:
+    """:func:`evaluate` on the validation photos of :func:`_validation_share`; under ``torchrun`` every process gets
+    the figures of all the shares together."""
+    if not is_distributed():
+        return evaluate(share_loader, model, loss, "Validating")
+    seen = len(share_loader.dataset)
+    part = evaluate(share_loader, model, loss, "Validating") if seen else EpochMetrics(0.0, 0.0)
+    loss_sum, correct, seen = summed_over_ranks([part.loss * seen, part.accuracy * seen, seen], _device_of(model))
+    return EpochMetrics(loss_sum / seen, correct / seen)
 
 
 def train_one_epoch(train_dataloader: DataLoader, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -225,6 +248,7 @@ def optimize(
         history, best_loss = state["history"], state["best_valid_loss"]
         print(f"Resumed from {last_path} after epoch {len(history)}")
 
+    valid_share = _validation_share(data_loaders["valid"])
     plot = LivePlot() if interactive_tracking else None
     if plot is not None and history:
         plot.update(history)  # a resumed run shows the epochs it continues from
@@ -236,7 +260,7 @@ def optimize(
                 sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
             train = train_epoch(data_loaders["train"], training_model, optimizer, loss,
                                 lr_scheduler if scheduler == "cosine" else None)
-            valid = evaluate(data_loaders["valid"], model, loss, "Validating")
+            valid = _validate(valid_share, model, loss)
             if scheduler == "plateau":
                 lr_scheduler.step(valid.loss)
             history.append({
@@ -247,7 +271,7 @@ def optimize(
             improved = valid.loss < best_loss
             if improved:
                 best_loss = valid.loss
-            if not main_process:  # every rank computed the same validation; rank 0 saves and reports
+            if not main_process:  # every rank has the same validation figures; rank 0 saves and reports
                 continue
             if improved:
                 save_checkpoint(save_path, model, metadata, epoch=epoch, valid_loss=valid.loss, valid_accuracy=valid.accuracy,

@@ -24,12 +24,13 @@ from src.data import get_data_loaders
 from src.data_config import resolve_data_config
 from src.factory import create_model
 from src.finetune import cached_view_features
-from src.train import EpochMetrics, train_epoch
+from src.train import EpochMetrics, _validate, _validation_share, train_epoch
 
 # Two shards of as many batches (as DistributedSampler makes them) and unequal difficulty: 3 classes of 4x4 photos,
 # the first shard labelled with the still model's own answers, the second at random.
 PHOTOS = torch.randn(20, 3, 4, 4, generator=torch.Generator().manual_seed(0))
 SHARDS = (range(0, 10), range(10, 20))
+VALID = range(7, 14)
 
 
 def _still_model() -> nn.Module:
@@ -49,11 +50,18 @@ def _epoch(model: nn.Module, photos: range) -> EpochMetrics:
     return train_epoch(loader, model, torch.optim.SGD(model.parameters(), lr=0.0), nn.CrossEntropyLoss())
 
 
-def _train_one_shard(rank: int, init_method: str, out: str) -> None:
+def _validation(model: nn.Module) -> EpochMetrics:
+    """7 validation photos, as ``optimize`` validates them: shares of 3 and 4 under two processes, the first share
+    all answered right."""
+    photos = TensorDataset(PHOTOS[VALID.start:VALID.stop], _labels()[VALID.start:VALID.stop])
+    return _validate(_validation_share(DataLoader(photos, batch_size=5)), model, nn.CrossEntropyLoss())
+
+
+def _train_and_validate_one_shard(rank: int, init_method: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     try:
-        metrics = _epoch(DistributedDataParallel(_still_model()), SHARDS[rank])
-        Path(out, f"{rank}.json").write_text(json.dumps(metrics._asdict()))
+        metrics = {"train": _epoch(DistributedDataParallel(_still_model()), SHARDS[rank]), "valid": _validation(_still_model())}
+        Path(out, f"{rank}.json").write_text(json.dumps({name: m._asdict() for name, m in metrics.items()}))
     finally:
         dist.destroy_process_group()
 
@@ -86,15 +94,17 @@ def test_each_process_encodes_a_share_of_the_cached_features_and_gets_them_all(t
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together, alone))
 
 
-def test_every_process_reports_the_loss_and_accuracy_of_all_shards(tmp_path: Path) -> None:
-    torch.multiprocessing.spawn(_train_one_shard, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
-    whole = _epoch(_still_model(), range(0, 20))
-    first_shard = _epoch(_still_model(), SHARDS[0])
+def test_every_process_reports_the_training_and_validation_figures_of_all_shards(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_train_and_validate_one_shard, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)),
+                                nprocs=2)
+    whole = {"train": _epoch(_still_model(), range(0, 20)), "valid": _validation(_still_model())}
     for rank in range(2):
         reported = json.loads((tmp_path / f"{rank}.json").read_text())
-        assert reported["loss"] == pytest.approx(whole.loss, rel=1e-5) and reported["accuracy"] == pytest.approx(whole.accuracy)
-    assert first_shard.accuracy == 1.0 and whole.accuracy < 1.0  # one shard's figures would not pass
-
+        for split, metrics in whole.items():
+            assert reported[split]["loss"] == pytest.approx(metrics.loss, rel=1e-5), split
+            assert reported[split]["accuracy"] == pytest.approx(metrics.accuracy), split
+    assert _epoch(_still_model(), SHARDS[0]).accuracy == 1.0 > whole["train"].accuracy  # one shard's figures would fail
+    assert whole["valid"].accuracy < 1.0  # and so would the validation share of rank 0 (all answered right)
 
 
 def test_torchrun_with_two_cpu_processes_trains_and_exports_once(tiny_data: Path, tmp_path: Path) -> None:
