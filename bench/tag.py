@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 
 from utils import REPO, write_result
 from src.decoding import square_batches
+from src.defaults import cpu_cores
 from src.images import read_image
 from src.location import list_images
 from src.export import export_view, load_exported, open_export
@@ -76,7 +76,7 @@ def measure(model: torch.jit.ScriptModule, model_path: Path, onnx_path: Path, fo
             view.classify(images)
     network = time.perf_counter() - start
     figures = {"photos": len(photos), "decode_ms_per_photo_one_core": round(one_core * 1000, 1),
-               "decode_ceiling_photos_per_s": round((os.cpu_count() or 1) / one_core, 1),
+               "decode_ceiling_photos_per_s": round(cpu_cores() / one_core, 1),
                "decode_only_photos_per_s": rate(len(photos), decode),
                "model_only_photos_per_s": rate(len(photos), network)}
     tags = {}

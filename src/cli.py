@@ -74,7 +74,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (landmark,latitude,longitude,"
                    "country,city,wikidata); the package's src/places.csv covers the shipped datasets")
     p.add_argument("--limit", type=photo_limit, default=-1, help="use only this many training photos, for quick runs (default: all)")
-    p.add_argument("--workers", type=workers_count, default=-1, help="data loading processes (default -1: one per CPU core)")
+    p.add_argument("--workers", type=workers_count, default=-1, help="data loading processes (default -1: one per CPU core the process may use, shared among torchrun's processes)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--checkpoint", type=Path, help="best weights (default: checkpoints/<model>.pt)")
     p.add_argument("--export", type=Path, help="TorchScript predictor (default: checkpoints/<model>_exported.pt)")
@@ -160,7 +160,7 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
                    "line: a path relative to photos_dir or inside it, or a URI such as s3://bucket/photo.jpg, gs://, "
                    "hdfs://, file://, read with pyarrow) instead of walking photos_dir")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core)")
+    p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core the process may use)")
 
 
 def positive_number(text: str) -> float:

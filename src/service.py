@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException
 
 from .answer import model_square, read_for
 from .batching import MAX_BATCH, MAX_WAIT, BatchingModel
+from .defaults import cpu_cores
 from .export import ExportView
 from .images import ImageReadError
 from .onnx_export import faster_runtime, runtime_name
@@ -62,7 +63,7 @@ class ServiceSettings:
     timeout: float = 30.0  # seconds for a request, reading the upload included
     max_batch: int = MAX_BATCH
     max_wait: float = MAX_WAIT
-    decode_threads: int = os.cpu_count() or 1
+    decode_threads: int = cpu_cores()
 
 
 class PhotoTag(BaseModel):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import keep_parent_objects
+from .defaults import cpu_cores
 from .files import cache_dir, touch_cache_file, write_cache_file
 from .images import ImageReadError, load_rgb
 from .location import DataNotFoundError, dataset_fingerprint, get_data_location, list_images
@@ -78,7 +78,7 @@ def compute_mean_and_std(
             return cached
     if not paths:
         raise DataNotFoundError(f"{train_dir} holds no photos to compute statistics from.")
-    workers = min(os.cpu_count() or 1, 4) if num_workers is None else num_workers
+    workers = min(cpu_cores(), 4) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
         _StatsImages(paths, size), batch_size=64, num_workers=workers, collate_fn=_drop_unreadable,
         worker_init_fn=keep_parent_objects, generator=torch.Generator().manual_seed(0),

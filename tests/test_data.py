@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from src.data import get_data_loaders, visualize_one_batch
+from src.defaults import cpu_cores
 from src.places import display_name
 
 FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
@@ -131,3 +133,17 @@ def test_a_one_class_dataset_is_refused(tiny_data_copy: Path) -> None:
 def test_limit_zero_is_refused_rather_than_meaning_all(tiny_data: Path) -> None:
     with pytest.raises(ValueError, match="limit must be a positive number"):
         get_data_loaders(data_dir=tiny_data, limit=0, **FAST)
+
+
+def test_loader_workers_follow_the_cores_this_process_may_use_shared_among_torchrun_processes(
+        tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Slurm job or a container pinned to 4 cores of a 64-core machine: ``os.cpu_count()`` says 64."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert cpu_cores() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes on this machine share them
+    assert cpu_cores() == 2
+    loaders = get_data_loaders(data_dir=tiny_data, **{**FAST, "num_workers": -1})
+    assert {loader.num_workers for loader in loaders.values()} == {2}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert cpu_cores() == 1

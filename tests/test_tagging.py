@@ -336,7 +336,8 @@ def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, 
 
 
 def test_the_model_leaves_the_cores_to_decoding_only_for_large_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # 4 cores this process may use
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
     Image.new("RGB", (640, 480)).save(small)
     Image.new("RGB", (2000, 1500)).save(large)  # 3 MP
