@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from src.data import get_data_loaders, visualize_one_batch
+from src import defaults
 from src.defaults import cpu_cores
 from src.places import display_name
 
@@ -140,6 +141,7 @@ def test_loader_workers_follow_the_cores_this_process_may_use_shared_among_torch
     """A Slurm job or a container pinned to 4 cores of a 64-core machine: ``os.cpu_count()`` says 64."""
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(defaults, "CPU_QUOTA_FILES", ())  # whatever quota the machine running the tests has
     assert cpu_cores() == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes on this machine share them
     assert cpu_cores() == 2
@@ -147,3 +149,20 @@ def test_loader_workers_follow_the_cores_this_process_may_use_shared_among_torch
     assert {loader.num_workers for loader in loaders.values()} == {2}
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert cpu_cores() == 1
+
+
+@pytest.mark.parametrize("files, cores", [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: docker --cpus 1.5, rounded up
+    ({"cpu.max": "max 100000\n"}, 4),  # no quota: the affinity's 4
+    ({"cfs_quota_us": "100000\n", "cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cfs_quota_us": "-1\n", "cfs_period_us": "100000\n"}, 4),
+    ({"cpu.max": "garbage\n"}, 4),
+])
+def test_a_cpu_quota_lowers_the_cores(files: dict[str, str], cores: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Kubernetes CPU limit or `docker --cpus` is a cgroup quota: every core stays in the process's affinity."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(defaults, "CPU_QUOTA_FILES", ((str(tmp_path / "cpu.max"),),
+                                                      (str(tmp_path / "cfs_quota_us"), str(tmp_path / "cfs_period_us"))))
+    assert cpu_cores() == cores

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 
 from conftest import BAD_PHOTO_KINDS, PHONE_HEIC, tiny_config
+import src.defaults as defaults
 import src.tag_output as tag_output
 import src.tagging as tagging
 from src.cli import main
@@ -338,6 +339,7 @@ def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, 
 def test_the_model_leaves_the_cores_to_decoding_only_for_large_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 4)  # 4 cores this process may use
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(defaults, "CPU_QUOTA_FILES", ())  # whatever quota the machine running the tests has
     small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
     Image.new("RGB", (640, 480)).save(small)
     Image.new("RGB", (2000, 1500)).save(large)  # 3 MP
