@@ -20,6 +20,7 @@ from .defaults import BATCH_SIZE, SEED, VALID_SIZE
 from .distributed import shutdown
 from .factory import SCRATCH, list_models
 from .files import cache_limit_bytes
+from .helpers import threads_within_cores
 from .images import ImageReadError
 from .location import DataNotFoundError
 from .places import read_places_csv
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     keep_freed_memory()
+    threads_within_cores()
     args.argv = argv  # recorded in the metrics JSON, so every number says how to reproduce it
     try:
         _check_settings(args)

@@ -11,7 +11,9 @@ from PIL import Image
 from conftest import tiny_config
 from src.data import get_data_loaders, visualize_one_batch
 from src import defaults
+from src.cli import main
 from src.defaults import cpu_cores
+from src.helpers import threads_within_cores
 from src.places import display_name
 
 FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
@@ -166,3 +168,16 @@ def test_a_cpu_quota_lowers_the_cores(files: dict[str, str], cores: int, tmp_pat
     monkeypatch.setattr(defaults, "CPU_QUOTA_FILES", ((str(tmp_path / "cpu.max"),),
                                                       (str(tmp_path / "cfs_quota_us"), str(tmp_path / "cfs_period_us"))))
     assert cpu_cores() == cores
+
+
+def test_torch_threads_stay_within_the_cores_a_quota_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch counts its affinity's cores: a container limited to 1 CPU would otherwise run as many threads."""
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(defaults, "_cpu_quota", lambda: 1)
+    try:
+        assert main(["models"]) == 0 and torch.get_num_threads() == 1  # the command line's first step
+        torch.set_num_threads(threads)
+        monkeypatch.setattr(defaults, "_cpu_quota", lambda: None)
+        assert threads_within_cores() == threads  # never raised above torch's own count
+    finally:
+        torch.set_num_threads(threads)
