@@ -16,11 +16,10 @@ from typing import Any
 from . import __version__, commands
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError
-from .defaults import BATCH_SIZE, SEED, VALID_SIZE
+from .defaults import BATCH_SIZE, SEED, VALID_SIZE, threads_within_cores
 from .distributed import shutdown
 from .factory import SCRATCH, list_models
 from .files import cache_limit_bytes
-from .helpers import threads_within_cores
 from .images import ImageReadError
 from .location import DataNotFoundError
 from .places import read_places_csv
@@ -75,7 +74,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (landmark,latitude,longitude,"
                    "country,city,wikidata); the package's src/places.csv covers the shipped datasets")
     p.add_argument("--limit", type=photo_limit, default=-1, help="use only this many training photos, for quick runs (default: all)")
-    p.add_argument("--workers", type=workers_count, default=-1, help="data loading processes (default -1: one per CPU core the process may use, shared among torchrun's processes)")
+    p.add_argument("--workers", type=workers_count, default=-1,
+                   help="data loading processes (default -1: one per CPU core it may use, shared by torchrun's processes)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--checkpoint", type=Path, help="best weights (default: checkpoints/<model>.pt)")
     p.add_argument("--export", type=Path, help="TorchScript predictor (default: checkpoints/<model>_exported.pt)")
@@ -161,7 +161,8 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
                    "line: a path relative to photos_dir or inside it, or a URI such as s3://bucket/photo.jpg, gs://, "
                    "hdfs://, file://, read with pyarrow) instead of walking photos_dir")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    p.add_argument("--workers", type=workers_count, default=-1, help="decoding processes (-1: one per CPU core the process may use)")
+    p.add_argument("--workers", type=workers_count, default=-1,
+                   help="decoding processes (-1: one per CPU core the process may use)")
 
 
 def positive_number(text: str) -> float:

@@ -30,6 +30,16 @@ def cpu_cores() -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def threads_within_cores() -> int:
+    """Cap torch's threads at :func:`cpu_cores` and return them: torch counts the cores of its affinity, so under a
+    CPU quota its threads would outnumber the cores the process is given and be throttled in turn. (torch is
+    imported here, not above: this module stays light for whoever reads only its settings.)"""
+    import torch
+
+    torch.set_num_threads(min(torch.get_num_threads(), cpu_cores()))
+    return torch.get_num_threads()
+
+
 def _cpu_quota() -> int | None:
     """The cgroup CPU quota in whole cores (rounded up), or None where none is set or readable."""
     for files in CPU_QUOTA_FILES:

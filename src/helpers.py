@@ -1,4 +1,4 @@
-"""The run's environment: seeds, torch's threads, device, the dataset folder and the worker-process hook.
+"""The run's environment: seeds, device, the dataset folder and the worker-process hook.
 
 ``setup_env()`` is what the notebooks call first, so it keeps the classic project's name and
 call shape; everything else is keyword arguments with safe defaults. The classic project's
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .allocator import keep_freed_memory
-from .defaults import SEED, cpu_cores
+from .defaults import SEED, threads_within_cores
 from .location import get_data_location
 
 # Names the classic project's notebooks import from this module, and the module that defines each.
@@ -44,14 +44,6 @@ class Environment:
 def get_device() -> torch.device:
     """CUDA when available, CPU otherwise; nothing else in the package needs to choose."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def threads_within_cores() -> int:
-    """Cap torch's threads at the cores this process may use (:func:`~src.defaults.cpu_cores`) and return them:
-    torch counts the cores of its affinity, so under a CPU quota (``docker --cpus``, a Kubernetes CPU limit) its
-    threads would outnumber the cores it is given and be throttled in turn."""
-    torch.set_num_threads(min(torch.get_num_threads(), cpu_cores()))
-    return torch.get_num_threads()
 
 
 def seed_everything(seed: int = SEED) -> None:

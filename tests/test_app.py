@@ -269,7 +269,7 @@ def test_the_app_reads_photos_with_the_light_part_of_src_only() -> None:
     notebook = nbformat.read(REPO / "app.ipynb", as_version=4)
     code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
     modules = {line.split()[1] for line in code.splitlines() if line.startswith("from src")}
-    assert modules == {"src.allocator", "src.answer", "src.export", "src.images", "src.places"}, modules
+    assert modules == {"src.allocator", "src.answer", "src.defaults", "src.export", "src.images", "src.places"}, modules
     probe = ("import sys; import " + ", ".join(sorted(modules)) + "; print(sorted(m for m in sys.modules if m.split('.')[0] in "
              "('torchvision', 'pytorch_ood', 'matplotlib', 'timm') or m in ('src.data', 'src.decoding', 'src.new_landmarks')))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()

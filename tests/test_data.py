@@ -12,8 +12,7 @@ from conftest import tiny_config
 from src.data import get_data_loaders, visualize_one_batch
 from src import defaults
 from src.cli import main
-from src.defaults import cpu_cores
-from src.helpers import threads_within_cores
+from src.defaults import cpu_cores, threads_within_cores
 from src.places import display_name
 
 FAST = {"batch_size": 8, "num_workers": 0, "config": tiny_config()}
