@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import square_batches
-from .defaults import cpu_cores
+from .defaults import worker_count
 from .files import cache_dir, cache_limit_bytes, touch_cache_file, write_cache_file
 from .location import dataset_fingerprint
 
@@ -61,7 +61,7 @@ def decoded_images(paths: list[Path], root: str | Path, size: int, num_workers: 
             warnings.warn(f"{cache_file}: damaged image cache ({error}); decoding again", stacklevel=2)
             record = None
     if record is None:
-        images, errors = _decode_all(paths, size, min(cpu_cores(), 8) if num_workers < 0 else num_workers)
+        images, errors = _decode_all(paths, size, worker_count(num_workers, at_most=8))
         record = {"format": CACHE_FORMAT, "root": str(root), "images": images, "errors": errors}
         if cache_file is not None:
             write_cache_file(cache_file, lambda tmp: torch.save(record, tmp))

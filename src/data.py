@@ -20,7 +20,7 @@ from torchvision import datasets
 
 from .cache import decoded_images
 from .decoding import keep_parent_objects
-from .defaults import SEED, VALID_SIZE, cpu_cores
+from .defaults import SEED, VALID_SIZE, worker_count
 from .distributed import is_distributed
 from .images import is_image_file, load_rgb
 from .location import get_data_location, list_images, split_negatives
@@ -201,7 +201,7 @@ def get_data_loaders(
         "valid": LandmarkDataset(train_folder, valid_indices, eval_transform, config, num_workers),
         "test": LandmarkDataset(test_folder, test_order, eval_transform, config, num_workers),
     }
-    workers = cpu_cores() if num_workers < 0 else num_workers
+    workers = worker_count(num_workers)
     # Under torchrun each process trains on its own shard of the training split.
     train_sampler = DistributedSampler(splits["train"], shuffle=True, seed=seed, drop_last=True) if is_distributed() else None
     return {

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .defaults import cpu_cores
+from .defaults import worker_count
 from .images import ImageReadError, read_image
 from .preprocessing import square_uint8
 
@@ -66,7 +66,7 @@ def square_batches(paths: list[Path | str], size: int, batch_size: int = 64, num
     as ``(B, 3, size, size)`` uint8 (None when none was readable), and ``{index: error}`` for the others.
     The loader has its own random generator: decoding leaves torch's global random state alone.
     """
-    workers = cpu_cores() if num_workers < 0 else num_workers
+    workers = worker_count(num_workers)
     for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
                             worker_init_fn=_start_worker, generator=torch.Generator().manual_seed(0)):
         readable = [(index, item) for index, item in batch if not isinstance(item, str)]

@@ -30,6 +30,14 @@ def cpu_cores() -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def worker_count(num_workers: int, at_most: int | None = None) -> int:
+    """``num_workers`` as the command line's ``--workers`` gives it: -1 (or any negative) for one worker process per
+    core this process may use (:func:`cpu_cores`, no more than ``at_most``), 0 for none."""
+    if num_workers >= 0:
+        return num_workers
+    return cpu_cores() if at_most is None else min(cpu_cores(), at_most)
+
+
 def threads_within_cores() -> int:
     """Cap torch's threads at :func:`cpu_cores` and return them: torch counts the cores of its affinity, so under a
     CPU quota its threads would outnumber the cores the process is given and be throttled in turn. (torch is

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import square_batches
-from .defaults import BATCH_SIZE, cpu_cores
+from .defaults import BATCH_SIZE, cpu_cores, worker_count
 from .export import export_view
 from .geotag import GeotagError, write_geotagged_copy
 from .images import URI_SCHEMES, file_uri_path, is_uri, photo_sizes
@@ -118,8 +118,7 @@ def model_threads(paths: list[Path], num_workers: int) -> int:
     """Threads for the model while worker processes decode: all of torch's for small photos (the model is
     the bound), the cores the decode workers leave free (at least one) for large ones (decoding is the
     bound; ``bench/tag.py`` measures both kinds, docs/command-line.md)."""
-    cores = cpu_cores()
-    workers = cores if num_workers < 0 else num_workers
+    cores, workers = cpu_cores(), worker_count(num_workers)
     sizes = photo_sizes(paths[:: max(1, len(paths) // 20)][:20])
     if workers == 0 or len(sizes) == 0 or np.median(sizes.prod(axis=1)) < LARGE_PHOTO_PIXELS:
         return torch.get_num_threads()
