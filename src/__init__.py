@@ -4,10 +4,10 @@ Modules, from the bottom of the import graph up:
 
 - photos and files: ``images`` (robust photo reading), ``files`` (safe writes, the cache folder), ``location``
   (finding and downloading the dataset, negatives folders), ``places`` (landmark names and places), ``geotag``
-  (EXIF GPS copies), ``heif_reader`` (a HEIF or AVIF file's boxes and items read; HEIC
-  photos for Pillow, the files that crash its decoder refused), ``heif_exif`` (their EXIF replaced or added), ``defaults`` (shared settings),
-  ``allocator`` (a CPU process's C allocator, told to keep freed memory), ``helpers`` (device, seeds, the run's
-  environment);
+  (EXIF GPS copies), ``heif_reader`` (a HEIF or AVIF file's boxes and items read; HEIC photos for Pillow, the
+  files that crash its decoder refused), ``heif_exif`` (their EXIF replaced or added), ``defaults`` (shared
+  settings), ``progress`` (progress bars that open a loader once), ``allocator`` (a CPU process's C allocator, told
+  to keep freed memory), ``helpers`` (device, seeds, the run's environment);
 - preprocessing and data: ``preprocessing`` (the config of one run, the one resize-and-crop), ``data_config``
   (resolving it from the photos), ``statistics`` (channel mean/std), ``presets`` (transforms), ``decoding``
   (photo folders decoded in parallel), ``cache`` (decode once), ``data`` (loaders), ``distributed``;

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .defaults import OUTLIER_WEIGHT
 from .export import ExportView, export_view
@@ -31,6 +30,7 @@ from .openset import (
     unknown_threshold,
 )
 from .places import place_key
+from .progress import tqdm
 
 VIEWS = 5  # views per new photo: the photo, mirrored, two corner crops, a mirrored centre crop
 FIT_STEPS = 300  # full-batch AdamW steps: under a second for a few thousand features

@@ -15,12 +15,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .decoding import square_batches
 from .defaults import worker_count
 from .files import cache_dir, cache_limit_bytes, touch_cache_file, write_cache_file
 from .location import dataset_fingerprint
+from .progress import tqdm
 
 CACHE_FORMAT = "decoded-images/2"  # 2: JPEGs draft-decoded to twice the size (src.images.DRAFT_MARGIN)
 

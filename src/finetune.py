@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .decoding import keep_parent_objects
@@ -34,6 +33,7 @@ from .distributed import gathered_rows, is_distributed, share
 from .helpers import get_device
 from .optimization import get_loss
 from .presets import ClassificationPresetEval
+from .progress import tqdm
 from .recipes import EPOCHS, TransferRecipe
 from .train import checkpoint_metadata, last_state_path, optimize
 from .transfer import TransferModel

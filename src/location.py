@@ -19,9 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .images import IMAGE_EXTENSIONS
+from .progress import tqdm
 
 NEGATIVES_HOLDOUT = 0.5  # the share of each negatives folder never trained on, kept to measure on
 

@@ -48,7 +48,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .added_fit import added_detector, fit_rows, folders_alike, lookalike_negatives
 from .decoding import square_batches
@@ -60,6 +59,7 @@ from .location import list_images
 from .memory import in_batches
 from .openset import RememberedPhotos
 from .places import Place, display_name, place_key
+from .progress import tqdm
 from .shared_trunk import SharedTrunkFeatures, general_tail
 
 

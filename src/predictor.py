@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .answer import PhotoPrediction, answer, read_for
 from .decoding import square_batches
 from .defaults import BATCH_SIZE
 from .export import ExportView, Predictor, export_view
+from .progress import tqdm
 
 __all__ = ["Predictor", "PhotoPrediction", "Predictions", "predict_photo", "top_k", "predict_photos", "predictor_test"]
 

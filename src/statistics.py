@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .decoding import keep_parent_objects
 from .defaults import cpu_cores
 from .files import cache_dir, touch_cache_file, write_cache_file
 from .images import ImageReadError, load_rgb
 from .location import DataNotFoundError, dataset_fingerprint, get_data_location, list_images
+from .progress import tqdm
 
 
 class _StatsImages(torch.utils.data.Dataset):

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .decoding import square_batches
 from .defaults import BATCH_SIZE, cpu_cores, worker_count
@@ -35,6 +34,7 @@ from .geotag import GeotagError, write_geotagged_copy
 from .images import URI_SCHEMES, file_uri_path, is_uri, photo_sizes
 from .location import list_images
 from .places import Place, place_key, read_places_csv
+from .progress import tqdm
 from .ray_tagging import ray_scored_batches
 from .tag_output import FORMATS, PLACE_FIELDS, TagWriter, done_paths, exclusive_run, photo_key, start_or_resume, tag_settings
 

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .distributed import is_distributed, is_main_process, share, summed_over_ranks
 from .helpers import get_device
+from .progress import tqdm
 
 
 class EpochMetrics(NamedTuple):

@@ -50,6 +50,16 @@ def test_the_package_docstring_names_every_module() -> None:
     assert not [name for name in MODULES if f"``{name}``" not in docstring]
 
 
+def test_progress_bars_come_from_one_module() -> None:
+    """``tqdm.auto`` opens a loader once more as its bar is made (``src/progress.py``)."""
+    def imports_tqdm(path: Path) -> bool:
+        return any(isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tqdm"
+                   or isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "tqdm" for alias in node.names)
+                   for node in ast.walk(ast.parse(path.read_text())))
+
+    assert [name for name, path in MODULES.items() if imports_tqdm(path)] == ["progress"]
+
+
 def test_the_docs_tables_match_the_bench_results() -> None:
     result = subprocess.run([sys.executable, "bench/tables.py", "--check"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from conftest import tiny_config
 from src import train as train_module
@@ -11,6 +13,8 @@ from src.checkpoint import CheckpointError, load_checkpoint, load_weights, model
 from src.data import get_data_loaders
 from src.factory import create_model
 from src.optimization import get_loss, get_optimizer
+from src.progress import tqdm
+from src.statistics import compute_mean_and_std
 from src.train import EpochMetrics, evaluate, last_state_path, load_best, optimize, train_epoch
 
 SMALL = {"widths": (8, 16, 32), "dropout": 0.1}
@@ -36,6 +40,23 @@ def test_epoch_functions_return_loss_and_accuracy(loaders) -> None:
     ):
         assert isinstance(metrics, EpochMetrics)
         assert metrics.loss > 0 and 0 <= metrics.accuracy <= 1
+
+
+def test_each_pass_opens_its_loader_once_and_a_progress_bar_draws_nothing(loaders, tiny_data_copy: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar that opened its loader as it was made would start a second set of workers, decode batches for nothing
+    and draw the shuffle from the loader's generator first."""
+    shuffled = [DataLoader(range(40), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)) for _ in "ab"]
+    assert [batch.tolist() for batch in tqdm(shuffled[0])] == [batch.tolist() for batch in shuffled[1]]
+
+    opened = Counter()
+    open_loader = DataLoader.__iter__
+    monkeypatch.setattr(DataLoader, "__iter__", lambda self: opened.update([id(self)]) or open_loader(self))
+    model, optimizer, loss = _setup()
+    train_epoch(loaders["train"], model, optimizer, loss)
+    evaluate(loaders["valid"], model, loss)
+    compute_mean_and_std(tiny_data_copy, num_workers=0)  # a new dataset: not in the cache
+    assert len(opened) == 3 and set(opened.values()) == {1}
 
 
 def test_optimize_learns_saves_the_best_weights_and_can_resume(loaders, tmp_path: Path) -> None:
