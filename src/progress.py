@@ -2,7 +2,7 @@
 
 ``tqdm.auto`` adds tqdm's asyncio class, which calls ``iter()`` on the iterable as the bar is made: for a
 ``DataLoader``, a second set of worker processes that decodes a few batches for nothing and draws from the loader's
-random generator. In a Jupyter kernel, tearing those workers down can take 10 s a loop (tqdm issue #1598).
+random generator. In a Jupyter kernel, tearing those workers down can take 10 s a loop (a known tqdm bug).
 ``tqdm.autonotebook`` chooses between the same two bars without it.
 """
 
