@@ -320,6 +320,19 @@ def tag_table() -> str:
                      "decode ceiling (2 × one photo on one core)"], rows)
 
 
+@generator("cli-start")
+def cli_start_table() -> str:
+    """docs/command-line.md: a command's whole run as a new process, against the imports under it (bench/cli_start.py)."""
+    labels = {"predict": "`python -m src predict PHOTO --model {model}`", "models": "`python -m src models` (training side)",
+              "import torch": "`python -c \"import torch\"`",
+              "import torch, torchvision.models": "`python -c \"import torch, torchvision.models\"`"}
+    record = load("cli_start")
+    model = Path(record["model"]).name
+    rows = [[labels[r["row"]].format(model=model), f"**{r['median_s']:.2f} s** ({r['min_s']:.2f}-{r['max_s']:.2f})"]
+            for r in record["rows"]]
+    return markdown([f"new process (rows taking turns, {record['runs']} rounds)", "start to exit: median (range)"], rows)
+
+
 @generator("geotag")
 def geotag_table() -> str:
     """docs/command-line.md: `tag` with and without `--geotag` in the same run (bench/geotag.py)."""

