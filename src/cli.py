@@ -155,7 +155,7 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
     p.add_argument("--out", type=Path, required=True, help="tags.csv or tags.jsonl; an existing file is resumed")
     p.add_argument("--topk", type=positive_int, default=5)
-    p.add_argument("--threshold", type=float, help="below this known score the landmark is 'unknown' "
+    p.add_argument("--threshold", type=score_threshold, help="below this known score the landmark is 'unknown' "
                    "(default: the model's unknown_threshold, chosen on validation photos)")
     p.add_argument("--places", type=Path, metavar="CSV", help="places to add or correct (landmark,latitude,longitude,"
                    "country,city,wikidata); default: those the model carries")
@@ -172,6 +172,14 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--workers", type=workers_count, default=-1,
                    help="decoding processes (-1: one per CPU core the process may use)")
+
+
+def score_threshold(text: str) -> float:
+    """argparse type: a threshold on ``known_score``, which lies from 0 to 1 (2 would make every photo unknown)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a known score from 0 to 1, got {text}")
+    return value
 
 
 def positive_number(text: str) -> float:

@@ -213,11 +213,15 @@ def tag_photos(model: torch.jit.ScriptModule, photos_dir: str | Path, out: str |
     photos_dir, out = Path(photos_dir), Path(out)
     if out.suffix not in FORMATS:
         raise ValueError(f"{out}: the output must end in .csv or .jsonl")
+    if photos_dir.is_file():
+        raise NotADirectoryError(f"{photos_dir}: a file, not a folder of photos (`predict {photos_dir}` answers one photo)")
     if not photos_dir.is_dir():
         raise FileNotFoundError(f"{photos_dir}: photo folder not found")
+    if threshold is not None and not 0 <= threshold <= 1:  # known scores lie there: 2 would make every photo unknown
+        raise ValueError(f"threshold must be a known score from 0 to 1, got {threshold}")
     threshold = export_view(model).unknown_threshold if threshold is None else threshold
     if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold}")
+        raise ValueError(f"the model's unknown_threshold must be a finite number, got {threshold}")
     if k < 1:
         raise ValueError(f"k (top-k landmarks per photo) must be at least 1, got {k}")
     if batch_size < 1:

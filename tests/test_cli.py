@@ -85,6 +85,13 @@ def test_clear_errors_for_bad_input(trained: dict[str, Path], tmp_path: Path, ca
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "junk.pt: not a readable PyTorch checkpoint" in capsys.readouterr().err
+    photo = next((trained["data"] / "test" / "00.Red_Fort").iterdir())
+    for model, message in ((tmp_path / "absent.pt", "absent.pt: exported model not found"),
+                           (tmp_path, f"{tmp_path}: is a folder, not an exported model file")):
+        assert main(["predict", str(photo), "--model", str(model)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["tag", str(photo), "--model", str(trained["export"]), "--out", str(tmp_path / "t.csv")]) == 2
+    assert f"{photo}: a file, not a folder of photos (`predict {photo}` answers one photo)" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_model_of_another_dataset(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -150,6 +157,8 @@ def test_evaluate_and_export_refuse_to_overwrite_their_input(trained: dict[str, 
 @pytest.mark.parametrize("argv, message", [
     (["tag", "{photos}", "--out", "{o}/t.csv", "--topk", "0"], "--topk: must be at least 1"),
     (["tag", "{photos}", "--out", "{o}/t.csv", "--topk", "-1"], "--topk: must be at least 1"),
+    (["tag", "{photos}", "--out", "{o}/t.csv", "--threshold", "2"], "--threshold: must be a known score from 0 to 1, got 2"),
+    (["tag", "{photos}", "--out", "{o}/t.csv", "--threshold", "nan"], "--threshold: must be a known score from 0 to 1"),
     (["predict", "{photo}", "--topk", "-3"], "--topk: must be at least 1"),
     (["predict", "{photo}", "--topk", "0"], "--topk: must be at least 1"),
     (["evaluate", "{export}", "--batch-size", "0"], "--batch-size: must be at least 1"),

@@ -87,6 +87,10 @@ def test_csv_and_the_unknown_threshold(exported: Path, photos: Path, tmp_path: P
     assert summary.unknown == 12 and len(rows) == 13
     assert {r["landmark"] for r in rows if not r["error"]} == {UNKNOWN}
     assert all(len(r["top_k"].split(";")) == 3 for r in rows if not r["error"])
+    for threshold in (2.0, -0.1, float("nan")):  # known scores lie from 0 to 1: nothing is written for another value
+        with pytest.raises(ValueError, match=f"threshold must be a known score from 0 to 1, got {threshold}"):
+            tag_photos(load_exported(exported), photos, tmp_path / "other.csv", threshold=threshold, num_workers=0)
+    assert not (tmp_path / "other.csv").exists()
 
 
 def test_rerun_resumes_without_retagging(exported: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
