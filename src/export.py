@@ -322,10 +322,8 @@ def export_view(module: nn.Module, source: str | Path = "the model") -> ExportVi
 def open_export(path: str | Path) -> ExportView:
     """Load an exported model on the CPU and check it (:func:`export_view`), with a clear error for other files."""
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder, not an exported model file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: exported model not found")
+        raise FileNotFoundError(f"{path}: {'a folder, not a model file' if path.is_dir() else 'exported model not found'}")
     return export_from_bytes(path.read_bytes(), source=str(path))
 
 

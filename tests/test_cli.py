@@ -87,7 +87,7 @@ def test_clear_errors_for_bad_input(trained: dict[str, Path], tmp_path: Path, ca
     assert "junk.pt: not a readable PyTorch checkpoint" in capsys.readouterr().err
     photo = next((trained["data"] / "test" / "00.Red_Fort").iterdir())
     for model, message in ((tmp_path / "absent.pt", "absent.pt: exported model not found"),
-                           (tmp_path, f"{tmp_path}: is a folder, not an exported model file")):
+                           (tmp_path, f"{tmp_path}: a folder, not a model file")):
         assert main(["predict", str(photo), "--model", str(model)]) == 2
         assert message in capsys.readouterr().err
     assert main(["tag", str(photo), "--model", str(trained["export"]), "--out", str(tmp_path / "t.csv")]) == 2
