@@ -3,6 +3,7 @@
 They import only the export side of the package (torch, Pillow, the exported model's view), never the training
 stack (torchvision, timm, the data loaders), whose imports take longer than the rest of a ``predict``
 (``bench/cli_start.py``); ``tests/test_cli.py`` checks that ``predict`` and ``tag`` load neither torchvision nor timm.
+``predict`` returns the exit status: 1 when a photo could not be read.
 """
 
 from __future__ import annotations
