@@ -127,6 +127,8 @@ def imagenet_features_design(model: torch.nn.Module | ExportView) -> str:
 def read_new_landmarks(photos_dir: str | Path) -> dict[str, list[Path]]:
     """``{landmark name: photos}`` of a folder with one sub-folder per landmark (``NN.Name/`` or ``Name/``)."""
     photos_dir = Path(photos_dir)
+    if photos_dir.is_file():
+        raise NotADirectoryError(f"{photos_dir}: a file, not a folder with one sub-folder of photos per new landmark")
     if not photos_dir.is_dir():
         raise FileNotFoundError(f"{photos_dir}: folder of new landmarks not found")
     landmarks: dict[str, list[Path]] = {}

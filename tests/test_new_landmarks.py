@@ -421,6 +421,8 @@ def test_bad_folders_are_refused_naming_them(base_path: Path, tmp_path: Path) ->
         read_new_landmarks(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="missing"):
         read_new_landmarks(tmp_path / "missing")
+    with pytest.raises(NotADirectoryError, match="notes.txt: a file, not a folder with one sub-folder of photos"):
+        read_new_landmarks(empty / "notes.txt")
 
 
 def test_an_export_without_feature_memory_says_how_to_get_one(tiny_data: Path, tmp_path: Path) -> None:
