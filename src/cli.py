@@ -35,7 +35,7 @@ COMMANDS: dict[str, str] = {  # command -> "module:function" of the package
 
 
 def command_function(name: str) -> Callable[[argparse.Namespace], Any]:
-    """What command ``name`` runs, its module imported now (``predict`` thus never loads the training stack)."""
+    """What command ``name`` runs, its module imported by this call (``predict`` thus never loads the training stack)."""
     module, function = COMMANDS[name].split(":")
     return getattr(importlib.import_module(f".{module}", __package__), function)
 
