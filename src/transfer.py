@@ -161,8 +161,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     """The registry entry of backbone ``name`` (offline ones, else any torchvision classification model)."""
     if name in OFFLINE_BACKBONES:
         return OFFLINE_BACKBONES[name]
-    models = _torchvision_models()
-    if name in models.list_models(module=models):
+    if name in list_backbones():
         return BackboneSpec(_torchvision_backbone(name), _features_stages,
                             DataDefaults(_torchvision_native_size(name), IMAGENET_MEAN, IMAGENET_STD, pretrained=True))
     raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")

@@ -115,7 +115,7 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
 
 
 def test_commands_on_an_export_never_load_the_training_stack(trained: dict[str, Path], tmp_path: Path) -> None:
-    """predict and tag start without torchvision and timm (about a second of every start): src.photo_commands."""
+    """predict and tag start without torchvision and timm, whose imports take most of their start: src.photo_commands."""
     photos = trained["data"] / "test" / "00.Red_Fort"
     script = ("import sys; from src.cli import main; "
               f"codes = [main(['predict', {str(next(photos.iterdir()))!r}, '--model', {str(trained['export'])!r}]), "
