@@ -66,6 +66,7 @@ def main() -> None:
                         help="a dataset of the landmarks the model knows: every 50th test photo is timed with its why map")
     parser.add_argument("--taught-photos", type=Path, default=REPO.parent / "shared" / "data" / "new_landmarks" / "10.India_Gate",
                         help="photos of a landmark to teach, to time a taught model too (skipped when absent)")
+    parser.add_argument("--starts", type=int, default=3, help="fresh Pythons timed for the app's start and its page's (median)")
     args = parser.parse_args()
     app = app_namespace(args.model)
     model = app["open_export"](args.model)
@@ -95,7 +96,7 @@ def main() -> None:
     known_whole = [whole(*photo) for photo in known]  # photos of landmarks it knows: the why map is drawn
     teach_seconds = {count: timed_teach(app, args.taught_photos, count) for count in TEACH_COUNTS} if args.taught_photos.is_dir() else {}
     taught_whole = taught_result_times(app, args.taught_photos, known, whole) if args.taught_photos.is_dir() else []
-    start, page = start_seconds(args.model), start_seconds(args.model, page_only=True)
+    start, page = start_seconds(args.model, args.starts), start_seconds(args.model, args.starts, page_only=True)
     write_result("app", {
         "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
         "photos": len(photos),
@@ -118,8 +119,8 @@ def main() -> None:
     }, args.results)
 
 
-def start_seconds(model: Path, page_only: bool = False) -> float:
-    """Seconds from a fresh Python to the app ready (its cells run: imports, the model loaded, the widgets built),
+def start_seconds(model: Path, runs: int = 3, page_only: bool = False) -> float:
+    """Median of ``runs`` fresh Pythons' seconds to the app ready (its cells run: imports, the model loaded, the widgets built),
     or with ``page_only`` to its page built (what Voilà shows first): the kernel's share of opening the page,
     without Voilà and the browser."""
     script = f"""
@@ -133,9 +134,9 @@ for cell in cells[:-1] if {page_only} else cells:
     namespace["MODELS_DIR"], namespace["DEFAULT_MODEL"] = {str(model.parent)!r}, {model.name!r}
 print(time.perf_counter() - start)
 """
-    runs = [float(subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
-                  .stdout.split()[-1]) for _ in range(3)]
-    return round(statistics.median(runs), 2)
+    seconds = [float(subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+                     .stdout.split()[-1]) for _ in range(runs)]
+    return round(statistics.median(seconds), 2)
 
 
 def teach(app: dict, folder: Path, count: int) -> float:

@@ -41,6 +41,8 @@ Adding again to such a model refits all added rows from its memory, so models ne
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -105,12 +107,30 @@ def combined_features(model: torch.nn.Module | ExportView) -> CombinedFeatures |
     if view.memory_features.numel() == 0 or view.general_memory.numel() == 0:
         raise ValueError("this export keeps no feature memory with ImageNet features: export it again from its "
                          "checkpoint with `python -m src export CHECKPOINT --out FILE --data DATASET`")
-    backbone = str(view.module.general_backbone)
+    stages = imagenet_stages(str(view.module.general_backbone), int(view.module.general_size), view.general_trunk_stages)
     if view.general_trunk_stages > 0:
-        return SharedTrunkFeatures(embedded_base(view), frozen(general_tail(backbone, view.general_trunk_stages), []))
-    general = frozen(ImageNetFeatures(backbone, int(view.module.general_size)),
-                     ["resize_size", "backbone_name", "photos_per_pass"])
-    return CombinedFeatures(embedded_base(view), general)
+        return SharedTrunkFeatures(embedded_base(view), stages)
+    return CombinedFeatures(embedded_base(view), stages)
+
+
+def imagenet_stages(backbone: str, size: int, trunk_stages: int) -> torch.jit.ScriptModule:
+    """The frozen ImageNet network a model with added landmarks carries (whole, reading photos at ``size`` px), or
+    its stages after a shared trunk's first ``trunk_stages``. Made once per process (loading the weights, scripting and
+    freezing take a second or two: the app's second Teach click skips them); each call gets its own copy."""
+    with torchscript_on_purpose():
+        return torch.jit.load(io.BytesIO(_imagenet_stages_file(backbone, size, trunk_stages)))
+
+
+@functools.lru_cache(maxsize=4)
+def _imagenet_stages_file(backbone: str, size: int, trunk_stages: int) -> bytes:
+    if trunk_stages > 0:
+        stages = frozen(general_tail(backbone, trunk_stages), [])
+    else:
+        stages = frozen(ImageNetFeatures(backbone, size), ["resize_size", "backbone_name", "photos_per_pass"])
+    buffer = io.BytesIO()
+    with torchscript_on_purpose():
+        torch.jit.save(stages, buffer)
+    return buffer.getvalue()
 
 
 def imagenet_features_design(model: torch.nn.Module | ExportView) -> str:

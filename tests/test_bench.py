@@ -40,10 +40,11 @@ def test_predict_benchmark_writes_its_figures(tiny_data: Path, tiny_export: Path
 
 def test_app_benchmark_times_the_notebook_code(tiny_data: Path, tiny_export: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "bench/app.py", "--model", str(tiny_export), "--photos", str(tiny_data / "test"),
-                             "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                             "--starts", "1", "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "app.json").read_text())
     assert figures["photos"] == 12 and figures["upload_to_top5"]["median_ms"] > 0 and figures["why_map"]["median_ms"] > 0
+    assert 0 < figures["page_seconds"] and 0 < figures["start_seconds"]
     if "taught_from" in figures:  # the shared photos of a landmark to teach are beside the repository
         assert set(figures["teach_seconds"]) == {"5 photos", "20 photos"} and min(figures["teach_seconds"].values()) > 0
         assert not [path.name for path in tiny_export.parent.glob("*+*")]  # every taught model was removed

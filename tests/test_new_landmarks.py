@@ -254,6 +254,16 @@ def test_the_new_model_carries_its_base_network_alone_and_a_frozen_imagenet_netw
     assert (tmp_path / "inside.pt").stat().st_size < base_path.stat().st_size - rows
 
 
+def test_the_imagenet_network_is_made_once_per_process_and_each_model_gets_its_own_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = new_landmarks.imagenet_stages(GENERAL_BACKBONE, GENERAL_SIZE, 0)
+    monkeypatch.setattr(new_landmarks, "ImageNetFeatures", lambda *args: pytest.fail("the network was made again"))
+    second = new_landmarks.imagenet_stages(GENERAL_BACKBONE, GENERAL_SIZE, 0)
+    assert second is not first  # read from the bytes again: a model never shares its network with another
+    assert (second.resize_size, second.backbone_name, second.photos_per_pass) == (GENERAL_SIZE, GENERAL_BACKBONE, PHOTOS_PER_PASS)
+    batch = torch.randint(0, 256, (2, 3, 50, 40), dtype=torch.uint8)
+    assert torch.equal(first(batch), second(batch))
+
+
 def test_the_new_model_keeps_each_remembered_photo_once(base_path: Path, new_dir: Path, tmp_path: Path) -> None:
     model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
     saved = load_exported(save_scripted(model, tmp_path / "added.pt"))

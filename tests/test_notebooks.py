@@ -29,6 +29,20 @@ QUICK = {
 # scratch: class counts, photo sizes, batch, augmentations, live plot, confusion matrix, per class, mistakes;
 # transfer: comparison, batch, live plot, confusion matrix, per class, mistakes, known scores, tagged photos, few-shot
 FIGURES = {"cnn_from_scratch.ipynb": 8, "transfer_learning.ipynb": 9}
+PHOTOS_PER_CLASS = {"train": 50, "test": 20}  # LIMIT's sample, the validation photos, the tests and the comparison's
+
+
+@pytest.fixture(scope="module")
+def few_real_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first photos of each class of the real dataset, linked into a folder of the same layout: what the
+    notebooks read whole (photo sizes, the backbone comparison's speed test) stays a few hundred photos."""
+    root = tmp_path_factory.mktemp("landmarks10_subset")
+    for split, count in PHOTOS_PER_CLASS.items():
+        for folder in sorted(path for path in (LANDMARKS10 / split).iterdir() if path.is_dir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for photo in sorted(folder.iterdir())[:count]:
+                (root / split / folder.name / photo.name).symlink_to(photo)
+    return root
 
 
 def figures(notebook: nbformat.NotebookNode) -> int:
@@ -36,10 +50,10 @@ def figures(notebook: nbformat.NotebookNode) -> int:
 
 
 @pytest.mark.parametrize("name", QUICK)
-def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs_top_to_bottom(name: str, few_real_photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline figures, as for a person
     export = tmp_path / "model_exported.pt"
-    parameters = {**QUICK[name], "DATA_DIR": str(LANDMARKS10), "CHECKPOINT": str(tmp_path / "model.pt"),
+    parameters = {**QUICK[name], "DATA_DIR": str(few_real_photos), "CHECKPOINT": str(tmp_path / "model.pt"),
                   "EXPORT": str(export)}
     if name == "transfer_learning.ipynb":
         parameters["COMPARISON_RESULTS"] = str(tmp_path / "comparison")

@@ -1,4 +1,5 @@
-"""`tag --engine ray`: the same tags, resume and bad files as the local engine, on a local Ray."""
+"""`tag --engine ray`: the same tags, resume and bad files as the local engine, on a local Ray (`tag --address`
+joining a cluster: ``tests/test_ray_cluster.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ else:
     pytest.importorskip("ray", reason="Ray is not installed: pip install -r requirements-scale.txt")
 
 from test_tagging import exported, photos  # noqa: E402,F401  the same tiny model and photo collection (one broken file)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """The local Ray the engine starts serves every test here, and is stopped after them."""
+    yield
+    import ray
+
+    ray.shutdown()
 
 
 def _rows(out: Path) -> dict[str, dict]:
@@ -72,22 +82,3 @@ def test_ray_reads_photos_given_by_uri(exported: Path, photos: Path, tmp_path: P
         assert (ray[path]["landmark"], ray[path]["error"]) == (row["landmark"], row["error"]), path
     assert ray[missing]["error"] == f"{missing}: file not found"
 
-
-def test_address_joins_an_existing_cluster(exported: Path, photos: Path, tmp_path: Path) -> None:
-    """Two Ray nodes (one CPU each) simulated on this machine, joined through --address as a real cluster is."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # the other tests' local Ray (this test comes last: it is started once)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "tags.jsonl"),
-                     "--engine", "ray", "--address", cluster.address, "--batch-size", "4"]) == 0
-        assert len(ray.nodes()) == 2
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    rows = _rows(tmp_path / "tags.jsonl")
-    assert len(rows) == 13 and sum(row["error"] is not None for row in rows.values()) == 1

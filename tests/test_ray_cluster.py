@@ -1,4 +1,6 @@
-"""`serve --engine ray`: the embedded server's API and answers, on Ray Serve with model replicas on two simulated nodes."""
+"""Ray across two nodes simulated on this machine, started once for the module (seconds each start): `serve --engine
+ray`, the embedded server's API and answers on Ray Serve with model replicas on both nodes, and `tag --address`
+joining that cluster as a real one is joined."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ else:
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -r requirements-scale.txt")
 
 from src.cli import main  # noqa: E402
+from test_ray_tagging import _rows  # noqa: E402
+from test_tagging import exported, photos  # noqa: E402,F401  the same tiny model and photo collection (one broken file)
 from src.export import open_export  # noqa: E402
 from src.service import ServiceSettings, create_app  # noqa: E402
 
@@ -36,21 +40,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ray_serve_on_a_two_node_cluster_answers_as_the_embedded_server(tmp_path: Path) -> None:
-    """Two Ray nodes (one CPU each) simulated on this machine, two model replicas, deployed through --address."""
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes of one CPU each; a driver connects through the cluster's address, as to a real cluster."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # a local Ray an earlier test started
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_ray_serve_on_a_two_node_cluster_answers_as_the_embedded_server(cluster, tmp_path: Path) -> None:
+    """Two model replicas, deployed through --address."""
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from src.ray_serving import serve_on_ray
 
     settings = ServiceSettings(TRANSFER, token="s3cret")
     with TestClient(create_app(settings, open_export(TRANSFER))) as embedded:
         expected = embedded.post("/tag?k=3", files=_photos(), headers={"Authorization": "Bearer s3cret"}).json()
-    ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
     try:
         url = serve_on_ray(settings, "127.0.0.1", _free_port(), replicas=2, address=cluster.address, blocking=False)
         headers = {"Authorization": "Bearer s3cret"}
@@ -72,7 +86,19 @@ def test_ray_serve_on_a_two_node_cluster_answers_as_the_embedded_server(tmp_path
     finally:
         serve.shutdown()
         ray.shutdown()
-        cluster.shutdown()
+
+
+def test_tag_address_joins_an_existing_cluster(cluster, exported: Path, photos: Path, tmp_path: Path) -> None:
+    import ray
+
+    try:
+        assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "tags.jsonl"),
+                     "--engine", "ray", "--address", cluster.address, "--batch-size", "4"]) == 0
+        assert len(ray.nodes()) == 2
+    finally:
+        ray.shutdown()
+    rows = _rows(tmp_path / "tags.jsonl")
+    assert len(rows) == 13 and sum(row["error"] is not None for row in rows.values()) == 1
 
 
 def test_address_and_replicas_need_the_ray_engine(capsys) -> None:
