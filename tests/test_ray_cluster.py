@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,10 +21,10 @@ else:
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -r requirements-scale.txt")
 
 from src.cli import main  # noqa: E402
-from test_ray_tagging import _rows  # noqa: E402
-from test_tagging import exported, photos  # noqa: E402,F401  the same tiny model and photo collection (one broken file)
 from src.export import open_export  # noqa: E402
 from src.service import ServiceSettings, create_app  # noqa: E402
+from test_ray_tagging import _rows  # noqa: E402
+from test_tagging import exported, photos  # noqa: E402,F401  the same tiny model and photo collection (one broken file)
 
 TRANSFER = REPO / "checkpoints" / "transfer_exported.pt"
 
@@ -41,7 +42,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster() -> Iterator[object]:
     """Two Ray nodes of one CPU each; a driver connects through the cluster's address, as to a real cluster."""
     import ray
     from ray.cluster_utils import Cluster

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from test_tagging import exported, photos  # noqa: E402,F401  the same tiny mode
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
+def local_ray() -> Iterator[None]:
     """The local Ray the engine starts serves every test here, and is stopped after them."""
     yield
     import ray
