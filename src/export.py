@@ -213,9 +213,8 @@ class AddedLandmarksPredictor(ExportedModel):
 
     @torch.jit.export
     def features_and_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            features = self.combined(x)
-            return features, self.logits_from_features(features)
+        features = self.combined(x)  # frozen networks run side by side: a no_grad scope around them would end on another thread
+        return features, self.logits_from_features(features)
 
 
 EXPORTED_ATTRIBUTES = ["format_version", "class_names", "image_size", "resize_size", "mean", "std", "unknown_threshold",

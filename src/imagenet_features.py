@@ -62,7 +62,11 @@ class ImageNetFeatures(nn.Module):
 class CombinedFeatures(nn.Module):
     """Raw photos -> the features a model with added landmarks classifies: its ``base`` export's own
     (the first ``base_size`` columns), then plain ImageNet ones from a second network (``general``, an
-    :class:`ImageNetFeatures`)."""
+    :class:`ImageNetFeatures`).
+
+    One photo, as the app, ``predict`` and a quiet service classify, runs through the two networks side by side
+    (``torch.jit.fork``): neither keeps two CPU cores busy with one photo alone. A batch keeps them busy, and beside
+    the processes that decode it runs faster one network after the other (docs/adding-landmarks.md measures both)."""
 
     def __init__(self, base: torch.jit.ScriptModule, general: nn.Module) -> None:
         super().__init__()
@@ -72,4 +76,7 @@ class CombinedFeatures(nn.Module):
         self.resize_size: int = max(int(base.resize_size), int(general.resize_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 or x.shape[0] == 1:
+            general = torch.jit.fork(self.general, x)
+            return torch.cat([self.base.features_and_logits(x)[0], torch.jit.wait(general)], dim=1)
         return torch.cat([self.base.features_and_logits(x)[0], self.general(x)], dim=1)

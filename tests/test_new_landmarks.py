@@ -264,6 +264,22 @@ def test_the_imagenet_network_is_made_once_per_process_and_each_model_gets_its_o
     assert torch.equal(first(batch), second(batch))
 
 
+def test_one_photo_runs_the_two_networks_side_by_side_with_the_answers_of_a_batch(base_path: Path, new_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
+    saved = load_exported(save_scripted(model, tmp_path / "added.pt"))
+    assert "fork(__forked_function)" in saved.combined.code  # the ImageNet network beside the base's
+    photos = torch.randint(0, 256, (5, 3, 50, 40), dtype=torch.uint8)
+    probabilities, scores = saved.classify(photos)  # a batch: one network after the other
+    for i in range(len(photos)):  # one photo: side by side; the base's network finishes first and waits for the other
+        one = saved.classify(photos[i:i + 1])
+        assert torch.allclose(one[0], probabilities[i:i + 1], atol=1e-6) and torch.allclose(one[1], scores[i:i + 1], atol=1e-6)
+        assert torch.is_grad_enabled()
+    with torch.no_grad():
+        assert torch.allclose(saved.classify(photos[0])[0], probabilities[:1], atol=1e-6)
+    assert torch.is_grad_enabled()
+
+
 def test_the_new_model_keeps_each_remembered_photo_once(base_path: Path, new_dir: Path, tmp_path: Path) -> None:
     model, _ = add_landmarks(load_exported(base_path), read_new_landmarks(new_dir), num_workers=0)
     saved = load_exported(save_scripted(model, tmp_path / "added.pt"))
