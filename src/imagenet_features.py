@@ -66,7 +66,8 @@ class CombinedFeatures(nn.Module):
 
     One photo, as the app, ``predict`` and a quiet service classify, runs through the two networks side by side
     (``torch.jit.fork``): neither keeps two CPU cores busy with one photo alone. A batch keeps them busy, and beside
-    the processes that decode it runs faster one network after the other (docs/adding-landmarks.md measures both)."""
+    the processes that decode it ran no faster side by side, so it runs one network after the other
+    (docs/adding-landmarks.md measures both)."""
 
     def __init__(self, base: torch.jit.ScriptModule, general: nn.Module) -> None:
         super().__init__()
