@@ -28,12 +28,17 @@ _ANSWERS = ("classify", "known_score", "known_score_from_features")
 def frozen(module: nn.Module, keep: list[str]) -> torch.jit.ScriptModule:
     """``module`` scripted and frozen, keeping the attributes and methods ``keep`` (and ``forward``): its
     weights become constants, batch norm folded into the convolutions, and what no kept method uses is dropped. It is
-    read back from its bytes: TorchScript scripts a frozen module into another module only then."""
+    read back from its bytes (:func:`frozen_file`): TorchScript scripts a frozen module into another module only then."""
+    with torchscript_on_purpose():
+        return torch.jit.load(io.BytesIO(frozen_file(module, keep)))
+
+
+def frozen_file(module: nn.Module, keep: list[str]) -> bytes:
+    """The file of :func:`frozen`'s module, as bytes: what a process keeps to load copies of it quickly."""
     buffer = io.BytesIO()
     with torchscript_on_purpose():
         torch.jit.save(torch.jit.freeze(torch.jit.script(module.eval()), preserved_attrs=keep), buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer)
+    return buffer.getvalue()
 
 
 class EmbeddedBase(nn.Module):

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from .added_fit import added_detector, fit_rows, folders_alike, lookalike_negatives
 from .decoding import square_batches
-from .embedded_base import embedded_base, frozen
+from .embedded_base import embedded_base, frozen_file
 from .export import AddedLandmarksPredictor, ExportView, export_view, save_scripted, torchscript_on_purpose
 from .files import atomic_write
 from .imagenet_features import CombinedFeatures, ImageNetFeatures
@@ -124,13 +124,8 @@ def imagenet_stages(backbone: str, size: int, trunk_stages: int) -> torch.jit.Sc
 @functools.lru_cache(maxsize=4)
 def _imagenet_stages_file(backbone: str, size: int, trunk_stages: int) -> bytes:
     if trunk_stages > 0:
-        stages = frozen(general_tail(backbone, trunk_stages), [])
-    else:
-        stages = frozen(ImageNetFeatures(backbone, size), ["resize_size", "backbone_name", "photos_per_pass"])
-    buffer = io.BytesIO()
-    with torchscript_on_purpose():
-        torch.jit.save(stages, buffer)
-    return buffer.getvalue()
+        return frozen_file(general_tail(backbone, trunk_stages), [])
+    return frozen_file(ImageNetFeatures(backbone, size), ["resize_size", "backbone_name", "photos_per_pass"])
 
 
 def imagenet_features_design(model: torch.nn.Module | ExportView) -> str:
