@@ -4,7 +4,7 @@
 
 ``--photos`` is a folder of class folders without a train/test split (``new_landmarks``: 19
 landmarks, web photos with the short side up to 256 px). Its first ``--tuned`` classes are the ones
-recipe choices may look at (the size rule's ``UPSCALE_FROM`` was chosen on them); the others are held
+recipe choices may look at (the size rule's ``UPSCALE_FROM`` and whole square were chosen on them); the others are held
 out of every choice and only reported. Each group gets a seeded 75/25 split per class as symbolic
 links in a temporary folder, and a second copy as *thumbnails* (long side at most 256 px, JPEG
 quality 90, as photos saved from the web often are), written there too. Then the transfer recipe is

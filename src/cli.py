@@ -74,7 +74,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         recipe.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{help_text} ({', '.join(defaults)})")
     sizes = p.add_argument_group("preprocessing (default: from the model's native size and the photos' size)")
     sizes.add_argument("--eval-crop", type=positive_int, help="evaluation and prediction crop in pixels")
-    sizes.add_argument("--resize", type=positive_int, help="short side photos are resized to before the crop")
+    sizes.add_argument("--resize", type=positive_int,
+                       help="short side photos are resized to before the crop (default: the crop: the whole square)")
     sizes.add_argument("--train-crop", type=positive_int, help="training crop in pixels")
     p.add_argument("--valid-size", type=float, default=VALID_SIZE, help=f"fraction of train/ held out for validation (default: {VALID_SIZE})")
     p.add_argument("--negatives", type=Path, action="append", metavar="DIR",

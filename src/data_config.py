@@ -1,11 +1,12 @@
 """The preprocessing config of one run, resolved from the model's defaults, the photos and the caller's overrides
 (as timm's ``resolve_data_config`` merges flags over a model's ``default_cfg``).
 
-**The size rule** (when not given): ``resize = min(median short side of the training photos,
-native x 256/224)`` and ``eval_crop = min(native, resize)``, where ``native`` is the model's
-native input size (224 for MobileNetV2, 240/260 for EfficientNet-Lite1/2, 160 for the scratch
-CNN). Full-size photos thus get the classic 256 -> 224 resize and crop; photos much smaller than
-that (``landmarks10``'s 128 px) are used whole at their own size instead of being blown up.
+**The size rule** (when not given): ``eval_crop = min(native, median short side of the training
+photos)``, where ``native`` is the model's native input size (224 for MobileNetV2, 240/260 for
+EfficientNet-Lite1/2, 160 for the scratch CNN), and ``resize = eval_crop``: the whole centre square
+is read, at most at the native size. Full-size photos are thus read at 224 px whole (no 256 -> 224
+crop, which leaves out an eighth of the width and height); photos much smaller than that (``landmarks10``'s 128 px)
+are used whole at their own size instead of being blown up.
 A network pretrained at its native size (``DataDefaults.pretrained``) reads photos of at least
 :data:`UPSCALE_FROM` of that size (web thumbnails of 170-220 px) at the native size, as full-size
 ones: its filters were trained on objects at that scale (docs/data.md).
@@ -22,7 +23,7 @@ import numpy as np
 
 from .images import photo_sizes
 from .location import get_data_location, list_images
-from .preprocessing import MIN_SIZE, DataDefaults, PreprocessConfig, classic_resize, train_crop_for
+from .preprocessing import MIN_SIZE, DataDefaults, PreprocessConfig, train_crop_for
 from .statistics import compute_mean_and_std
 
 PHOTOS_SAMPLED = 256  # headers read to find the typical photo size (a fraction of a second)
@@ -45,15 +46,14 @@ def resolve_data_config(defaults: DataDefaults, data_dir: str | Path | None = No
     ``defaults`` come from the model (``model.data_defaults`` or ``factory.data_defaults(name)``);
     the photos of ``data_dir/train`` are only read when a size or the statistics must be found.
     """
-    if resize is None or eval_crop is None:
-        root = get_data_location(data_dir)
-        photos = typical_short_side(list_images(root / "train"))
-        if resize is None:
-            limit = classic_resize(defaults.native_size if eval_crop is None else eval_crop)
-            near_native = defaults.pretrained and eval_crop is None and (photos or 0) >= UPSCALE_FROM * defaults.native_size
-            resize = limit if near_native else max(min(photos or limit, limit), eval_crop or MIN_SIZE)
-        if eval_crop is None:
-            eval_crop = min(defaults.native_size, resize)
+    if eval_crop is None and resize is not None:
+        eval_crop = min(defaults.native_size, resize)
+    elif eval_crop is None:
+        photos = typical_short_side(list_images(get_data_location(data_dir) / "train"))
+        near_native = defaults.pretrained and (photos or 0) >= UPSCALE_FROM * defaults.native_size
+        eval_crop = defaults.native_size if near_native or photos is None else max(min(defaults.native_size, photos), MIN_SIZE)
+    if resize is None:
+        resize = eval_crop
     if mean is None or std is None:
         mean, std = (defaults.mean, defaults.std) if defaults.mean is not None else compute_mean_and_std(data_dir)
     return PreprocessConfig(eval_crop=eval_crop, resize=resize,

@@ -17,7 +17,7 @@ from conftest import BAD_PHOTO_KINDS, PHONE_HEIC, REPO, TINY_CLASSES, bomb_png_h
 from src.images import MAX_ASPECT_RATIO, ImageReadError, is_image_file, load_rgb, photo_sizes, read_image
 from src.location import list_images
 from src.data_config import resolve_data_config, typical_short_side
-from src.preprocessing import DataDefaults, classic_resize, square_uint8
+from src.preprocessing import DataDefaults, square_uint8
 
 
 def _odd_mode_images(folder: Path) -> dict[str, Path]:
@@ -283,12 +283,12 @@ def test_picking_training_sizes_skips_header_only_files(tiny_data_copy: Path) ->
     folder = tiny_data_copy / "train" / TINY_CLASSES[0]
     (folder / "bomb.png").write_bytes(bomb_png_header())
     (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x03IHDR\x00\x00\x01\x00\x00\x00\x00")
-    config = resolve_data_config(DataDefaults(native_size=32, mean=(0.5,) * 3, std=(0.25,) * 3), tiny_data_copy)
-    assert config.resize == 37  # the photos' median short side (40), capped at 32 x 256/224
+    config = resolve_data_config(DataDefaults(native_size=64, mean=(0.5,) * 3, std=(0.25,) * 3), tiny_data_copy)
+    assert (config.eval_crop, config.resize) == (42, 42)  # the median of their 40 and 44 px short sides, read whole
 
 
 @pytest.mark.parametrize("native, pretrained, upscaled", [
-    (48, True, True),  # ~40 px photos are >= 3/4 of 48: read at the pretrained size, from the classic resize
+    (48, True, True),  # ~40 px photos are >= 3/4 of 48: read whole at the pretrained size
     (48, False, False),  # no pretrained size to match: used whole at their own size
     (64, True, False),  # < 3/4 of 64: not blown up
 ])
@@ -297,10 +297,12 @@ def test_photos_a_little_smaller_than_a_pretrained_size_are_read_at_it(tiny_data
     own = typical_short_side(list_images(tiny_data_copy / "train"))
     assert 36 <= own < 48
     config = resolve_data_config(DataDefaults(native, (0.5,) * 3, (0.25,) * 3, pretrained=pretrained), tiny_data_copy)
-    assert (config.eval_crop, config.resize) == ((native, classic_resize(native)) if upscaled else (own, own))
+    assert (config.eval_crop, config.resize) == ((native, native) if upscaled else (own, own))
     given = [resolve_data_config(DataDefaults(native, (0.5,) * 3, (0.25,) * 3, pretrained=flag), tiny_data_copy, eval_crop=36)
              for flag in (True, False)]
-    assert given[0] == given[1] and given[0].eval_crop == 36  # a crop the caller gives is kept, whatever the model
+    assert given[0] == given[1] and (given[0].eval_crop, given[0].resize) == (36, 36)  # kept, whatever the model; read whole
+    resized = resolve_data_config(DataDefaults(native, (0.5,) * 3, (0.25,) * 3, pretrained=pretrained), tiny_data_copy, resize=80)
+    assert (resized.eval_crop, resized.resize) == (native, 80)  # a larger resize given: its centre at the native size
 
 
 def test_file_uris_are_read_as_local_files_with_the_same_checks(tmp_path: Path, make_bad_photo) -> None:

@@ -74,10 +74,10 @@ def test_landmarks10_resolves_the_shipped_sizes(landmarks10: Path) -> None:
 
 
 def test_canonical_layout_with_full_size_photos(canonical_sample: Path, tmp_path: Path) -> None:
-    """Full-size photos resolve to MobileNetV2's native 224 px crop of a 256 px resize."""
+    """Full-size photos resolve to MobileNetV2's native 224 px, the whole centre square read at that size."""
     model = create_model("mobilenet_v2", 2, pretrained=False)
     config = resolve_data_config(model.data_defaults, canonical_sample)
-    assert (config.eval_crop, config.resize, config.train_crop) == (224, 256, 192)
+    assert (config.eval_crop, config.resize, config.train_crop) == (224, 224, 192)
     with pytest.raises(ValueError, match="at least 2"):  # one class: any model would be "100 %" right
         get_data_loaders(data_dir=canonical_sample, batch_size=8, num_workers=0, config=config)
     two_classes = tmp_path / "two"
