@@ -85,7 +85,7 @@ def test_passes_benchmark_times_each_pass_size_under_each_allocator(tiny_export:
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "passes.json").read_text())
     timings = figures["ms_per_photo"]
-    assert len(timings) == 2 and any(network.endswith("s_exported.pt classify (37 px squares)") for network in timings)
+    assert len(timings) == 2 and any(network.endswith("s_exported.pt classify (32 px squares)") for network in timings)
     settings_named = ["glibc as it comes", "freed memory kept"]
     for settings in timings.values():
         assert list(settings) == settings_named and all(list(t) == ["1", "3"] for t in settings.values())
