@@ -77,7 +77,9 @@ def test_unreadable_photos_are_named_and_skipped(tiny_data_copy: Path) -> None:
 
 def test_train_and_test_must_have_the_same_classes(tiny_data_copy: Path) -> None:
     shutil.rmtree(tiny_data_copy / "test" / "02.Blue_Tower")
-    with pytest.raises(ValueError, match="different class folders"):
+    (tiny_data_copy / "test" / "09.Lost").mkdir()
+    shutil.copy(next((tiny_data_copy / "test" / "00.Red_Fort").iterdir()), tiny_data_copy / "test" / "09.Lost")
+    with pytest.raises(ValueError, match=r"different class folders \(only in train/: 02.Blue_Tower; only in test/: 09.Lost\)"):
         get_data_loaders(data_dir=tiny_data_copy, **FAST)
 
 
