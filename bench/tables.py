@@ -231,7 +231,8 @@ def memory_negatives_table() -> str:
     results = [load("memory_negatives")] + [load(path.stem) for path in sorted(RESULTS.glob("memory_negatives_cap_*.json"))]
     for result in results:
         for count, r in result["counts"].items():
-            share = result.get("max_negatives_added") or load(f"add_landmarks_negatives_{count}")["max_negatives_added"]
+            run = result if "max_negatives_added" in result else load(f"add_landmarks_negatives_{count}")
+            share = run["max_negatives_added"]
             never = next(row for row in r["rows"] if row["setting"] == "never trained against")
             alone = next(row for row in r["rows"] if row["setting"] == "one at a time")
             batched = r["photos_per_second"]
