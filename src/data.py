@@ -185,10 +185,10 @@ def get_data_loaders(
     root = get_data_location(data_dir)
     train_folder, test_folder = PhotoFolder(root / "train"), PhotoFolder(root / "test")
     if test_folder.classes != train_folder.classes:
-        only = {split: sorted(set(mine) - set(other)) for split, mine, other in
-                (("train/", train_folder.classes, test_folder.classes), ("test/", test_folder.classes, train_folder.classes))}
-        raise ValueError(f"{root}: train/ and test/ have different class folders ("
-                         + "; ".join(f"only in {split}: {', '.join(names)}" for split, names in only.items() if names) + ")")
+        train_names, test_names = set(train_folder.classes), set(test_folder.classes)
+        differences = [f"only in {split}: {', '.join(sorted(names))}" for split, names in
+                       (("train/", train_names - test_names), ("test/", test_names - train_names)) if names]
+        raise ValueError(f"{root}: train/ and test/ have different class folders ({'; '.join(differences)})")
     if len(train_folder.classes) < 2:
         raise ValueError(f"{root}/train: {len(train_folder.classes)} class folder(s); a classifier needs at least 2 "
                          "(any one-class model is trivially '100 %' right)")
