@@ -67,9 +67,17 @@ def square_batches(paths: list[Path | str], size: int, batch_size: int = 64, num
     The loader has its own random generator: decoding leaves torch's global random state alone.
     """
     workers = worker_count(num_workers)
-    for batch in DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers, collate_fn=list,
-                            worker_init_fn=_start_worker, generator=torch.Generator().manual_seed(0)):
-        readable = [(index, item) for index, item in batch if not isinstance(item, str)]
-        errors = {index: item for index, item in batch if isinstance(item, str)}
-        images = torch.stack([image for _, image in readable]) if readable else None
-        yield [index for index, _ in readable], images, errors
+    yield from DataLoader(SquarePhotos(paths, size), batch_size=batch_size, num_workers=workers,
+                          collate_fn=_stack_readable, worker_init_fn=_start_worker, generator=torch.Generator().manual_seed(0))
+
+
+def _stack_readable(batch: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """``collate_fn``, run in the worker: one stacked tensor crosses to the parent process per batch.
+
+    Sent one by one, every photo's tensor costs its own shared-memory file handed across, which for
+    small photos costs more than decoding them (2,500 photos of 128 px: about 2.5x slower).
+    """
+    readable = [(index, item) for index, item in batch if not isinstance(item, str)]
+    errors = {index: item for index, item in batch if isinstance(item, str)}
+    images = torch.stack([image for _, image in readable]) if readable else None
+    return [index for index, _ in readable], images, errors

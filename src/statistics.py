@@ -41,8 +41,14 @@ class _StatsImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(image, dtype=np.float64) / 255.0).reshape(-1, 3)
 
 
-def _drop_unreadable(batch: list[torch.Tensor | None]) -> list[torch.Tensor]:
-    return [item for item in batch if item is not None]
+def _channel_sums(batch: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``collate_fn``, run in the worker: a batch's per-channel sums and squared sums and its pixel count, the
+    unreadable photos left out, so a few numbers cross to the parent process instead of every photo's pixels."""
+    readable = [pixels for pixels in batch if pixels is not None]
+    if not readable:
+        return torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    pixels = torch.cat(readable)
+    return pixels.sum(0), (pixels**2).sum(0), pixels.shape[0]
 
 
 def _read_cached(cache_file: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -80,17 +86,16 @@ def compute_mean_and_std(
         raise DataNotFoundError(f"{train_dir} holds no photos to compute statistics from.")
     workers = min(cpu_cores(), 4) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
-        _StatsImages(paths, size), batch_size=64, num_workers=workers, collate_fn=_drop_unreadable,
+        _StatsImages(paths, size), batch_size=64, num_workers=workers, collate_fn=_channel_sums,
         worker_init_fn=keep_parent_objects, generator=torch.Generator().manual_seed(0),
     )
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     count = 0
-    for batch in tqdm(loader, desc="Computing mean and std", leave=False):
-        for pixels in batch:
-            total += pixels.sum(0)
-            total_sq += (pixels**2).sum(0)
-            count += pixels.shape[0]
+    for batch_sum, batch_sum_sq, batch_count in tqdm(loader, desc="Computing mean and std", leave=False):
+        total += batch_sum
+        total_sq += batch_sum_sq
+        count += batch_count
     if count == 0:
         raise DataNotFoundError(f"None of the photos in {train_dir} could be read.")
     mean = total / count

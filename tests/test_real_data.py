@@ -25,7 +25,7 @@ LANDMARKS10_CLASSES = [
 
 
 def test_landmarks10_loaders(landmarks10: Path) -> None:
-    loaders = get_data_loaders(data_dir=landmarks10, batch_size=16, num_workers=0, config=_scratch_config(landmarks10, 64))
+    loaders = get_data_loaders(data_dir=landmarks10, batch_size=16, num_workers=2, config=_scratch_config(landmarks10, 64))
     train, valid, test = (loaders[k].dataset for k in ("train", "valid", "test"))
     assert train.class_names == LANDMARKS10_CLASSES
     assert (len(train), len(valid), len(test)) == (6000, 1500, 2000)
