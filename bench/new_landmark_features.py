@@ -4,7 +4,7 @@
 
 Adding landmarks (``src/new_landmarks.py``) fits new rows on features; this measures which
 features tell new landmarks apart: the export's own, or a general-purpose ImageNet extractor's (it
-chose ``src.imagenet_features.GENERAL_BACKBONE``, which every model with added landmarks now carries).
+chose ``src.imagenet_features.GENERAL_BACKBONE``, which every model with added landmarks carries).
 New landmarks: the folders of ``../shared/data/new_landmarks`` the shipped transfer model never
 trained against (its metrics JSON lists the negatives). For each extractor, each photo's features
 (centre square at the extractor's input size); ``shots`` random photos per landmark give each
