@@ -85,6 +85,26 @@ def sizes_classes_table() -> str:
                     [[name, *(pct(r["per_class_top1"][name], 1) for r in rows)] for name in names])
 
 
+def seed_figures() -> dict[tuple[str, str], list[float]]:
+    """Test top-1 of the plain command per (landmarks, photos) at the default seed (``sizes``), then at each seed
+    of ``sizes_seeds`` (bench/sizes.py --seeds)."""
+    figures: dict[tuple[str, str], list[float]] = {}
+    for r in load("sizes")["rows"] + load("sizes_seeds")["rows"]:
+        if r["flags"] == "(none)" or r["flags"].startswith("--seed "):
+            figures.setdefault((r["classes"], r["photos"]), []).append(r["test_top1"])
+    return figures
+
+
+@generator("sizes-seeds")
+def sizes_seeds_table() -> str:
+    """docs/data.md: the plain command's test top-1 at three seeds (bench/sizes.py, then with --seeds)."""
+    seeds = [r["flags"].split()[1] for r in load("sizes_seeds")["rows"]
+             if (r["classes"], r["photos"]) == ("tuned", "as is")]
+    rows = [[classes, photos, *(pct(share, 2) for share in shares), f"**{pct(sum(shares) / len(shares), 2)}**"]
+            for (classes, photos), shares in seed_figures().items()]
+    return markdown(["landmarks", "photos", "default seed", *(f"`--seed {seed}`" for seed in seeds), "mean"], rows)
+
+
 @generator("recipe-steps")
 def recipe_steps_table() -> str:
     """docs/recipes.md: stage 2's length and depth on the tuned landmarks as thumbnails (bench/recipe_steps.py)."""
@@ -488,12 +508,22 @@ def readme_sizes() -> str:
     plain = {(r["classes"], r["photos"]): r for r in record["rows"] if r["flags"] == "(none)"}
     minutes = [r["train_minutes"] for r in plain.values()]
     held = [plain["held out", "as is"], plain["held out", "thumbnails"]]
-    met = min(r["test_top1"] for r in held) >= 0.975 and max(minutes) <= 10
+    seeds = seed_figures()
+    held_seeds = [seeds["held out", "as is"], seeds["held out", "thumbnails"]]
+    minutes += [r["train_minutes"] for r in load("sizes_seeds")["rows"]]
+    if max(minutes) > 10 or min(sum(s) / len(s) for s in held_seeds) < 0.975:
+        verdict = ": not met"
+    elif min(min(s) for s in held_seeds) < 0.975:
+        verdict = ": met on average, not at every seed"
+    else:
+        verdict = ""
     return (f"**{pct(held[0]['test_top1'], 2)}** (their photos as they are), **{pct(held[1]['test_top1'], 2)}** "
             f"as 256 px thumbnails; {pct(plain['tuned', 'as is']['test_top1'], 2)} / "
             f"{pct(plain['tuned', 'thumbnails']['test_top1'], 2)} on the {len(record['tuned'])} landmarks the "
-            f"choices looked at; {min(minutes):.1f}-{max(minutes):.1f} min of training for ~800 photos"
-            + ("" if met else ": not met"))
+            f"choices looked at; over {len(held_seeds[0])} seeds (`--seeds`) {pct(sum(held_seeds[0]) / len(held_seeds[0]), 2)} / "
+            f"{pct(sum(held_seeds[1]) / len(held_seeds[1]), 2)} on average, {pct(min(held_seeds[0]), 2)} / "
+            f"{pct(min(held_seeds[1]), 2)} at the lowest; {min(minutes):.1f}-{max(minutes):.1f} min of training for "
+            f"~800 photos{verdict}")
 
 
 def trained(name: str) -> str:
@@ -550,7 +580,7 @@ def readme_results_table() -> str:
         [same_recipe, "—", trained("transfer"), "`python bench/train.py transfer`"],
         ["default transfer recipe on 9 landmarks no recipe choice looked at (`new_landmarks` 10-18)",
          "≥ 97.5 % within 10 min", readme_sizes(),
-         "`python bench/sizes.py` ([details](docs/data.md#sizes-one-rule-for-small-and-full-size-photos))"],
+         "`python bench/sizes.py`, then `--seeds 0 1` ([details](docs/data.md#sizes-one-rule-for-small-and-full-size-photos))"],
         ["`predictor_test`, 2,000 test photos, shipped transfer model", "≤ 15 s",
          f"**{transfer['predictor_test_seconds']:.1f} s** (scratch model: {scratch['predictor_test_seconds']:.1f} s); "
          "this machine's speed drifts 2-3× between runs", "`python bench/predict.py checkpoints/transfer_exported.pt`"],
