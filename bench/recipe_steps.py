@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from utils import write_result
-from sizes import parse_arguments, split_folder, train
+from sizes import argument_parser, class_folders, split_folder, train
 
 CANDIDATES: dict[str, list[str]] = {
     "12 epochs (the landmarks10 count), last 12 stages": ["--min-steps", "0"],
@@ -39,7 +39,8 @@ def choose(rows: list[dict], tolerance: float = TOLERANCE) -> dict:
 
 
 def main() -> None:
-    args, folders = parse_arguments(__doc__)
+    args = argument_parser(__doc__).parse_args()
+    folders = class_folders(args.photos)
     tuned = folders[:args.tuned]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -79,23 +79,27 @@ def train(data: Path, model: str, work: Path, flags: list[str]) -> dict:
             "train_minutes": round(metrics["train_seconds"] / 60, 1), "wall_minutes": round((time.perf_counter() - start) / 60, 1)}
 
 
-def parse_arguments(description: str | None, seeds: bool = False) -> tuple[argparse.Namespace, list[Path]]:
-    """The options this bench and ``bench/recipe_steps.py`` share (``seeds``: and ``--seeds``), and the class folders
-    of ``--photos`` in order."""
+def argument_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options this bench and ``bench/recipe_steps.py`` share; each adds its own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "new_landmarks")
     parser.add_argument("--tuned", type=int, default=10, help="the first this many classes may be tuned on; the rest are held out")
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    if seeds:
-        parser.add_argument("--seeds", type=int, nargs="+", default=[],
-                            help="train the plain commands at these seeds instead (writes sizes_seeds.json)")
-    args = parser.parse_args()
-    return args, sorted(p for p in args.photos.iterdir() if p.is_dir())
+    return parser
+
+
+def class_folders(photos: Path) -> list[Path]:
+    """The class folders of ``photos``, in order: ``--tuned`` counts from the first."""
+    return sorted(p for p in photos.iterdir() if p.is_dir())
 
 
 def main() -> None:
-    args, folders = parse_arguments(__doc__, seeds=True)
+    parser = argument_parser(__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[],
+                        help="train the plain commands at these seeds instead (writes sizes_seeds.json)")
+    args = parser.parse_args()
+    folders = class_folders(args.photos)
     groups = {"tuned": folders[:args.tuned], "held out": folders[args.tuned:]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
