@@ -14,7 +14,8 @@ Modules, from the bottom of the import graph up:
 - models and training: ``model`` (scratch CNN), ``transfer`` (pretrained backbones), ``factory``
   (``create_model``), ``imagenet_features`` (plain ImageNet features), ``recipes``, ``optimization`` (loss,
   optimizer), ``train`` (training loop), ``finetune`` (the transfer stages), ``checkpoint`` (saving/loading);
-- the exported model: ``export`` (the TorchScript format and its one reader), ``onnx_runtime`` and ``onnx_export``
+- the exported model: ``export`` (the TorchScript format and its one reader), ``model_files`` (an export and a
+  checkpoint told apart unloaded, torch's loading errors said briefly), ``onnx_runtime`` and ``onnx_export``
   (an export as an ONNX file: running it, making it), ``openset`` (unknown detection),
   ``memory`` (the feature memory an export keeps), ``shared_trunk`` (one pass through a transfer model's ImageNet
   first stages for its own and plain ImageNet features), ``answer`` (one photo's answer, shared with the app),

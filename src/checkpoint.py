@@ -8,6 +8,7 @@ name and renamed, so an interruption never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 from .export import Predictor
 from .factory import create_model
 from .files import atomic_write
+from .model_files import is_torchscript_file, loading_error
 from .preprocessing import PreprocessConfig, classic_resize
 
 FORMAT = "landmark-checkpoint/1"
@@ -38,14 +40,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if is_torchscript_file(path):
+        raise CheckpointError(f"{path}: an exported model (TorchScript), not a training checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign or corrupt files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+        reason = loading_error(error) if zipfile.is_zipfile(path) else \
+            "neither a zip archive nor a pickle: damaged, cut short or another kind of file"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path}: not a training checkpoint of this project (a TorchScript export is loaded with torch.jit.load)"
-        )
+        raise CheckpointError(f"{path}: a PyTorch file, but not a training checkpoint of this project (`train` writes them)")
     return checkpoint
 
 

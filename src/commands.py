@@ -27,6 +27,7 @@ from .files import check_model_name, check_outputs
 from .finish import calibrated_predictor
 from .helpers import get_device, seed_everything, setup_env
 from .location import get_data_location, negatives_from_env
+from .model_files import is_torchscript_file
 from .new_landmarks import add_landmarks, alike_folder_notes, read_new_landmarks, save_added
 from .onnx_export import export_onnx, file_sha256
 from .places import places_for
@@ -99,7 +100,10 @@ def export(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.force and _opened_export(args.out) is None:
         raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
                          "or --force to replace it")
-    exported = _opened_export(args.checkpoint) if onnx else None
+    exported = _opened_export(args.checkpoint) if onnx or is_torchscript_file(args.checkpoint) else None
+    if exported is not None and not onnx:
+        raise ValueError(f"{args.checkpoint}: an exported model already; `export` makes one from a training checkpoint "
+                         "(`train --checkpoint`), and `--format onnx` converts an export as it is")
     if exported is not None:  # an export converts as it is: no data, no calibration
         if args.second_network:
             raise ValueError(f"{args.checkpoint}: --second-network is chosen when a training checkpoint is exported; "

@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import atomic_write
+from .model_files import is_torchscript_file, loading_error
 from .openset import MaxSoftmax
 from .places import Place
 from .preprocessing import PreprocessConfig, classic_config, resize_and_crop
@@ -336,7 +336,8 @@ def export_from_bytes(data: bytes, device: torch.device | str = "cpu", source: s
         with torchscript_on_purpose():
             module = torch.jit.load(io.BytesIO(data), map_location=device)
     except Exception as error:  # TorchScript raises RuntimeError or ValueError for foreign files
-        raise ValueError(f"{source}: not a TorchScript export ({error}); training checkpoints go through `export` first") from error
+        raise ValueError(f"{source}: not a TorchScript export ({loading_error(error)}); training checkpoints go through "
+                         "`export` first") from error
     return export_view(module.eval(), source)
 
 
@@ -346,14 +347,6 @@ def load_exported(path: str | Path) -> torch.jit.ScriptModule:
 
 
 def exported_files(folder: str | Path) -> list[Path]:
-    """The TorchScript files of ``folder`` (``*.pt`` archives with code; training checkpoints beside them are left
-    out), from their zip directory alone: listing a folder of models loads none of them."""
-    files = []
-    for path in sorted(Path(folder).glob("*.pt")):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                if any("/code/" in name for name in archive.namelist()):
-                    files.append(path)
-        except (OSError, zipfile.BadZipFile):
-            continue
-    return files
+    """The TorchScript files of ``folder`` (training checkpoints beside them are left out), from their zip directory
+    alone: listing a folder of models loads none of them."""
+    return [path for path in sorted(Path(folder).glob("*.pt")) if is_torchscript_file(path)]

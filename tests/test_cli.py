@@ -84,7 +84,10 @@ def test_clear_errors_for_bad_input(trained: dict[str, Path], tmp_path: Path, ca
     assert "missing.pt" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x.pt")]) == 2
-    assert "junk.pt: not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert "junk.pt: not a readable PyTorch checkpoint (neither a zip archive nor a pickle" in capsys.readouterr().err
+    assert main(["export", str(trained["export"]), "--out", str(tmp_path / "x.pt")]) == 2  # an export: its command named
+    assert f"{trained['export']}: an exported model already; `export` makes one from a training checkpoint " \
+           "(`train --checkpoint`), and `--format onnx` converts an export as it is" in capsys.readouterr().err
     photo = next((trained["data"] / "test" / "00.Red_Fort").iterdir())
     for model, message in ((tmp_path / "absent.pt", "absent.pt: exported model not found"),
                            (tmp_path, f"{tmp_path}: a folder, not a model file")):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from conftest import tiny_config
@@ -147,3 +148,21 @@ def test_foreign_files_are_not_checkpoints(tmp_path: Path, content: bytes | None
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_damaged_or_foreign_checkpoint_is_named_without_torch_s_advice(tmp_path: Path) -> None:
+    """torch's loading errors go on about ``weights_only`` and miniz: only what is wrong with the file is said."""
+    cut = tmp_path / "cut.pt"
+    torch.save({"weights": torch.zeros(1000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:2000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save(Path("a path object"), foreign)  # a zip archive, but of objects weights_only does not load
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), scripted)
+    for path, reason in ((cut, "neither a zip archive nor a pickle: damaged, cut short or another kind of file)"),
+                         (foreign, "UnpicklingError: Weights only load failed)"),
+                         (scripted, "an exported model (TorchScript), not a training checkpoint")):
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(path)
+        assert str(error.value).startswith(f"{path}: ") and str(error.value).endswith(reason)
+        assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
