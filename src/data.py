@@ -52,7 +52,12 @@ class PhotoFolder(datasets.ImageFolder):
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: dataset split folder not found")
         list_images(root)  # names the sub-folders that cannot be read (ImageFolder skips them silently)
-        super().__init__(str(root), loader=load_rgb, is_valid_file=accept)
+        try:
+            super().__init__(str(root), loader=load_rgb, is_valid_file=accept)
+        except FileNotFoundError as error:  # torchvision names the empty class folders, not where they are
+            left_out = f" ({len(rejected)} file(s) of the split are not readable images: {rejected[0]}…)" if rejected else ""
+            raise FileNotFoundError(f"{root}: {str(error).strip()} Every class folder of a split needs at least one "
+                                    f"photo{left_out}.") from error
         if rejected:
             shown = ", ".join(rejected[:10]) + (f" and {len(rejected) - 10} more" if len(rejected) > 10 else "")
             warnings.warn(f"{root}: skipped {len(rejected)} file(s) that are not readable images: {shown}", stacklevel=2)

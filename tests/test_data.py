@@ -85,8 +85,12 @@ def test_train_and_test_must_have_the_same_classes(tiny_data_copy: Path) -> None
 
 def test_empty_class_folder_is_reported(tiny_data_copy: Path) -> None:
     (tiny_data_copy / "train" / "03.Empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="03.Empty"):
+    (tiny_data_copy / "train" / "03.Empty" / "notes.txt").write_text("no photo")
+    with pytest.raises(FileNotFoundError) as error:
         get_data_loaders(data_dir=tiny_data_copy, **FAST)
+    assert str(error.value).startswith(f"{tiny_data_copy / 'train'}: Found no valid file for the classes 03.Empty.")
+    notes = tiny_data_copy / "train" / "03.Empty" / "notes.txt"
+    assert f"needs at least one photo (1 file(s) of the split are not readable images: {notes}…)" in str(error.value)
 
 
 def test_any_number_of_classes(tmp_path: Path) -> None:
