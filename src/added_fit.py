@@ -56,7 +56,8 @@ def fit_added_rows(base_logits: torch.Tensor, features: torch.Tensor, targets: t
     counts = torch.bincount(targets[known], minlength=num_classes).float()
     weights = torch.where(counts > 0, known.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
     optimizer = torch.optim.AdamW(added.parameters(), lr=FIT_LR, weight_decay=FIT_WEIGHT_DECAY)
-    for _ in tqdm(range(FIT_STEPS), desc=progress, unit="step", ncols=80, disable=progress is None):
+    steps = range(FIT_STEPS) if progress is None else tqdm(range(FIT_STEPS), desc=progress, unit="step", ncols=80)
+    for _ in steps:  # a bar only when asked, on tqdm's defaults: its environment settings (TQDM_DISABLE=1) apply
         logits = torch.cat([base_logits, added(features)], dim=1)
         loss = F.cross_entropy(logits[known], targets[known], weight=weights)
         if (~known).any():

@@ -153,7 +153,7 @@ def add_landmarks_to(args: argparse.Namespace) -> None:
     record = add_landmarks_command(args.model, args.photos_dir, args.out, args.places, args.replace, args.workers)
     for message in record["skipped"] + record["notes"]:
         print(message, file=sys.stderr)
-    added = ", ".join(f"{name} ({n} photos)" for name, n in record["added"].items())
+    added = ", ".join(f"{name} ({n} photo{'s' if n != 1 else ''})" for name, n in record["added"].items())
     print(f"Added {added} to {args.model} in {record['seconds']:.1f} s -> {args.out} "
           f"({len(record['class_names'])} landmarks, unknown threshold {record['unknown_threshold']:.3f}; ImageNet features from a "
           f"{record['imagenet_features']})")
