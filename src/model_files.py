@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import IO
 
 
-def is_torchscript_file(path: str | Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with ``<archive>/code/``); nothing is loaded."""
+def is_torchscript_file(file: str | Path | IO[bytes]) -> bool:
+    """Whether ``file`` (a path or an open binary file) is a TorchScript archive (a zip with ``<archive>/code/``);
+    nothing is loaded."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:
             return any("/code/" in name for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False

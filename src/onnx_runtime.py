@@ -4,12 +4,14 @@ reads of an export. Needs onnxruntime, NumPy and torch only: :func:`~src.export.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .model_files import is_torchscript_file
 from .preprocessing import square_uint8
 
 if TYPE_CHECKING:
@@ -31,6 +33,9 @@ class OnnxExport:
         try:
             self.session = self._session(self.threads)
         except Exception as error:  # onnxruntime raises its own error types for foreign files
+            if is_torchscript_file(io.BytesIO(data)):
+                raise ValueError(f"{source}: a TorchScript export named .onnx; name it .pt, or make its ONNX file with "
+                                 "`export --format onnx`") from error
             raise ValueError(f"{source}: not an ONNX export ({error})") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "class_names" not in metadata or "resize_size" not in metadata:

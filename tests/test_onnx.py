@@ -135,6 +135,10 @@ def test_bad_onnx_files_and_names_are_clear_errors(tmp_path: Path, capsys) -> No
     bad.write_bytes(b"not a protobuf at all")
     with pytest.raises(ValueError, match="bad.onnx: not an ONNX export"):
         open_export(bad)
+    misnamed = tmp_path / "misnamed.onnx"
+    misnamed.write_bytes(TRANSFER.read_bytes())
+    with pytest.raises(ValueError, match=r"misnamed.onnx: a TorchScript export named .onnx; name it .pt, or make its ONNX file"):
+        open_export(misnamed)
     onnx = open_export(export_onnx(open_export(TRANSFER), tmp_path / "ok.onnx"))
     with pytest.raises(ValueError, match="classify only"):
         onnx.features_and_logits(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))
