@@ -8,7 +8,6 @@ name and renamed, so an interruption never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 from .export import Predictor
 from .factory import create_model
 from .files import atomic_write
-from .model_files import is_torchscript_file, loading_error
+from .model_files import is_torch_file, is_torchscript_file, loading_error
 from .preprocessing import PreprocessConfig, classic_resize
 
 FORMAT = "landmark-checkpoint/1"
@@ -45,7 +44,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign or corrupt files
-        reason = loading_error(error) if zipfile.is_zipfile(path) else \
+        reason = loading_error(error) if is_torch_file(path) else \
             "neither a zip archive nor a pickle: damaged, cut short or another kind of file"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

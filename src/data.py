@@ -55,9 +55,9 @@ class PhotoFolder(datasets.ImageFolder):
         try:
             super().__init__(str(root), loader=load_rgb, is_valid_file=accept)
         except FileNotFoundError as error:  # torchvision names the empty class folders, not where they are
-            left_out = f" ({len(rejected)} file(s) of the split are not readable images: {rejected[0]}…)" if rejected else ""
-            raise FileNotFoundError(f"{root}: {str(error).strip()} Every class folder of a split needs at least one "
-                                    f"photo{left_out}.") from error
+            left_out = f" ({len(rejected)} file(s) of it are not readable images, such as {rejected[0]})" if rejected else ""
+            raise FileNotFoundError(f"{root}: {str(error).strip()} A split holds one folder of photos per class, each with "
+                                    f"at least one photo{left_out}.") from error
         if rejected:
             shown = ", ".join(rejected[:10]) + (f" and {len(rejected) - 10} more" if len(rejected) > 10 else "")
             warnings.warn(f"{root}: skipped {len(rejected)} file(s) that are not readable images: {shown}", stacklevel=2)

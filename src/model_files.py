@@ -22,6 +22,15 @@ def is_torchscript_file(file: str | Path | IO[bytes]) -> bool:
         return False
 
 
+def is_torch_file(path: str | Path) -> bool:
+    """Whether ``path`` begins as ``torch.save`` writes: a zip archive, or a pickle (its legacy format)."""
+    try:
+        with open(path, "rb") as file:
+            return zipfile.is_zipfile(file) or (file.seek(0) == 0 and file.read(1) == b"\x80")
+    except OSError:
+        return False
+
+
 def loading_error(error: Exception) -> str:
     """A loading error of torch's, its type and first sentence."""
     first_line = (str(error).strip() or "no message").splitlines()[0]

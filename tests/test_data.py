@@ -90,7 +90,7 @@ def test_empty_class_folder_is_reported(tiny_data_copy: Path) -> None:
         get_data_loaders(data_dir=tiny_data_copy, **FAST)
     assert str(error.value).startswith(f"{tiny_data_copy / 'train'}: Found no valid file for the classes 03.Empty.")
     notes = tiny_data_copy / "train" / "03.Empty" / "notes.txt"
-    assert f"needs at least one photo (1 file(s) of the split are not readable images: {notes}…)" in str(error.value)
+    assert f"each with at least one photo (1 file(s) of it are not readable images, such as {notes})." in str(error.value)
 
 
 def test_any_number_of_classes(tmp_path: Path) -> None:

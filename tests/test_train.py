@@ -157,10 +157,13 @@ def test_a_damaged_or_foreign_checkpoint_is_named_without_torch_s_advice(tmp_pat
     cut.write_bytes(cut.read_bytes()[:2000])
     foreign = tmp_path / "foreign.pt"
     torch.save(Path("a path object"), foreign)  # a zip archive, but of objects weights_only does not load
+    legacy = tmp_path / "legacy.pt"
+    torch.save(Path("a path object"), legacy, _use_new_zipfile_serialization=False)  # torch's pickle format before zips
     scripted = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), scripted)
     for path, reason in ((cut, "neither a zip archive nor a pickle: damaged, cut short or another kind of file)"),
                          (foreign, "UnpicklingError: Weights only load failed)"),
+                         (legacy, "UnpicklingError: Weights only load failed)"),
                          (scripted, "an exported model (TorchScript), not a training checkpoint")):
         with pytest.raises(CheckpointError) as error:
             load_checkpoint(path)
