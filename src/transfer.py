@@ -16,6 +16,7 @@ that only run an exported model (``predict``, ``tag``, ``serve``) start without 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import urllib.error
 from collections.abc import Callable
@@ -161,10 +162,13 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     """The registry entry of backbone ``name`` (offline ones, else any torchvision classification model)."""
     if name in OFFLINE_BACKBONES:
         return OFFLINE_BACKBONES[name]
-    if name in list_backbones():
+    names = list_backbones()
+    if name in names:
         return BackboneSpec(_torchvision_backbone(name), _features_stages,
                             DataDefaults(_torchvision_native_size(name), IMAGENET_MEAN, IMAGENET_STD, pretrained=True))
-    raise ValueError(f"Unknown backbone {name!r}; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+    raise ValueError(f"Unknown backbone {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "") +
+                     f"; offline ones: {', '.join(OFFLINE_BACKBONES)} (or any torchvision classification model)")
 
 
 class TransferModel(nn.Module):

@@ -95,6 +95,9 @@ def test_mobilenet_v2_weights_are_torchvisions_file() -> None:
 def test_unknown_backbone_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="Unknown backbone 'resnet9000'"):
         get_model_transfer_learning("resnet9000")
+    with pytest.raises(ValueError, match=r"Unknown backbone 'mobilenet_v3' \(did you mean mobilenet_v2, mobilenet_v3_small, "
+                                         r"mobilenet_v3_large\?\); offline ones: mobilenet_v2"):
+        get_model_transfer_learning("mobilenet_v3")
 
 
 def test_downloaded_backbone_without_internet_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
