@@ -100,10 +100,10 @@ def export(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.force and _opened_export(args.out) is None:
         raise ValueError(f"{args.out}: exists and is not a model exported by this project; give another --out, "
                          "or --force to replace it")
-    exported = _opened_export(args.checkpoint) if onnx or is_torchscript_file(args.checkpoint) else None
-    if exported is not None and not onnx:
+    if not onnx and is_torchscript_file(args.checkpoint):  # told from its zip directory: nothing loaded to refuse it
         raise ValueError(f"{args.checkpoint}: an exported model already; `export` makes one from a training checkpoint "
                          "(`train --checkpoint`), and `--format onnx` converts an export as it is")
+    exported = _opened_export(args.checkpoint) if onnx else None
     if exported is not None:  # an export converts as it is: no data, no calibration
         if args.second_network:
             raise ValueError(f"{args.checkpoint}: --second-network is chosen when a training checkpoint is exported; "

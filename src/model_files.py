@@ -26,7 +26,10 @@ def is_torch_file(path: str | Path) -> bool:
     """Whether ``path`` begins as ``torch.save`` writes: a zip archive, or a pickle (its legacy format)."""
     try:
         with open(path, "rb") as file:
-            return zipfile.is_zipfile(file) or (file.seek(0) == 0 and file.read(1) == b"\x80")
+            if zipfile.is_zipfile(file):
+                return True
+            file.seek(0)
+            return file.read(1) == b"\x80"  # the pickle protocol's first byte
     except OSError:
         return False
 
