@@ -48,6 +48,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
+    return value
+
+
 def workers_count(text: str) -> int:
     value = int(text)
     if value < -1:
@@ -197,7 +205,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                                    "/metrics; POST /admin/reload (or SIGHUP) loads the model file again. docs/service.md")
     p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port to listen on (1-65535)")
     p.add_argument("--token", help="bearer token required on every endpoint but /health (default: $LANDMARK_TOKEN; "
                    "none: no token)")
     p.add_argument("--max-photos", type=positive_int, default=16, help="photos per request")

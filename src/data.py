@@ -197,9 +197,15 @@ def get_data_loaders(
     if len(train_folder.classes) < 2:
         raise ValueError(f"{root}/train: {len(train_folder.classes)} class folder(s); a classifier needs at least 2 "
                          "(any one-class model is trivially '100 %' right)")
-    config = config or classic_config(*compute_mean_and_std(root))
-
     train_indices, valid_indices, test_order = split_indices(len(train_folder), len(test_folder), valid_size, seed, limit)
+    if not train_indices or (valid_size > 0 and not valid_indices):
+        photos = len(train_indices) + len(valid_indices)
+        kept = " kept by the limit" if limit not in (None, -1) else ""
+        short_of = "training" if not train_indices else "validation"
+        least = next(n for n in range(1, 1000) if 0 < round(valid_size * n) < n) if valid_size > 0 else 1
+        raise ValueError(f"{root}/train: {photos} training photo(s){kept} leave none for {short_of} ({valid_size:.0%} "
+                         f"are held out to choose the best weights); it needs at least {least}")
+    config = config or classic_config(*compute_mean_and_std(root))
     train_transform = train_preset or ClassificationPresetTrain(config)
     eval_transform = ClassificationPresetEval(config)
     splits = {

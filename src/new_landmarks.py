@@ -260,10 +260,12 @@ def add_landmarks(model: torch.nn.Module | ExportView, photos: Mapping[str, Sequ
     alike_folders = folders_alike(memory_features, memory_targets, split, base.negative_sources,
                                   {name: names.index(name) for name in new_features})
     for name, (folder, alike, photos) in alike_folders.items():
+        said = (f"{alike} of the {photos} photos", "look", "they show", "them", "they are") if photos > 1 else \
+            ("The photo", "looks", "it shows", "it", "it is")
         warnings.warn(AlikeFolderWarning(
-            f"{alike} of the {photos} photos of {name!r} look most like the negatives folder "
-            f"{folder!r} the model was trained against: if they show that landmark, add them as {folder!r} (its photos "
-            "there then stop counting as no landmark); under another name they are fitted against them"), stacklevel=2)
+            f"{said[0]} of {name!r} {said[1]} most like the negatives folder {folder!r} the model was trained against: "
+            f"if {said[2]} that landmark, add {said[3]} as {folder!r} (its photos there then stop counting as no landmark); "
+            f"under another name {said[4]} fitted against them"), stacklevel=2)
     step(2, STEPS[1])
     added = fit_rows(base, memory_features, memory_targets, len(names) - len(base_names), lookalike,
                       progress="Fitting the new landmarks")

@@ -9,7 +9,9 @@ stack (torchvision, timm, the data loaders), whose imports take longer than the 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -63,7 +65,31 @@ def tag(args: argparse.Namespace) -> None:
         print(f"Not looked at: {sum(summary.other_files.values())} file(s) without a photo extension ({counts})")
 
 
-def serve(args: argparse.Namespace) -> None:
+LISTEN_HINTS = {errno.EADDRINUSE: "another program listens there: choose another --port",
+                errno.EADDRNOTAVAIL: "this machine has no such address: --host 0.0.0.0 listens on every interface",
+                errno.EACCES: "ports below 1024 need root: choose a port from 1024 up"}
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` as uvicorn binds one, so that a port in use or an address this machine lacks
+    is refused with a plain error before the service says it is serving."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        hint = LISTEN_HINTS.get(error.errno, "--host takes an address or a name of this machine")
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error} ({hint})") from None
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
     from .service import TOKEN_VARIABLE, ServiceSettings
 
     if args.engine != "ray" and (args.address is not None or args.replicas != 1):
@@ -73,21 +99,33 @@ def serve(args: argparse.Namespace) -> None:
     view = faster_runtime(args.model) if args.engine != "ray" else open_export(args.model)
     settings = ServiceSettings(args.model, token=token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
                                timeout=args.timeout, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000)
+    # the port and address are checked before "Serving"; Ray Serve's proxies bind their own, so they are checked only
+    # where Ray runs on this machine
+    if args.engine == "local":
+        sock = listening_socket(args.host, args.port)
+    elif args.address is None and not os.environ.get("RAY_ADDRESS"):
+        listening_socket(args.host, args.port).close()
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it "
               f"(--token or ${TOKEN_VARIABLE})", file=sys.stderr)
-    where = f"on Ray Serve ({args.replicas} model replicas)" if args.engine == "ray" else "in this process"
+    replicas = f"{args.replicas} model replica{'s' if args.replicas > 1 else ''}"
+    where = f"on Ray Serve ({replicas})" if args.engine == "ray" else "in this process"
     token_note = "; bearer token required" if token else ""
     print(f"Serving {args.model} ({len(view.class_names)} landmarks, {runtime_name(view)}) {where} "
-          f"on http://{args.host}:{args.port} (POST /tag, GET /health, /metrics, /docs{token_note})", flush=True)
+          f"on http://{url_host(args.host)}:{args.port} (POST /tag, GET /health, /metrics, /docs{token_note})", flush=True)
     if args.engine == "ray":
         from .ray_serving import serve_on_ray
 
         serve_on_ray(settings, args.host, args.port, args.replicas, args.address)
-        return
+        return 0
     import uvicorn  # the service's stack loads only for this command
 
     from .service import create_app
 
-    uvicorn.run(create_app(settings, view), host=args.host, port=args.port, timeout_graceful_shutdown=int(args.timeout) + 1,
-                log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, view), host=args.host, port=args.port,
+                                           timeout_graceful_shutdown=int(args.timeout) + 1, log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops on the signal and raises it again once drained: a normal stop
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's status for a service that never started

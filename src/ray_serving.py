@@ -95,7 +95,11 @@ def serve_on_ray(settings: ServiceSettings, host: str, port: int, replicas: int,
         ray.init(address=address, runtime_env={"py_modules": [str(package)]}, log_to_driver=False,
                  include_dashboard=False, logging_level=logging.WARNING)
     gpus = int(ray.cluster_resources().get("GPU", 0)) > 0
-    serve.start(http_options={"host": host, "port": port})
+    try:
+        serve.start(http_options={"host": host, "port": port})
+    except RuntimeError as error:  # Ray's error carries its remote traceback; its last line says why
+        raise OSError(f"Ray Serve could not listen on {host}:{port}: {str(error).strip().splitlines()[-1]}") from None
     serve.run(deployments(model_bytes, settings, replicas, gpus), name=APP_NAME, route_prefix="/",
               blocking=blocking)
-    return f"http://{host}:{port}"
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in brackets, as a URL writes it
+    return f"http://{shown}:{port}"

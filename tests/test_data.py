@@ -93,6 +93,20 @@ def test_empty_class_folder_is_reported(tiny_data_copy: Path) -> None:
     assert f"each with at least one photo (1 file(s) of it are not readable images, such as {notes})." in str(error.value)
 
 
+def test_too_few_photos_to_hold_out_validation_ones_are_reported_before_any_work(tiny_data: Path, tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / split / f"{c}").mkdir(parents=True)
+            Image.new("RGB", (20, 30), (c * 90, 50, 100)).save(tmp_path / split / f"{c}" / "0.jpg")
+    with pytest.raises(ValueError, match=r"/train: 2 training photo\(s\) leave none for validation \(20% are held out "
+                                         r"to choose the best weights\); it needs at least 3"):
+        get_data_loaders(data_dir=tmp_path, **FAST)
+    with pytest.raises(ValueError, match=r"2 training photo\(s\) kept by the limit leave none for validation"):
+        get_data_loaders(data_dir=tiny_data, limit=2, **FAST)
+    with pytest.raises(ValueError, match=r"2 training photo\(s\) leave none for training \(75% .*at least 3"):
+        get_data_loaders(data_dir=tmp_path, valid_size=0.75, **FAST)
+
+
 def test_any_number_of_classes(tmp_path: Path) -> None:
     for split in ("train", "test"):
         for c in range(7):

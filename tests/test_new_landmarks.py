@@ -138,6 +138,8 @@ def test_adding_a_negatives_folder_s_landmark_under_another_name_warns_and_the_c
     base = export_predictor(Predictor(predictor.model, BASE_NAMES, tiny_config(32), memory=memory), tmp_path / "base.pt")
     with pytest.warns(new_landmarks.AlikeFolderWarning, match="'Azure Spire' look most like the negatives folder 'Blue Tower'"):
         add_landmarks(load_exported(base), {"Azure Spire": blue[:4]}, num_workers=0)
+    with pytest.warns(new_landmarks.AlikeFolderWarning, match="The photo of 'Azure Spire' looks most like .* if it shows"):
+        add_landmarks(load_exported(base), {"Azure Spire": blue[:1]}, num_workers=0)
     photos = tmp_path / "new" / "Azure_Spire"
     photos.mkdir(parents=True)
     for photo in blue[:4]:

@@ -292,6 +292,22 @@ def test_serve_refuses_a_wrong_model_before_listening(tmp_path: Path, capsys) ->
     assert "x.pt: not a TorchScript export" in capsys.readouterr().err
 
 
+def test_serve_says_plainly_why_it_cannot_listen_before_saying_it_serves(capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(SCRATCH), "--port", str(port)]) == 2
+        said = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in said.err and "another --port" in said.err
+    assert "Serving" not in said.out
+    assert main(["serve", "--model", str(SCRATCH), "--host", "203.0.113.7", "--port", str(port)]) == 2  # TEST-NET-3
+    assert "this machine has no such address" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a usage error, not a server that never answers
+        main(["serve", "--port", "99999"])
+    assert "a port number from 1 to 65535, got 99999" in capsys.readouterr().err
+
+
 def test_the_command_serves_reloads_on_sighup_and_finishes_a_request_in_flight_on_sigterm(photo: Path) -> None:
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "src", "serve", "--port", str(port)],
