@@ -308,7 +308,9 @@ def create_app(settings: ServiceSettings, view: ExportView | None = None,
             raise
         uploads = [part for part in form.getlist("photo") if isinstance(part, UploadFile)]
         if not uploads:
-            raise ServiceError(400, "no photo: send multipart/form-data with one or more parts named 'photo'")
+            as_text = form.getlist("photo")  # parts without a filename: a form's text fields, not files
+            without_file = " ('photo' parts came without a filename, as text: send each as a file)" if as_text else ""
+            raise ServiceError(400, f"no photo: send multipart/form-data with one or more parts named 'photo'{without_file}")
         names = [upload.filename or "photo" for upload in uploads]
         results = await asyncio.gather(*(tag_one(request.app.state.scorer, view, name, upload)
                                          for name, upload in zip(names, uploads)))

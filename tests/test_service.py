@@ -165,6 +165,9 @@ def test_too_many_photos_or_bytes_are_refused_with_413(client: TestClient, photo
 def test_a_request_without_photos_is_a_400_that_says_what_to_send(client: TestClient) -> None:
     answer = client.post("/tag", data={"other": "x"})
     assert answer.status_code == 400 and "parts named 'photo'" in answer.json()["error"]
+    assert "without a filename" not in answer.json()["error"]
+    unnamed = client.post("/tag", files=[("photo", ("", b"\xff\xd8 a photo's bytes", "image/jpeg"))])  # a text field
+    assert unnamed.status_code == 400 and "'photo' parts came without a filename" in unnamed.json()["error"]
     assert client.post("/tag?k=0", files=parts(("a.jpg", b"x"))).status_code == 422  # k is checked by its declaration
 
 
