@@ -152,6 +152,9 @@ def photos_from_list(list_file: str | Path, photos_dir: str | Path) -> list[Path
     :func:`~src.location.list_images` (geotagged copies keep the path below it); URIs as strings.
     Duplicates are dropped; a listed photo that does not exist gets an error row when tagged."""
     list_file, root = Path(list_file), Path(photos_dir).resolve()
+    if not list_file.is_file():
+        raise ValueError(f"{list_file}: {'a folder' if list_file.is_dir() else 'not found'}; --from-list takes a text "
+                         "file naming one photo per line")
     photos: dict[Path | str, None] = {}
     with list_file.open(encoding="utf-8-sig", errors="surrogateescape") as lines:
         for number, line in enumerate(lines, 1):

@@ -338,6 +338,10 @@ def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, 
     assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "other.csv"),
                  "--from-list", str(list_file)]) == 2
     assert f"{list_file}:1:" in capsys.readouterr().err
+    for given, said in ((tmp_path / "none.txt", "not found"), (tmp_path, "a folder")):
+        assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "other.csv"),
+                     "--from-list", str(given)]) == 2
+        assert f"{given}: {said}; --from-list takes a text file naming one photo per line" in capsys.readouterr().err
 
 
 def test_the_model_leaves_the_cores_to_decoding_only_for_large_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
