@@ -65,8 +65,21 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], source: str | Pat
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         arch = (checkpoint.get("arch") or {}).get("name", "unknown")
-        raise CheckpointError(f"{source}: weights do not fit this model (checkpoint architecture: {arch}): {error}") from error
+        raise CheckpointError(f"{source}: weights do not fit this model (checkpoint architecture: {arch}; "
+                              f"{_mismatch(model.state_dict(), checkpoint['state_dict'], error)})") from error
     return model
+
+
+def _mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], error: RuntimeError) -> str:
+    """What differs between a model's tensors and a checkpoint's, in counts and one example each (torch's own error
+    lists every key, hundreds of lines for another architecture)."""
+    missing = [key for key in own if key not in given]
+    unexpected = [key for key in given if key not in own]
+    reshaped = [key for key in own if key in given and own[key].shape != given[key].shape]
+    said = [f"{len(keys)} {what}, such as {keys[0]!r}" for keys, what in
+            ((missing, f"of the model's {len(own)} tensors missing"), (unexpected, "not the model's"),
+             (reshaped, "of another shape")) if keys]
+    return "; ".join(said) or str(error).strip().splitlines()[0]
 
 
 def checkpoint_config(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> PreprocessConfig:

@@ -133,8 +133,13 @@ def test_checkpoint_with_the_wrong_class_count_is_refused(loaders, tmp_path: Pat
 
 def test_other_architecture_is_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c.pt", create_model("scratch", 3, **SMALL), {"class_names": ["a", "b", "c"]})
-    with pytest.raises(CheckpointError, match="weights do not fit this model"):
+    with pytest.raises(CheckpointError, match="weights do not fit this model") as error:
         load_weights(create_model("scratch", 3), load_checkpoint(tmp_path / "c.pt"), "c.pt")
+    assert "(checkpoint architecture: scratch; " in str(error.value) and " of another shape, such as '" in str(error.value)
+    with pytest.raises(CheckpointError, match=r"checkpoint architecture: scratch; \d+ of the model's \d+ tensors missing, "
+                       r"such as 'backbone\.[^']+'; \d+ not the model's, such as 'features\.") as error:
+        load_weights(create_model("mobilenet_v2", 3, pretrained=False), load_checkpoint(tmp_path / "c.pt"), "c.pt")
+    assert len(str(error.value)) < 300  # counts, not torch's list of every key
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage bytes", None])
