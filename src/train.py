@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .distributed import is_distributed, is_main_process, share, summed_over_ranks
 from .helpers import get_device
 from .progress import tqdm
@@ -176,6 +176,24 @@ def checkpoint_metadata(data_loaders: dict[str, DataLoader]) -> dict[str, Any]:
     return {"class_names": list(dataset.class_names), "preprocess": dataset.config.to_dict()}
 
 
+def check_same_run(state: dict[str, Any], metadata: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a run made on other classes or other photo sizes: its weights would go on training, and be
+    exported, under this dataset's names."""
+    def names(classes: list[str]) -> str:
+        return ", ".join(classes[:3]) + (f", … ({len(classes)} in all)" if len(classes) > 3 else "")
+
+    hint = "--resume continues a run on the same data and settings; give another --checkpoint to start a new one"
+    if list(state.get("class_names", metadata["class_names"])) != metadata["class_names"]:
+        raise CheckpointError(f"{path}: a run on other classes ({names(state['class_names'])}) than this dataset's "
+                              f"({names(metadata['class_names'])}); {hint}")
+    before, now = state.get("preprocess", metadata["preprocess"]), metadata["preprocess"]
+    changed = [f"{key} {before.get(key)} (now {value})" for key, value in now.items()
+               if not torch.allclose(torch.tensor(before.get(key, math.nan), dtype=torch.float64),
+                                     torch.tensor(value, dtype=torch.float64), rtol=1e-4)]  # statistics measured again
+    if changed:
+        raise CheckpointError(f"{path}: a run with other photo sizes or normalisation ({', '.join(changed)}); {hint}")
+
+
 class LivePlot:
     """Loss and accuracy curves redrawn in the notebook after every epoch."""
 
@@ -242,6 +260,7 @@ def optimize(
     last_path = last_state_path(save_path)
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
+        check_same_run(state, metadata, last_path)
         load_weights(model, state, last_path)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["scheduler"])

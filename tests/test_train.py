@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -99,6 +100,24 @@ def test_interrupted_training_keeps_finished_epochs(loaders, tmp_path: Path, mon
     model, optimizer, loss = _setup()
     history = optimize(loaders, model, optimizer, loss, n_epochs=3, save_path=tmp_path / "m.pt", resume=True)
     assert len(history) == 3 and calls["n"] == 4
+
+
+def test_resuming_on_other_classes_or_photo_sizes_is_refused(loaders, tiny_data: Path, tiny_data_copy: Path,
+                                                            tmp_path: Path) -> None:
+    """Its weights would otherwise go on training, and be exported, under the other dataset's names."""
+    model, optimizer, loss = _setup()
+    optimize(loaders, model, optimizer, loss, n_epochs=1, save_path=tmp_path / "m.pt")
+    for split in ("train", "test"):  # the same photos under another class name
+        (tiny_data_copy / split / "02.Blue_Tower").rename(tiny_data_copy / split / "02.Azure_Spire")
+    renamed = get_data_loaders(data_dir=tiny_data_copy, batch_size=8, num_workers=0, config=tiny_config())
+    resized = get_data_loaders(data_dir=tiny_data, batch_size=8, num_workers=0, config=tiny_config(24))
+    for other, said in ((renamed, "a run on other classes (Red Fort, Green Gate, Blue Tower) than this dataset's "
+                                  "(Red Fort, Green Gate, Azure Spire); --resume continues a run on the same data"),
+                        (resized, "a run with other photo sizes or normalisation (eval_crop 32 (now 24), resize 37 "
+                                  "(now 27), train_crop 32 (now 24))")):
+        model, optimizer, loss = _setup()
+        with pytest.raises(CheckpointError, match=re.escape(said)):
+            optimize(other, model, optimizer, loss, n_epochs=2, save_path=tmp_path / "m.pt", resume=True)
 
 
 def test_plateau_scheduler_divides_the_rate_when_validation_stalls_and_the_plot_follows(
