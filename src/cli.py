@@ -101,7 +101,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="measure a checkpoint or exported model on a dataset's test/ split")
+    p = sub.add_parser("evaluate", help="measure a checkpoint or exported model on a dataset's test/ split",
+                       description="Each test/ class folder is matched to a landmark of the model by name (numbered "
+                                   "prefix and underscores aside), so photos of some of its landmarks are enough.")
     p.add_argument("model", type=Path, help="training checkpoint (.pt) or TorchScript export")
     p.add_argument("--data", help="dataset folder (default: as for train)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)

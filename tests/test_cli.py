@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,14 +98,27 @@ def test_clear_errors_for_bad_input(trained: dict[str, Path], tmp_path: Path, ca
     assert f"{photo}: a file, not a folder of photos (`predict {photo}` answers one photo)" in capsys.readouterr().err
 
 
-def test_evaluate_refuses_a_model_of_another_dataset(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
-    other = tmp_path / "other"
+def test_evaluate_matches_class_folders_by_name_and_refuses_landmarks_the_model_lacks(trained: dict[str, Path],
+                                                                                     tmp_path: Path, capsys) -> None:
+    other, some = tmp_path / "other", tmp_path / "some"
     for split in ("train", "test"):
         for name in ("00.A", "01.B"):
             (other / split / name).mkdir(parents=True)
             (other / split / name / "x.jpg").write_bytes((next((trained["data"] / "test" / "00.Red_Fort").iterdir())).read_bytes())
+        (some / split).mkdir(parents=True)  # photos of one of its three landmarks, in a folder named without a number
+        shutil.copytree(trained["data"] / split / "02.Blue_Tower", some / split / "Blue_Tower")
+        shutil.copytree(trained["data"] / split / "02.Blue_Tower", some / split / "Red_Fort")
     assert main(["evaluate", str(trained["export"]), "--data", str(other), "--workers", "0"]) == 2
-    assert "3 classes do not match the 2 classes" in capsys.readouterr().err
+    assert f"{other / 'test'}: 2 of its 2 class folders name no landmark of {trained['export']} (A, B); its landmarks: " \
+           "Red Fort, Green Gate, Blue Tower" in capsys.readouterr().err
+    assert main(["evaluate", str(trained["export"]), "--data", str(some), "--workers", "0",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    whole = main(["evaluate", str(trained["export"]), "--data", str(trained["data"]), "--workers", "0",
+                  "--json", str(tmp_path / "whole.json")])
+    blue = json.loads((tmp_path / "whole.json").read_text())["per_class_top1"]["Blue Tower"]
+    assert whole == 0 and report["per_class_top1"]["Blue Tower"] == blue  # the same photos, the same class index
+    assert report["per_class_top1"]["Red Fort"] <= 1 - blue  # Blue Tower's photos in a folder named Red Fort
 
 
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
