@@ -253,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_settings(args)
         status = command_function(args.command)(args)
-    except (DataNotFoundError, CheckpointError, WeightsUnavailableError, ImageReadError, ValueError, OSError) as error:
-        # OSError: missing files, read-only or full folders, a folder given as a file; the message names the path
+    except (DataNotFoundError, CheckpointError, WeightsUnavailableError, ImageReadError, ValueError, OSError,
+            FloatingPointError) as error:
+        # OSError: missing files, read-only or full folders, a folder given as a file; the message names the path;
+        # FloatingPointError: a training whose loss diverged (its best epoch so far stays in the checkpoint)
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

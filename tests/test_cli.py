@@ -121,6 +121,16 @@ def test_evaluate_matches_class_folders_by_name_and_refuses_landmarks_the_model_
     assert report["per_class_top1"]["Red Fort"] <= 1 - blue  # Blue Tower's photos in a folder named Red Fort
 
 
+def test_a_diverging_training_is_one_line_that_says_what_to_change(tiny_data: Path, tmp_path: Path, monkeypatch, capsys
+                                                                   ) -> None:
+    from src.optimization import OutlierExposureLoss
+
+    monkeypatch.setattr(OutlierExposureLoss, "forward", lambda self, logits, target: logits.sum() * float("nan"))
+    assert main(["train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "1", "--eval-crop", "32",
+                 "--workers", "0", "--checkpoint", str(tmp_path / "s.pt"), "--export", str(tmp_path / "s_exported.pt")]) == 2
+    assert "error: Training loss became nan; lower the learning rate" in capsys.readouterr().err
+
+
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "src", "models"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
