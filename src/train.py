@@ -182,7 +182,7 @@ def check_same_run(state: dict[str, Any], metadata: dict[str, Any], path: Path) 
     def names(classes: list[str]) -> str:
         return ", ".join(classes[:3]) + (f", … ({len(classes)} in all)" if len(classes) > 3 else "")
 
-    hint = "--resume continues a run on the same data and settings; give another --checkpoint to start a new one"
+    hint = "resuming continues a run on the same data and settings; give another checkpoint path to start a new one"
     if list(state.get("class_names", metadata["class_names"])) != metadata["class_names"]:
         raise CheckpointError(f"{path}: a run on other classes ({names(state['class_names'])}) than this dataset's "
                               f"({names(metadata['class_names'])}); {hint}")

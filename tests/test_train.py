@@ -112,7 +112,7 @@ def test_resuming_on_other_classes_or_photo_sizes_is_refused(loaders, tiny_data:
     renamed = get_data_loaders(data_dir=tiny_data_copy, batch_size=8, num_workers=0, config=tiny_config())
     resized = get_data_loaders(data_dir=tiny_data, batch_size=8, num_workers=0, config=tiny_config(24))
     for other, said in ((renamed, "a run on other classes (Red Fort, Green Gate, Blue Tower) than this dataset's "
-                                  "(Red Fort, Green Gate, Azure Spire); --resume continues a run on the same data"),
+                                  "(Red Fort, Green Gate, Azure Spire); resuming continues a run on the same data"),
                         (resized, "a run with other photo sizes or normalisation (eval_crop 32 (now 24), resize 37 "
                                   "(now 27), train_crop 32 (now 24))")):
         model, optimizer, loss = _setup()
