@@ -244,6 +244,20 @@ def _check_settings(args: argparse.Namespace) -> None:
         read_places_csv(args.places)
 
 
+def _interrupted_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and how to go on from it."""
+    if args.command == "tag":
+        return " (tags so far are saved: rerun the same command to continue)"
+    if args.command != "train":
+        return ""
+    from .run import RunOutputs  # loaded by the training that was stopped
+    from .train import last_state_path
+
+    if last_state_path(RunOutputs.checkpoint_for(args.model, args.checkpoint)).is_file():
+        return " (finished epochs are saved: rerun the same command with --resume)"
+    return " before any epoch finished: nothing was saved"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -260,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = {"train": " (finished epochs are saved: rerun the same command with --resume)",
-                "tag": " (tags so far are saved: rerun the same command to continue)"}.get(args.command, "")
-        print(f"Interrupted{hint}.", file=sys.stderr)
+        print(f"Interrupted{_interrupted_hint(args)}.", file=sys.stderr)
         return 130
     finally:
         shutdown()

@@ -65,12 +65,17 @@ class RunOutputs:
     checkpoint: Path
     export: Path
 
+    @staticmethod
+    def checkpoint_for(model_name: str, checkpoint: str | Path | None = None) -> Path:
+        """The checkpoint a run of ``model_name`` writes: ``checkpoint``, else ``checkpoints/<model>.pt``."""
+        return Path(checkpoint or f"checkpoints/{model_name}.pt")
+
     @classmethod
     def for_model(cls, model_name: str, checkpoint: str | Path | None = None, export: str | Path | None = None
                   ) -> "RunOutputs":
         """``checkpoints/<model>.pt`` and ``checkpoints/<model>_exported.pt`` unless given; refused before any work
         when they collide or cannot be written."""
-        outputs = cls(Path(checkpoint or f"checkpoints/{model_name}.pt"), Path(export or f"checkpoints/{model_name}_exported.pt"))
+        outputs = cls(cls.checkpoint_for(model_name, checkpoint), Path(export or f"checkpoints/{model_name}_exported.pt"))
         check_model_name(outputs.export, "export")
         check_outputs(checkpoint=outputs.checkpoint, **{"resumable state": last_state_path(outputs.checkpoint)},
                       export=outputs.export, **{"metrics JSON": outputs.export.with_suffix(".json")})

@@ -131,6 +131,26 @@ def test_a_diverging_training_is_one_line_that_says_what_to_change(tiny_data: Pa
     assert "error: Training loss became nan; lower the learning rate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("interrupted_epoch, said", [(1, "Interrupted before any epoch finished: nothing was saved."),
+                                                     (2, "finished epochs are saved: rerun the same command with --resume")])
+def test_an_interrupted_training_says_what_it_kept(interrupted_epoch: int, said: str, tiny_data: Path, tmp_path: Path,
+                                                  monkeypatch, capsys) -> None:
+    import src.train as train_module
+
+    real_epoch, calls = train_module.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == interrupted_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    assert main(["train", "--data", str(tiny_data), "--model", "scratch", "--epochs", "2", "--eval-crop", "32",
+                 "--workers", "0", "--checkpoint", str(tmp_path / "s.pt"), "--export", str(tmp_path / "s_exported.pt")]) == 130
+    assert said in capsys.readouterr().err
+
+
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "src", "models"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
