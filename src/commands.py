@@ -30,7 +30,7 @@ from .location import get_data_location, negatives_from_env
 from .model_files import is_torchscript_file
 from .new_landmarks import add_landmarks, alike_folder_notes, read_new_landmarks, save_added
 from .onnx_export import export_onnx, file_sha256
-from .places import places_for
+from .places import listed, places_for
 from .predictor import predict_photos
 from .recipes import recipe_for, recipe_settings
 from .run import RunData, RunOutputs, run_training
@@ -77,8 +77,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     foreign = [name for name in test.class_names if name not in model.class_names]
     if foreign:  # photos of some of its landmarks are fine: each folder is matched to the model's class by name
         raise CheckpointError(f"{env.data_dir}/test: {len(foreign)} of its {len(test.class_names)} class folders name no "
-                              f"landmark of {args.model} ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
-                              f"its landmarks: {', '.join(model.class_names)}")
+                              f"landmark of {args.model} ({listed(foreign)}); its landmarks: {', '.join(model.class_names)}")
     targets = [model.class_names.index(test.class_names[target]) for target in test.targets]
     truth, probabilities, known_scores = predict_photos(model, test.paths, targets, args.batch_size, args.workers)
     report = classification_report(truth, probabilities, model.class_names)
@@ -126,7 +125,9 @@ def _calibrated(args: argparse.Namespace) -> Predictor:
                                config=checkpoint_config(checkpoint, args.checkpoint))
     valid_set = loaders["valid"].dataset
     if valid_set.class_names != list(checkpoint["class_names"]):
-        raise CheckpointError(f"{args.checkpoint}: its classes do not match those of {data_dir}/train")
+        raise CheckpointError(f"{args.checkpoint}: trained on other classes ({listed(checkpoint['class_names'])}) than "
+                              f"those of {data_dir}/train ({listed(valid_set.class_names)}); export calibrates on the "
+                              "validation photos of the dataset it was trained on: give that one with --data")
     negatives = args.negatives if args.negatives is not None else negatives_from_env()
     return calibrated_predictor(model, valid_set, args.places, args.workers, negatives, loaders["train"].dataset,
                                 share_trunk=not args.second_network)

@@ -183,6 +183,11 @@ def display_name(folder_name: str) -> str:
     return re.sub(r"^\d+\.", "", folder_name).replace("_", " ").strip() or folder_name
 
 
+def listed(names: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` names for a message, and how many there are when some are left out."""
+    return ", ".join(names[:shown]) + (f", … ({len(names)} in all)" if len(names) > shown else "")
+
+
 def display_names(class_names: Sequence[str], places: Mapping[str, Place]) -> dict[str, str]:
     """Each class's name for people: its place's ``display_name`` (``places``, then the package's places CSV for
     models exported before they carried one), else the class name itself."""

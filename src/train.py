@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .distributed import is_distributed, is_main_process, share, summed_over_ranks
 from .helpers import get_device
+from .places import listed
 from .progress import tqdm
 
 
@@ -179,13 +180,10 @@ def checkpoint_metadata(data_loaders: dict[str, DataLoader]) -> dict[str, Any]:
 def check_same_run(state: dict[str, Any], metadata: dict[str, Any], path: Path) -> None:
     """Refuse to resume a run made on other classes or other photo sizes: its weights would go on training, and be
     exported, under this dataset's names."""
-    def names(classes: list[str]) -> str:
-        return ", ".join(classes[:3]) + (f", … ({len(classes)} in all)" if len(classes) > 3 else "")
-
     hint = "resuming continues a run on the same data and settings; give another checkpoint path to start a new one"
     if list(state.get("class_names", metadata["class_names"])) != metadata["class_names"]:
-        raise CheckpointError(f"{path}: a run on other classes ({names(state['class_names'])}) than this dataset's "
-                              f"({names(metadata['class_names'])}); {hint}")
+        raise CheckpointError(f"{path}: a run on other classes ({listed(state['class_names'])}) than this dataset's "
+                              f"({listed(metadata['class_names'])}); {hint}")
     before, now = state.get("preprocess", metadata["preprocess"]), metadata["preprocess"]
     changed = [f"{key} {before.get(key)} (now {value})" for key, value in now.items()
                if not torch.allclose(torch.tensor(before.get(key, math.nan), dtype=torch.float64),

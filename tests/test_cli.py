@@ -119,6 +119,10 @@ def test_evaluate_matches_class_folders_by_name_and_refuses_landmarks_the_model_
     blue = json.loads((tmp_path / "whole.json").read_text())["per_class_top1"]["Blue Tower"]
     assert whole == 0 and report["per_class_top1"]["Blue Tower"] == blue  # the same photos, the same class index
     assert report["per_class_top1"]["Red Fort"] <= 1 - blue  # Blue Tower's photos in a folder named Red Fort
+    assert main(["export", str(trained["checkpoint"]), "--out", str(tmp_path / "x_exported.pt"), "--data", str(some),
+                 "--workers", "0"]) == 2  # calibrating needs the validation photos it was trained with
+    assert f"trained on other classes (Red Fort, Green Gate, Blue Tower) than those of {some / 'train'} (Blue Tower, " \
+           "Red Fort); export calibrates on the validation photos of the dataset it was trained on" in capsys.readouterr().err
 
 
 def test_a_diverging_training_is_one_line_that_says_what_to_change(tiny_data: Path, tmp_path: Path, monkeypatch, capsys
