@@ -136,6 +136,18 @@ def _decoded_negatives(folders: Sequence[Path], size: int, num_workers: int) -> 
     return torch.cat(parts), paths
 
 
+def _check_apart(negatives: Sequence[str | Path], root: Path) -> None:
+    """Refuse a negatives folder that holds, or lies in, the dataset's photos: trained as no landmark, they would
+    teach the model to doubt the very landmarks it learns."""
+    for folder in negatives:
+        negative = Path(folder).resolve()
+        for split in (root / "train", root / "test"):
+            split = split.resolve()
+            if negative == split or split in negative.parents or negative in split.parents:
+                raise ValueError(f"{folder}: a negatives folder overlapping the dataset's {split}; negatives are photos "
+                                 "of no landmark it learns: choose a folder outside its train/ and test/")
+
+
 def _seeded_permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -188,6 +200,7 @@ def get_data_loaders(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     root = get_data_location(data_dir)
+    _check_apart(negatives, root)
     train_folder, test_folder = PhotoFolder(root / "train"), PhotoFolder(root / "test")
     if test_folder.classes != train_folder.classes:
         train_names, test_names = set(train_folder.classes), set(test_folder.classes)

@@ -107,6 +107,16 @@ def test_too_few_photos_to_hold_out_validation_ones_are_reported_before_any_work
         get_data_loaders(data_dir=tmp_path, valid_size=0.75, **FAST)
 
 
+@pytest.mark.parametrize("negatives", ["train", "train/00.Red_Fort", "test", "."])
+def test_a_negatives_folder_overlapping_the_dataset_is_refused(negatives: str, tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="a negatives folder overlapping the dataset's .*; negatives are photos of no "
+                                         "landmark it learns"):
+        get_data_loaders(data_dir=tiny_data, negatives=[tiny_data / negatives], **FAST)
+    (tmp_path / "scenes").symlink_to(tiny_data / "train" / "01.Green_Gate")  # also through a link
+    with pytest.raises(ValueError, match="overlapping"):
+        get_data_loaders(data_dir=tiny_data, negatives=[tmp_path / "scenes"], **FAST)
+
+
 def test_any_number_of_classes(tmp_path: Path) -> None:
     for split in ("train", "test"):
         for c in range(7):
