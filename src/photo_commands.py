@@ -63,6 +63,10 @@ def tag(args: argparse.Namespace) -> None:
     if summary.other_files:
         counts = ", ".join(f"{count} {extension}" for extension, count in summary.other_files.items())
         print(f"Not looked at: {sum(summary.other_files.values())} file(s) without a photo extension ({counts})")
+    if not (summary.tagged or summary.unreadable or summary.skipped_done):  # a mistyped or empty folder, or list
+        said = f"{args.from_list} lists no photos" if args.from_list is not None else \
+            f"{args.photos_dir} holds no photos (files named .jpg, .png, .heic, … in it or its subfolders)"
+        print(f"warning: {said}", file=sys.stderr)
 
 
 LISTEN_HINTS = {errno.EADDRINUSE: "another program listens there: choose another --port",

@@ -318,6 +318,22 @@ def test_a_photo_that_cannot_carry_gps_is_reported_in_its_geotag_column_and_coun
     assert f"no geotagged copy: {gif_path}: a GIF image cannot carry EXIF GPS" in printed.err
 
 
+def test_a_folder_or_list_without_photos_is_warned_about(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no photo here")
+    assert main(["tag", str(notes), "--model", str(exported), "--out", str(tmp_path / "n.csv"), "--workers", "0"]) == 0
+    printed = capsys.readouterr()
+    assert "Tagged 0 photos" in printed.out and "(1 .txt)" in printed.out
+    assert f"warning: {notes} holds no photos (files named .jpg, .png, .heic, … in it or its subfolders)" in printed.err
+    (tmp_path / "list.txt").write_text("# nothing yet\n")
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "l.csv"), "--workers", "0",
+                 "--from-list", str(tmp_path / "list.txt")]) == 0
+    assert f"warning: {tmp_path / 'list.txt'} lists no photos" in capsys.readouterr().err
+    assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "p.csv"), "--workers", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_from_list_tags_the_listed_photos_once_each_and_resumes(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
     listed = sorted((photos / "holiday").rglob("*.jpg"))[:4]
     list_file = tmp_path / "photos.txt"
