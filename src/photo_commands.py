@@ -103,12 +103,10 @@ def serve(args: argparse.Namespace) -> int:
     view = faster_runtime(args.model) if args.engine != "ray" else open_export(args.model)
     settings = ServiceSettings(args.model, token=token, max_photos=args.max_photos, max_upload_mb=args.max_upload_mb,
                                timeout=args.timeout, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000)
-    # the port and address are checked before "Serving"; Ray Serve's proxies bind their own, so they are checked only
-    # where Ray runs on this machine
+    # the port and address are checked before "Serving"; Ray Serve's proxies bind their own (a Serve already running on
+    # the cluster holds the port it redeploys on), and one that cannot is reported by serve_on_ray
     if args.engine == "local":
         sock = listening_socket(args.host, args.port)
-    elif args.address is None and not os.environ.get("RAY_ADDRESS"):
-        listening_socket(args.host, args.port).close()
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it "
               f"(--token or ${TOKEN_VARIABLE})", file=sys.stderr)
