@@ -78,7 +78,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if foreign:  # photos of some of its landmarks are fine: each folder is matched to the model's class by name
         raise CheckpointError(f"{env.data_dir}/test: {len(foreign)} of its {len(test.class_names)} class folders name no "
                               f"landmark of {args.model} ({listed(foreign)}); its landmarks: {', '.join(model.class_names)}")
-    targets = [model.class_names.index(test.class_names[target]) for target in test.targets]
+    index = [model.class_names.index(name) for name in test.class_names]  # each test class's index in the model
+    targets = [index[target] for target in test.targets]
     truth, probabilities, known_scores = predict_photos(model, test.paths, targets, args.batch_size, args.workers)
     report = classification_report(truth, probabilities, model.class_names)
     report["known_accepted"] = round(float((known_scores >= model.unknown_threshold).mean()), 4)

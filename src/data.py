@@ -215,7 +215,7 @@ def get_data_loaders(
         photos = len(train_indices) + len(valid_indices)
         kept = " kept by the limit" if limit not in (None, -1) else ""
         short_of = "training" if not train_indices else "validation"
-        least = next(n for n in range(1, 1000) if 0 < round(valid_size * n) < n) if valid_size > 0 else 1
+        least = next(n for n in range(1, 1000) if all(split_indices(n, 0, valid_size)[:2])) if valid_size > 0 else 1
         raise ValueError(f"{root}/train: {photos} training photo(s){kept} leave none for {short_of} ({valid_size:.0%} "
                          f"are held out to choose the best weights); it needs at least {least}")
     config = config or classic_config(*compute_mean_and_std(root))

@@ -74,11 +74,6 @@ LISTEN_HINTS = {errno.EADDRINUSE: "another program listens there: choose another
                 errno.EACCES: "ports below 1024 need root: choose a port from 1024 up"}
 
 
-def url_host(host: str) -> str:
-    """``host`` as a URL writes it (an IPv6 address in brackets)."""
-    return f"[{host}]" if ":" in host else host
-
-
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` as uvicorn binds one, so that a port in use or an address this machine lacks
     is refused with a plain error before the service says it is serving."""
@@ -94,7 +89,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .service import TOKEN_VARIABLE, ServiceSettings
+    from .service import TOKEN_VARIABLE, ServiceSettings, url_host
 
     if args.engine != "ray" and (args.address is not None or args.replicas != 1):
         raise ValueError("--address and --replicas only apply with --engine ray")

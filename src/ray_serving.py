@@ -21,7 +21,7 @@ import torch
 from .allocator import keep_freed_memory
 from .batching import MAX_BATCH, MAX_WAIT
 from .export import ExportView, export_from_bytes
-from .service import ServiceSettings, create_app
+from .service import ServiceSettings, create_app, url_host
 
 INSTALL_HINT = "the Ray engine needs Ray Serve: pip install -r requirements-scale.txt"
 APP_NAME = "landmarks"
@@ -101,5 +101,4 @@ def serve_on_ray(settings: ServiceSettings, host: str, port: int, replicas: int,
         raise OSError(f"Ray Serve could not listen on {host}:{port}: {str(error).strip().splitlines()[-1]}") from None
     serve.run(deployments(model_bytes, settings, replicas, gpus), name=APP_NAME, route_prefix="/",
               blocking=blocking)
-    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in brackets, as a URL writes it
-    return f"http://{shown}:{port}"
+    return f"http://{url_host(host)}:{port}"

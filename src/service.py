@@ -138,6 +138,11 @@ class LoadedModel:
         return {"model": self.path.name, "landmarks": len(self.view.class_names), "runtime": runtime_name(self.view)}
 
 
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _records(view: ExportView, names: list[str], rows: list[tuple[torch.Tensor, float]], k: int) -> list[dict[str, Any]]:
     """``tag``'s records of scored photos, as the service answers them (:class:`PhotoTag`)."""
     records = tag_records(torch.stack([row[0] for row in rows]), torch.tensor([row[1] for row in rows]), names,
