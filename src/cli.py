@@ -34,6 +34,15 @@ COMMANDS: dict[str, str] = {  # command -> "module:function" of the package
     "predict": "photo_commands:predict", "tag": "photo_commands:tag", "serve": "photo_commands:serve"}
 
 
+# The shipped transfer model, found beside the package from any working folder (``PYTHONPATH=REPO python -m src ...``).
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "transfer_exported.pt"
+
+
+def _add_model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+                   help="exported model (TorchScript .pt, or .onnx; default: %(default)s)")
+
+
 def command_function(name: str) -> Callable[[argparse.Namespace], Any]:
     """What command ``name`` runs, its module imported by this call (``predict`` thus never loads the training stack)."""
     module, function = COMMANDS[name].split(":")
@@ -155,7 +164,7 @@ def _add_add_landmarks(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k landmarks for photos")
     p.add_argument("photos", type=Path, nargs="+")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
+    _add_model_option(p)
     p.add_argument("--topk", type=positive_int, default=5)
 
 
@@ -163,7 +172,7 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tag", help="tag every photo of a folder into a CSV or JSON-lines file (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("photos_dir", type=Path)
-    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
+    _add_model_option(p)
     p.add_argument("--out", type=Path, required=True, help="tags.csv or tags.jsonl; an existing file is resumed")
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--threshold", type=score_threshold, help="below this known score the landmark is 'unknown' "
@@ -205,7 +214,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="POST /tag takes multipart/form-data with parts named 'photo'; GET /health, "
                                    "/metrics; POST /admin/reload (or SIGHUP) loads the model file again. docs/service.md")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/transfer_exported.pt"), help="exported model (TorchScript .pt, or .onnx)")
+    _add_model_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port_number, default=8000, help="TCP port to listen on (1-65535)")
     p.add_argument("--token", help="bearer token required on every endpoint but /health (default: $LANDMARK_TOKEN; "

@@ -23,7 +23,7 @@ from .distributed import init_from_env, is_main_process, printing_on_rank_0_only
 from .evaluation import classification_report
 from .export import ExportView, Predictor, export_predictor, export_view, open_export, torchscript_on_purpose
 from .factory import list_models
-from .files import check_model_name, check_outputs
+from .files import atomic_write, check_model_name, check_outputs
 from .finish import calibrated_predictor
 from .helpers import get_device, seed_everything, setup_env
 from .location import get_data_location, negatives_from_env
@@ -89,7 +89,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for name, accuracy in sorted(report["per_class_top1"].items(), key=lambda item: item[1]):
         print(f"  {accuracy:7.2%}  {name}")
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model), "data": str(env.data_dir), **report}, indent=2))
+        summary = {"model": str(args.model), "data": str(env.data_dir), **report}
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return report
 
 

@@ -86,9 +86,10 @@ def check_outputs(**outputs: Path | None) -> None:
     """Refuse, before any work, outputs that collide with each other or cannot be written.
 
     ``outputs`` maps a name for the message (``export``, ``checkpoint``, ...) to a path; None is
-    skipped. Each output's folder is created and a probe file written there (permissions alone
-    do not tell: root ignores them, a read-only file system does not). Raises ``ValueError``
-    naming both sides of a collision, or the path that cannot be written.
+    skipped. A probe file is written in each output's folder, or in the nearest folder above it that
+    exists (permissions alone do not tell: root ignores them, a read-only file system does not);
+    missing folders are made when the output is written, so a refused run leaves none behind.
+    Raises ``ValueError`` naming both sides of a collision, or the path that cannot be written.
     """
     seen: dict[Path, str] = {}
     for name, path in outputs.items():
@@ -100,9 +101,11 @@ def check_outputs(**outputs: Path | None) -> None:
         seen[resolved] = name
         if resolved.is_dir():
             raise ValueError(f"{path}: the {name} path is a folder; give a file name")
+        existing = next(folder for folder in resolved.parents if folder.exists())
         try:
-            resolved.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=resolved.parent):
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file, not a folder")
+            with tempfile.TemporaryFile(dir=existing):
                 pass
         except OSError as error:
             raise ValueError(f"{path}: cannot write the {name} there ({error.strerror or error})") from None

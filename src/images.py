@@ -41,6 +41,12 @@ register_heif_reader()
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",
                                      ".avif")
 
+# Cameras' RAW formats: sensor data that needs a RAW developer (Pillow reads none, or only a DNG's small preview), refused
+# by name and named in `tag`'s count of files it did not look at, so that a photographer knows to export JPEGs first.
+RAW_EXTENSIONS: tuple[str, ...] = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2",
+                                   ".raf", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".mrw", ".x3f", ".raw")
+RAW_HINT = "camera RAW files are not read: export them as JPEG (or HEIC) first"
+
 # Longer side over shorter side beyond which a file is refused from its header: stitched panoramas
 # reach about 20:1, while a few-hundred-byte 100000x1 PNG would need gigabytes once a model scales
 # its short side up to the input size (the pixel-count guard alone lets such strips through).
@@ -263,6 +269,8 @@ def decode_photo(name: str, data: bytes, draft: int | None = None) -> Image.Imag
 
 def _read(path: str | Path, source: BinaryIO, draft_size: tuple[int, int] | None) -> Image.Image:
     """Decode ``source`` with every failure turned into an :class:`ImageReadError` naming ``path``."""
+    if Path(str(path)).suffix.lower() in RAW_EXTENSIONS:  # Pillow would read a DNG's small preview, or fail
+        raise ImageReadError(f"{path}: {RAW_HINT}")
     if source.seek(0, io.SEEK_END) == 0:
         raise ImageReadError(f"{path}: not an image file (it is empty)")
     source.seek(0)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .export import open_export
-from .images import ImageReadError
+from .images import RAW_EXTENSIONS, RAW_HINT, ImageReadError
 from .onnx_export import faster_runtime, runtime_name
 from .predictor import predict_photo
 from .tagging import tag_photos
@@ -62,7 +62,9 @@ def tag(args: argparse.Namespace) -> None:
           f"in {summary.seconds:.1f} s ({summary.photos_per_second:.0f} photos/s, {runtime_name(model)}) -> {args.out}")
     if summary.other_files:
         counts = ", ".join(f"{count} {extension}" for extension, count in summary.other_files.items())
-        print(f"Not looked at: {sum(summary.other_files.values())} file(s) without a photo extension ({counts})")
+        raw = any(extension in RAW_EXTENSIONS for extension in summary.other_files)
+        print(f"Not looked at: {sum(summary.other_files.values())} file(s) without a photo extension ({counts})"
+              + (f"; {RAW_HINT}" if raw else ""))
     if not (summary.tagged or summary.unreadable or summary.skipped_done):  # a mistyped or empty folder, or list
         said = f"{args.from_list} lists no photos" if args.from_list is not None else \
             f"{args.photos_dir} holds no photos (files named .jpg, .png, .heic, … in it or its subfolders)"

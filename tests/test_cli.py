@@ -58,6 +58,15 @@ def test_evaluate_export_and_checkpoint_agree(trained: dict[str, Path], tmp_path
     assert "top-1" in capsys.readouterr().out
 
 
+def test_the_shipped_model_is_found_from_any_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (160, 120), (90, 120, 200)).save(photo)
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: the default --model is the one beside the package
+    assert main(["predict", str(photo), "--topk", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{photo}\n  -> ")
+    assert list(tmp_path.iterdir()) == [photo]
+
+
 def test_export_and_predict(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
     exported = tmp_path / "again.pt"
     assert main(["export", str(trained["checkpoint"]), "--out", str(exported), "--workers", "0"]) == 2  # no --data here

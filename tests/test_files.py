@@ -64,8 +64,8 @@ def test_outputs_that_collide_are_refused_before_any_work(tmp_path: Path) -> Non
         files.check_outputs(export=tmp_path / "m.json", metrics=tmp_path / "sub" / ".." / "m.json")
     with pytest.raises(ValueError, match="is a folder"):
         files.check_outputs(report=tmp_path)
-    files.check_outputs(export=tmp_path / "new" / "m.pt", checkpoint=None)  # creates the folder, writes nothing
-    assert list((tmp_path / "new").iterdir()) == []
+    files.check_outputs(export=tmp_path / "new" / "deeper" / "m.pt", checkpoint=None)  # writes nothing, makes no folder
+    assert list(tmp_path.iterdir()) == []  # a refused run leaves no empty folder behind
 
 
 def test_outputs_that_cannot_be_written_are_refused(tmp_path: Path) -> None:

@@ -156,6 +156,16 @@ def test_bad_files_raise_an_error_naming_the_file(tmp_path: Path, content, expec
     assert not is_image_file(path) or content == "truncated"
 
 
+@pytest.mark.parametrize("name", ["IMG_0001.DNG", "DSC_0002.nef", "IMG_0003.CR3"])
+def test_camera_raw_files_are_refused_with_what_to_do(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    Image.new("RGB", (64, 48)).save(path, format="TIFF")  # a DNG is a TIFF: Pillow would read its preview as the photo
+    with pytest.raises(ImageReadError, match=f"^{re.escape(str(path))}: camera RAW files are not read: export them as JPEG"):
+        load_rgb(path)
+    with pytest.raises(ImageReadError, match=f"^{name}: camera RAW files are not read"):  # an upload in the app or service
+        images.decode_photo(name, path.read_bytes())
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="file not found"):
         load_rgb(tmp_path / "nope.jpg")

@@ -209,12 +209,13 @@ def test_bad_arguments(exported: Path, photos: Path, tmp_path: Path) -> None:
 
 def test_tag_command(exported: Path, photos: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "tags.jsonl"
-    for name in ("IMG_0002.MOV", "IMG_0003.MOV", "IMG_0002.AAE", "README", ".DS_Store"):  # a phone's export, and more
+    for name in ("IMG_0002.MOV", "IMG_0003.MOV", "IMG_0002.AAE", "README", ".DS_Store", "DSC_0004.NEF"):  # a phone's, a camera's
         (photos / "holiday" / name).write_bytes(b"x")
     assert main(["tag", str(photos), "--model", str(exported), "--out", str(out), "--workers", "0"]) == 0
     captured = capsys.readouterr()
     assert "Tagged 12 photos" in captured.out and "broken.jpg" in captured.err
-    assert "Not looked at: 4 file(s) without a photo extension (2 .mov, 1 (no extension), 1 .aae)" in captured.out
+    assert ("Not looked at: 5 file(s) without a photo extension (2 .mov, 1 (no extension), 1 .aae, 1 .nef); "
+            "camera RAW files are not read: export them as JPEG (or HEIC) first") in captured.out
     assert main(["tag", str(photos), "--model", str(exported), "--out", str(tmp_path / "t.txt")]) == 2
 
 
