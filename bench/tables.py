@@ -216,6 +216,36 @@ def shared_trunk_table() -> str:
                      "photos/s: added / base", "base file, added model's size", "command seconds"], rows)
 
 
+@generator("base-224")
+def base_224_table() -> str:
+    """docs/adding-landmarks.md: the shipped base against one trained whole at 224 px, each with landmarks added
+    (bench/add_landmarks.py --shots 10 on each export)."""
+    rows: list[Row] = []
+    for name, base, design in (("add_landmarks", "shipped (128 px)", "second network"),
+                               ("add_landmarks_base224", "trained at 224 px", "shared trunk"),
+                               ("add_landmarks_base224_second_network", "trained at 224 px", "second network")):
+        r = load(name)
+        tens = [row for row in r["rows"] if row["photos_per_landmark"] == 10]
+        never = next(row for row in tens if row["setting"] == "never trained against")
+        alone = next(row for row in tens if row["setting"] == "one at a time")
+        batched, single = r["photos_per_second"], r["photos_per_second_one_at_a_time"]
+        rows.append([f"{base}, {pct(r['original_top1_before'], 2, space=False)}", design, pct(never["new_top1"], space=False),
+                     pct(never["new_named_and_accepted"], space=False), pct(never["original_accepted"], space=False),
+                     f"{pct(r['other_landmarks_before'], space=False)} → {pct(never['other_landmarks_accepted'], space=False)}",
+                     f"{pct(r['unseen_landmarks_before'], space=False)} → {pct(alone['unseen_landmarks_accepted'], space=False)}",
+                     f"{pct(r['everyday_before']['everyday_left_out'], space=False)} → "
+                     f"{pct(never['everyday_left_out_accepted'], space=False)}",
+                     f"{batched['with_added_landmarks']:.0f} / {batched['base']:.0f} = "
+                     f"**{batched['with_added_landmarks'] / batched['base']:.2f}×**",
+                     f"{single['with_added_landmarks']:.0f} / {single['base']:.0f} = "
+                     f"**{single['with_added_landmarks'] / single['base']:.2f}×**",
+                     f"{r['file_size_ratio']:.2f}×", f"{r['command_seconds_10_photos']:.1f}"])
+    return markdown(["base, test top-1", "design", "new: top-1", "new: named right and accepted", "original: accepted",
+                     "other monuments accepted: before → after", "never-seen landmarks, one added: before → after",
+                     "everyday left out: before → after", "photos/s in batches of 50: added / base",
+                     "one at a time: added / base", "file", "command seconds"], rows)
+
+
 @generator("general-size")
 def general_size_table() -> str:
     """docs/adding-landmarks.md: the shipped model with added landmarks, its second network at fewer pixels
