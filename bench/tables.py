@@ -49,6 +49,12 @@ def rate(per_second: float) -> str:
     return f"{per_second:,.0f}/s" if per_second >= 100 else f"{per_second:.1f}/s"
 
 
+def added_over_base(speed: dict[str, float]) -> str:
+    """Photos per second of a model with added landmarks over its base's, as `64 / 240 = **0.26×**`."""
+    added, base = speed["with_added_landmarks"], speed["base"]
+    return f"{added:.0f} / {base:.0f} = **{added / base:.2f}×**"
+
+
 def markdown(header: Row, rows: list[Row]) -> str:
     """A pipe table in the docs' style (no column alignment, so a changed figure changes one line)."""
     lines = [header, ["---"] * len(header), *rows]
@@ -235,10 +241,7 @@ def base_224_table() -> str:
                      f"{pct(r['unseen_landmarks_before'], space=False)} → {pct(alone['unseen_landmarks_accepted'], space=False)}",
                      f"{pct(r['everyday_before']['everyday_left_out'], space=False)} → "
                      f"{pct(never['everyday_left_out_accepted'], space=False)}",
-                     f"{batched['with_added_landmarks']:.0f} / {batched['base']:.0f} = "
-                     f"**{batched['with_added_landmarks'] / batched['base']:.2f}×**",
-                     f"{single['with_added_landmarks']:.0f} / {single['base']:.0f} = "
-                     f"**{single['with_added_landmarks'] / single['base']:.2f}×**",
+                     added_over_base(batched), added_over_base(single),
                      f"{r['file_size_ratio']:.2f}×", f"{r['command_seconds_10_photos']:.1f}"])
     return markdown(["base, test top-1", "design", "new: top-1", "new: named right and accepted", "original: accepted",
                      "other monuments accepted: before → after", "never-seen landmarks, one added: before → after",
@@ -259,10 +262,7 @@ def general_size_table() -> str:
                      pct(never["everyday_left_out_accepted"], space=False),
                      f"{pct(never['other_landmarks_accepted'], space=False)} ({pct(never['other_landmarks_elsewhere'], space=False)})",
                      f"{pct(alone['unseen_landmarks_accepted'], space=False)} ({pct(alone['unseen_landmarks_elsewhere'], space=False)})",
-                     f"{batched['with_added_landmarks']:.0f} / {batched['base']:.0f} = "
-                     f"**{batched['with_added_landmarks'] / batched['base']:.2f}×**",
-                     f"{single['with_added_landmarks']:.0f} / {single['base']:.0f} = "
-                     f"**{single['with_added_landmarks'] / single['base']:.2f}×**"])
+                     added_over_base(batched), added_over_base(single)])
     return markdown(["EfficientNet-Lite0 reads", "new: top-1", "new: named right and accepted", "everyday left out accepted",
                      "other landmarks accepted (at another site)", "never-seen landmarks accepted, one added (at another site)",
                      "photos/s in batches of 50: added / base", "one at a time: added / base"], rows)

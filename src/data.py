@@ -139,10 +139,10 @@ def _decoded_negatives(folders: Sequence[Path], size: int, num_workers: int) -> 
 def _check_apart(negatives: Sequence[str | Path], root: Path) -> None:
     """Refuse a negatives folder that holds, or lies in, the dataset's photos: trained as no landmark, they would
     teach the model to doubt the very landmarks it learns."""
+    splits = [(root / split).resolve() for split in ("train", "test")]
     for folder in negatives:
         negative = Path(folder).resolve()
-        for split in (root / "train", root / "test"):
-            split = split.resolve()
+        for split in splits:
             if negative == split or split in negative.parents or negative in split.parents:
                 raise ValueError(f"{folder}: a negatives folder overlapping the dataset's {split}; negatives are photos "
                                  "of no landmark it learns: choose a folder outside its train/ and test/")

@@ -257,6 +257,7 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Ima
     failed: decompression bombs, strips (:data:`MAX_ASPECT_RATIO`), truncated or corrupt files, folders,
     FIFOs, unreadable files, broken links.
     """
+    _refuse_raw(path)  # before reading: a RAW file given by URI is not downloaded for nothing
     with io.BytesIO(read_uri(path)) if is_uri(path) else open_photo(path) as source:
         return _read(path, source, draft_size)
 
@@ -264,13 +265,18 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Ima
 def decode_photo(name: str, data: bytes, draft: int | None = None) -> Image.Image:
     """A photo's bytes (an upload) as an upright RGB image, read exactly as :func:`load_rgb` reads a file (errors
     name ``name``); ``draft``: the size it will be resized to (:func:`read_image`)."""
+    _refuse_raw(name)
     return _read(name, io.BytesIO(data), None if draft is None else (draft, draft))
+
+
+def _refuse_raw(path: str | Path) -> None:
+    """Refuse a camera RAW file by its name: Pillow would read a DNG's small preview as the photo, or fail."""
+    if Path(str(path)).suffix.lower() in RAW_EXTENSIONS:
+        raise ImageReadError(f"{path}: {RAW_HINT}")
 
 
 def _read(path: str | Path, source: BinaryIO, draft_size: tuple[int, int] | None) -> Image.Image:
     """Decode ``source`` with every failure turned into an :class:`ImageReadError` naming ``path``."""
-    if Path(str(path)).suffix.lower() in RAW_EXTENSIONS:  # Pillow would read a DNG's small preview, or fail
-        raise ImageReadError(f"{path}: {RAW_HINT}")
     if source.seek(0, io.SEEK_END) == 0:
         raise ImageReadError(f"{path}: not an image file (it is empty)")
     source.seek(0)
